@@ -1,0 +1,41 @@
+"""proxnag_jax: neural-network pruning by sparse optimisation, in JAX/Optax.
+
+The public API, re-exported from its modules:
+
+* proximal maths (:mod:`proxnag_jax.prox`): ``soft_threshold``,
+  ``group_soft_threshold``;
+* Optax transformations (:mod:`proxnag_jax.transforms`): ``proxnag``,
+  ``prox_l1``, ``prox_group_l1``, ``nesterov_extrapolation``,
+  ``sparse_params``, ``with_masks``, ``get_masks``, ``set_masks``;
+* masks as pytrees (:mod:`proxnag_jax.masks`): ``magnitude_masks``,
+  ``apply_masks``, ``sparsity_report`` and friends.
+"""
+
+from proxnag_jax.masks import apply_masks
+from proxnag_jax.masks import default_prunable
+from proxnag_jax.masks import magnitude_masks
+from proxnag_jax.masks import nonzero_masks
+from proxnag_jax.masks import ones_masks
+from proxnag_jax.masks import path_name
+from proxnag_jax.masks import prunable_tree
+from proxnag_jax.masks import sparsity
+from proxnag_jax.masks import sparsity_report
+from proxnag_jax.masks import topk_mask
+from proxnag_jax.prox import group_norms
+from proxnag_jax.prox import group_soft_threshold
+from proxnag_jax.prox import soft_threshold
+from proxnag_jax.transforms import ExtrapolationState
+from proxnag_jax.transforms import fista_momentum
+from proxnag_jax.transforms import get_masks
+from proxnag_jax.transforms import nesterov_extrapolation
+from proxnag_jax.transforms import prox_group_l1
+from proxnag_jax.transforms import prox_l1
+from proxnag_jax.transforms import ProxState
+from proxnag_jax.transforms import proxnag
+from proxnag_jax.transforms import set_masks
+from proxnag_jax.transforms import set_sparse_params
+from proxnag_jax.transforms import sparse_params
+from proxnag_jax.transforms import with_masks
+from proxnag_jax.transforms import WithMasksState
+
+__version__ = "0.1.0"

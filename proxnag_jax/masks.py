@@ -1,0 +1,254 @@
+"""Pruning masks as pytrees, handled by pure functions.
+
+A mask tree has the structure of the params tree; each leaf is a bool (or 0/1)
+array of the param's shape, True where the weight is kept. Leaves that are not
+prunable (biases, normalisation scales) get all-True masks, so
+``apply_masks(params, masks)`` never touches them.
+
+Which leaves are prunable is decided by a *filter* ``(path, leaf) -> bool``;
+the default, :func:`default_prunable`, selects conv and dense kernels: arrays
+with at least two dimensions whose name is not an embedding. Every function
+here works on any params pytree, Flax or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Filter = Callable[[tuple, Any], bool]
+
+__all__ = [
+    "default_prunable",
+    "prunable_tree",
+    "path_name",
+    "ones_masks",
+    "nonzero_masks",
+    "apply_masks",
+    "magnitude_masks",
+    "topk_mask",
+    "sparsity",
+    "sparsity_report",
+]
+
+_NOT_PRUNABLE_NAMES = ("bias", "scale", "embedding", "mean", "var")
+
+
+def path_name(path: tuple) -> str:
+  """``('params', 'Conv_0', 'kernel')``-style key path as ``'Conv_0/kernel'``."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def default_prunable(path: tuple, leaf: Any) -> bool:
+  """Conv and dense kernels: ``ndim >= 2`` and not a bias/scale/embedding."""
+  last = path_name(path[-1:]) if path else ""
+  return getattr(leaf, "ndim", 0) >= 2 and last not in _NOT_PRUNABLE_NAMES
+
+
+def prunable_tree(params: PyTree, prunable: Optional[Filter] = None) -> PyTree:
+  """A tree of Python bools: which leaves a method may prune."""
+  prunable = prunable or default_prunable
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: bool(prunable(p, x)), params
+  )
+
+
+def ones_masks(params: PyTree) -> PyTree:
+  """All-True masks (a dense network)."""
+  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+
+
+def nonzero_masks(params: PyTree) -> PyTree:
+  """Masks of the currently nonzero weights (``params != 0``)."""
+  return jax.tree.map(lambda p: jnp.asarray(p) != 0, params)
+
+
+def _check_match(masks, params, who):
+  try:
+    jax.tree.map(lambda _m, _p: None, masks, params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{who}: the masks tree does not match the params tree.\n"
+        f"  masks:  {jax.tree.structure(masks)}\n"
+        f"  params: {jax.tree.structure(params)}"
+    ) from e
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """``params * masks`` leaf by leaf (pruned entries become exact zeros)."""
+  _check_match(masks, params, "apply_masks")
+  return jax.tree.map(
+      lambda p, m: jnp.where(jnp.asarray(m).astype(bool), p,
+                             jnp.zeros_like(p)),
+      params, masks,
+  )
+
+
+def topk_mask(scores: jax.Array, k) -> jax.Array:
+  """Bool mask of the ``k`` largest entries of ``scores`` (exactly ``k``).
+
+  Ties are broken by position (stable), so the count is exact even when many
+  scores are equal (e.g. zeros). ``k`` may be traced.
+  """
+  flat = jnp.ravel(scores)
+  order = jnp.argsort(-flat, stable=True)
+  ranks = jnp.zeros_like(order).at[order].set(jnp.arange(flat.size))
+  return (ranks < k).reshape(jnp.shape(scores))
+
+
+def _check_sparsity(s):
+  if isinstance(s, (float, int)) and not 0.0 <= s < 1.0:
+    raise ValueError(f"sparsity must be in [0, 1), got {s}.")
+
+
+def _num_removed(sparsity, n: int):
+  """``round(sparsity * n)``: a Python int when it can be, else traced."""
+  if isinstance(sparsity, (int, float)):
+    return int(round(float(sparsity) * n))
+  return jnp.round(jnp.asarray(sparsity, jnp.float32) * n).astype(jnp.int32)
+
+
+def magnitude_masks(
+    params: PyTree,
+    sparsity: float,
+    scope: str = "layer",
+    prunable: Optional[Filter] = None,
+    scores: Optional[PyTree] = None,
+) -> PyTree:
+  """Masks that keep the largest-magnitude weights.
+
+  Args:
+    params: params pytree.
+    sparsity: fraction of *prunable* weights to remove, in [0, 1).
+    scope: ``'layer'`` removes that fraction from every prunable leaf;
+      ``'global'`` ranks all prunable weights together (one threshold).
+    prunable: leaf filter ``(path, leaf) -> bool``; default conv/dense
+      kernels. Non-prunable leaves get all-True masks.
+    scores: optional pytree of scores to rank instead of ``|params|``
+      (e.g. SNIP's ``|g * w|``).
+
+  Returns:
+    A bool pytree matching params. The number of removed weights is exactly
+    ``round(sparsity * n)`` (per leaf, or over all prunable leaves).
+
+  Example:
+    >>> masks = magnitude_masks(params, 0.9, scope="global")
+    >>> params = apply_masks(params, masks)
+  """
+  _check_sparsity(sparsity)
+  if scope not in ("layer", "global"):
+    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
+  which = prunable_tree(params, prunable)
+  if scores is None:
+    scores = jax.tree.map(lambda p: jnp.abs(p).astype(jnp.float32), params)
+  _check_match(scores, params, "magnitude_masks")
+
+  leaves, treedef = jax.tree.flatten(params)
+  sleaves = treedef.flatten_up_to(scores)
+  wleaves = treedef.flatten_up_to(which)
+
+  if scope == "layer":
+    out = []
+    for p, s, w in zip(leaves, sleaves, wleaves):
+      if not w:
+        out.append(jnp.ones(p.shape, bool))
+        continue
+      out.append(topk_mask(s, p.size - _num_removed(sparsity, p.size)))
+    return jax.tree.unflatten(treedef, out)
+
+  idx = [i for i, w in enumerate(wleaves) if w]
+  if not idx:
+    return ones_masks(params)
+  flat = jnp.concatenate([jnp.ravel(sleaves[i]) for i in idx])
+  keep = topk_mask(flat, flat.size - _num_removed(sparsity, flat.size))
+  out = [jnp.ones(p.shape, bool) for p in leaves]
+  offset = 0
+  for i in idx:
+    size = leaves[i].size
+    out[i] = keep[offset:offset + size].reshape(leaves[i].shape)
+    offset += size
+  return jax.tree.unflatten(treedef, out)
+
+
+def sparsity(params: PyTree, prunable: Optional[Filter] = None) -> jax.Array:
+  """Fraction of exact zeros among the prunable weights (jit-compatible)."""
+  which = prunable_tree(params, prunable)
+  zeros, total = 0, 0
+  for p, w in zip(jax.tree.leaves(params), jax.tree.leaves(which)):
+    if w:
+      zeros = zeros + jnp.sum(p == 0)
+      total += p.size
+  return jnp.asarray(zeros, jnp.float32) / max(total, 1)
+
+
+def sparsity_report(
+    params: PyTree,
+    masks: Optional[PyTree] = None,
+    prunable: Optional[Filter] = None,
+) -> dict:
+  """Counts of parameters and nonzeros, per leaf and in total (host side).
+
+  A weight counts as nonzero when it is nonzero in ``params`` and (if given)
+  kept by ``masks``.
+
+  Returns:
+    ``{'layers': [{'name', 'shape', 'prunable', 'params', 'nonzero',
+    'sparsity'}, ...], 'num_params', 'num_nonzero', 'prunable_params',
+    'prunable_nonzero', 'sparsity', 'compression_ratio'}`` where
+    ``sparsity`` is the fraction of zeros among prunable weights and
+    ``compression_ratio = num_params / num_nonzero``.
+
+  Example:
+    >>> r = sparsity_report(params)
+    >>> print(f"{r['sparsity']:.1%} sparse, {r['compression_ratio']:.1f}x")
+  """
+  which = prunable_tree(params, prunable)
+  if masks is not None:
+    _check_match(masks, params, "sparsity_report")
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  treedef = jax.tree.structure(params)
+  wflat = treedef.flatten_up_to(which)
+  mflat = treedef.flatten_up_to(masks) if masks is not None else [None] * len(
+      flat)
+  layers = []
+  tot = nz = ptot = pnz = 0
+  for (path, p), w, m in zip(flat, wflat, mflat):
+    arr = np.asarray(p)
+    alive = arr != 0
+    if m is not None:
+      alive = alive & np.broadcast_to(np.asarray(m).astype(bool), arr.shape)
+    n, k = int(arr.size), int(alive.sum())
+    layers.append({
+        "name": path_name(path),
+        "shape": list(arr.shape),
+        "prunable": bool(w),
+        "params": n,
+        "nonzero": k,
+        "sparsity": 1.0 - k / n if n else 0.0,
+    })
+    tot += n
+    nz += k
+    if w:
+      ptot += n
+      pnz += k
+  return {
+      "layers": layers,
+      "num_params": tot,
+      "num_nonzero": nz,
+      "prunable_params": ptot,
+      "prunable_nonzero": pnz,
+      "sparsity": 1.0 - pnz / ptot if ptot else 0.0,
+      "compression_ratio": tot / nz if nz else float("inf"),
+  }

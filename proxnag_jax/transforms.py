@@ -1,0 +1,554 @@
+"""Optax transformations for proximal (sparse) optimisation and masked training.
+
+The core paper's optimizer (Prox-NAG, Algorithm 1) solves
+
+    min_w  L(w) + lambda * ||w||_1
+
+with a proximal gradient step followed by Nesterov extrapolation::
+
+    w_hat_{t+1}   = w_t - eta_t * g_t,            g_t = grad L(w_t)          (eq. 6)
+    w~_{t+1}      = S_{eta_t lambda}(w_hat_{t+1})                            (eq. 7)
+    w_{t+1}       = w~_{t+1} + beta_t * (w~_{t+1} - w~_t),   w~_0 = w_0      (eq. 11)
+
+``w`` (the model's parameters, where gradients are taken) is dense; the sparse
+solution is ``w~``, which holds exact zeros and is read with
+:func:`sparse_params`. Here it is built from three small Optax transformations
+that also compose with other preconditioners:
+
+* ``optax.scale_by_learning_rate(eta)``  turns ``g`` into ``-eta g``;
+* :func:`prox_l1` (or :func:`prox_group_l1`) maps ``w + u`` through the
+  proximal operator, so ``w + u' = S_{eta lambda}(w + u)``;
+* :func:`nesterov_extrapolation` remembers ``w~_t`` and returns the update to
+  ``w~_{t+1} + beta_t (w~_{t+1} - w~_t)``.
+
+:func:`proxnag` is their chain. With ``l1=0`` and a constant learning rate the
+parameter sequence equals ``optax.sgd(eta, momentum=beta, nesterov=True)``'s.
+
+:func:`with_masks` wraps any Optax optimizer so that pruned weights stay
+exactly zero (no post-update hook to forget); masks live in its state and are
+read or replaced with :func:`get_masks` / :func:`set_masks`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from proxnag_jax import prox as prox_lib
+
+PyTree = Any
+ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+MaskOrFn = Optional[Union[PyTree, Callable[[PyTree], PyTree]]]
+
+__all__ = [
+    "ProxState",
+    "ExtrapolationState",
+    "WithMasksState",
+    "prox_l1",
+    "prox_group_l1",
+    "nesterov_extrapolation",
+    "fista_momentum",
+    "proxnag",
+    "sparse_params",
+    "with_masks",
+    "get_masks",
+    "set_masks",
+]
+
+
+# --------------------------------------------------------------------------
+# Validation helpers.
+# --------------------------------------------------------------------------
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+  """Raises ValueError for a negative *concrete* hyperparameter.
+
+  Traced values (under jit/vmap) cannot be checked on the host and pass.
+  A schedule is checked at step 0.
+  """
+  if value is None:
+    raise ValueError(f"{name} must be given (a float, an array or a schedule).")
+  if callable(value):
+    try:
+      value = value(0)
+    except Exception:  # pylint: disable=broad-except
+      return
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, (numbers.Number, np.ndarray, jax.Array)):
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.number):
+      raise TypeError(f"{name} must be numeric, got {value!r}.")
+    if np.any(arr < 0):
+      raise ValueError(f"{name} must be non-negative, got {value!r}.")
+    if np.any(~np.isfinite(arr)):
+      raise ValueError(f"{name} must be finite, got {value!r}.")
+
+
+def _value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
+  return value(count) if callable(value) else jnp.asarray(value)
+
+
+def _resolve_mask(mask: MaskOrFn, params: PyTree, who: str) -> PyTree:
+  """Returns a bool-like pytree with params' structure (or raises)."""
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  tree = mask(params) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda _m, _p: None, tree, params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{who}: the mask tree does not match the params tree.\n"
+        f"  mask:   {jax.tree.structure(tree)}\n"
+        f"  params: {jax.tree.structure(params)}\n"
+        "Build the mask from params, e.g. "
+        "jax.tree.map(lambda p: p.ndim > 1, params), or pass a callable."
+    ) from e
+  return tree
+
+
+def _require_params(params, who):
+  if params is None:
+    raise ValueError(
+        f"{who} needs the current params: call "
+        "`tx.update(grads, state, params)`."
+    )
+
+
+# --------------------------------------------------------------------------
+# Proximal steps.
+# --------------------------------------------------------------------------
+
+
+class ProxState(NamedTuple):
+  """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count."""
+
+  count: jax.Array
+
+
+def _prox_transform(
+    prox_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    l1: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    mask: MaskOrFn,
+    who: str,
+) -> optax.GradientTransformationExtraArgs:
+  _check_nonnegative(f"{who}: l1", l1)
+  _check_nonnegative(f"{who}: learning_rate", learning_rate)
+
+  def init_fn(params):
+    _resolve_mask(mask, params, who)
+    return ProxState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _require_params(params, who)
+    tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
+    mask_tree = _resolve_mask(mask, params, who)
+
+    def leaf(u, p, m):
+      if u is None:
+        return None
+      target = p + u
+      shrunk = prox_fn(target, tau.astype(target.dtype))
+      new = jnp.where(m, shrunk, target)
+      return (new - p).astype(u.dtype)
+
+    new_updates = jax.tree.map(
+        leaf, updates, params, mask_tree, is_leaf=lambda x: x is None
+    )
+    return new_updates, ProxState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def prox_l1(
+    l1: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
+
+  Given updates ``u`` (already scaled, e.g. ``u = -eta_t g_t``) and params
+  ``w``, returns ``u'`` with
+
+  .. math:: w + u' = S_{\eta_t \lambda_t}(w + u),
+     \quad S_\tau(x) = \mathrm{sign}(x) \max(|x| - \tau, 0).
+
+  Place it after the transformation that scales by the learning rate; the
+  threshold is ``learning_rate(t) * l1(t)``. Entries landing in
+  ``[-tau, tau]`` become exactly zero.
+
+  Args:
+    l1: the L1 coefficient lambda >= 0 (float, array or schedule).
+    learning_rate: the step size eta >= 0 used by the preceding scaling
+      (float, array or schedule), so the threshold is ``eta * lambda``.
+    mask: Optax-style mask (pytree of bools or callable of params). Leaves
+      marked False pass through unchanged (no shrinkage).
+
+  Example:
+    >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
+    ...                  prox_l1(l1=1e-3, learning_rate=0.1))
+  """
+  return _prox_transform(
+      prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1"
+  )
+
+
+def prox_group_l1(
+    l1: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    axis: int = -1,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Proximal step of the group lasso ``l1 * sum_g ||w_g||_2``.
+
+  Like :func:`prox_l1` but with the block soft-threshold
+
+  .. math:: \mathrm{prox}(x)_g = x_g \max(1 - \eta_t\lambda_t / \|x_g\|_2, 0),
+
+  where a group is one index along ``axis`` of a leaf (default ``-1``: one
+  output filter of a Flax conv kernel ``(kh, kw, in, out)``, one output unit
+  of a Dense kernel). Whole filters become exactly zero: structured sparsity.
+  Leaves with fewer than two dimensions are usually masked out (biases, norm
+  scales); for them every element is its own group.
+
+  Example:
+    >>> filters_only = lambda p: jax.tree.map(lambda x: x.ndim == 4, p)
+    >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
+    ...                  prox_group_l1(1e-3, 0.1, axis=-1, mask=filters_only),
+    ...                  nesterov_extrapolation(0.9))
+  """
+  fn = lambda x, tau: prox_lib.group_soft_threshold(x, tau, axis=axis)
+  return _prox_transform(fn, l1, learning_rate, mask, "prox_group_l1")
+
+
+# --------------------------------------------------------------------------
+# Nesterov extrapolation.
+# --------------------------------------------------------------------------
+
+
+class ExtrapolationState(NamedTuple):
+  """State of :func:`nesterov_extrapolation`.
+
+  Attributes:
+    count: number of updates applied.
+    sparse_params: the last proximal iterate ``w~_t`` (same tree as params).
+    theta: the FISTA sequence ``theta_t`` (unused with constant momentum).
+  """
+
+  count: jax.Array
+  sparse_params: PyTree
+  theta: jax.Array
+
+
+def fista_momentum(theta: jax.Array) -> tuple[jax.Array, jax.Array]:
+  r"""One step of the paper's momentum schedule (eqs. 13-14).
+
+  .. math:: \theta_{t+1} = (\sqrt{\theta_t^4 + 4\theta_t^2} - \theta_t^2)/2,
+     \quad \beta_t = \theta_{t+1}(1/\theta_t - 1),  \quad \theta_0 = 1.
+
+  Returns ``(beta_t, theta_{t+1})``. ``beta_0 = 0`` and ``beta_t -> 1``.
+  """
+  theta = jnp.asarray(theta, jnp.float32)
+  t2 = theta * theta
+  theta_next = (jnp.sqrt(t2 * t2 + 4.0 * t2) - t2) / 2.0
+  beta = theta_next * (1.0 / theta - 1.0)
+  return beta, theta_next
+
+
+def nesterov_extrapolation(
+    momentum: ScalarOrSchedule = 0.9, *, fista: bool = False
+) -> optax.GradientTransformationExtraArgs:
+  r"""Nesterov extrapolation between successive (proximal) iterates.
+
+  With the incoming update ``u`` the new iterate is ``w~_{t+1} = w + u``;
+  the transformation returns ``u'`` such that
+
+  .. math:: w + u' = \tilde w_{t+1} + \beta_t (\tilde w_{t+1} - \tilde w_t),
+     \quad \tilde w_0 = w_0,
+
+  and keeps ``w~_{t+1}`` in its state (read it with :func:`sparse_params`).
+  ``beta_t`` is ``momentum`` (a float, array or schedule of the step) or, with
+  ``fista=True``, the schedule of :func:`fista_momentum`.
+
+  Example:
+    >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
+    ...                  nesterov_extrapolation(0.9))   # == Nesterov SGD
+  """
+  if not fista:
+    _check_nonnegative("nesterov_extrapolation: momentum", momentum)
+
+  def init_fn(params):
+    return ExtrapolationState(
+        count=jnp.zeros([], jnp.int32),
+        sparse_params=jax.tree.map(jnp.asarray, params),
+        theta=jnp.ones([], jnp.float32),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _require_params(params, "nesterov_extrapolation")
+    if fista:
+      beta, theta = fista_momentum(state.theta)
+    else:
+      beta, theta = _value_at(momentum, state.count), state.theta
+
+    def leaf(u, p, prev):
+      new = p + u
+      b = jnp.asarray(beta).astype(new.dtype)
+      nxt = new + b * (new - prev)
+      return (nxt - p).astype(u.dtype), new.astype(prev.dtype)
+
+    pairs = jax.tree.map(leaf, updates, params, state.sparse_params)
+    treedef = jax.tree.structure(updates)
+    new_updates, new_sparse = jax.tree.transpose(
+        treedef, jax.tree.structure((0, 0)), pairs
+    )
+    return new_updates, ExtrapolationState(
+        count=optax.safe_increment(state.count),
+        sparse_params=new_sparse,
+        theta=theta,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def proxnag(
+    learning_rate: ScalarOrSchedule,
+    l1: ScalarOrSchedule,
+    momentum: ScalarOrSchedule = 0.9,
+    *,
+    fista: bool = False,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
+
+  Update rule (paper Algorithm 1, eqs. 6, 7, 11), with ``g_t = grad L(w_t)``::
+
+      w~_{t+1} = S_{eta_t * l1}(w_t - eta_t * g_t)
+      w_{t+1}  = w~_{t+1} + beta_t * (w~_{t+1} - w~_t),      w~_0 = w_0
+
+  The parameters the optimizer hands back are ``w_{t+1}`` (where the next
+  gradient is taken). The sparse solution ``w~_{t+1}``, with exact zeros, is
+  ``sparse_params(opt_state)``: evaluate and prune with that.
+
+  Args:
+    learning_rate: step size eta_t (float, JAX array or Optax schedule).
+    l1: the L1 coefficient lambda (float, JAX array, e.g. under ``vmap``, or
+      schedule). ``l1=0`` gives exactly Nesterov SGD.
+    momentum: constant beta (or schedule); ignored when ``fista=True``.
+    fista: use the momentum schedule of eqs. 13-14 (FISTA).
+    mask: Optax-style mask; leaves marked False get plain Nesterov steps with
+      no shrinkage (e.g. biases and norm scales). Under
+      ``optax.inject_hyperparams`` pass a callable mask as a static arg.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> tx = proxnag(learning_rate=0.1, l1=1e-4, momentum=0.9,
+    ...              mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    >>> opt_state = tx.init(params)
+    >>> updates, opt_state = tx.update(grads, opt_state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> w_sparse = sparse_params(opt_state)          # exact zeros
+  """
+  return optax.chain(
+      optax.scale_by_learning_rate(learning_rate),
+      prox_l1(l1, learning_rate, mask=mask),
+      nesterov_extrapolation(momentum, fista=fista),
+  )
+
+
+# --------------------------------------------------------------------------
+# Finding and replacing states inside arbitrary optimizer states.
+# --------------------------------------------------------------------------
+
+
+def _is_namedtuple(x) -> bool:
+  return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _find(tree: Any, cls: type) -> list:
+  found = []
+  if isinstance(tree, cls):
+    found.append(tree)
+  elif _is_namedtuple(tree) or isinstance(tree, (tuple, list)):
+    for child in tree:
+      found.extend(_find(child, cls))
+  elif isinstance(tree, dict):
+    for child in tree.values():
+      found.extend(_find(child, cls))
+  return found
+
+
+def _replace(tree: Any, cls: type, fn: Callable[[Any], Any]) -> Any:
+  if isinstance(tree, cls):
+    return fn(tree)
+  if _is_namedtuple(tree):
+    return type(tree)(*[_replace(c, cls, fn) for c in tree])
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(_replace(c, cls, fn) for c in tree)
+  if isinstance(tree, dict):
+    return type(tree)({k: _replace(v, cls, fn) for k, v in tree.items()})
+  return tree
+
+
+def _find_one(opt_state, cls, what, built_by):
+  found = _find(opt_state, cls)
+  if not found:
+    raise ValueError(
+        f"no {what} found in this optimizer state: it was not built with "
+        f"{built_by}. Got a state of type {type(opt_state).__name__}."
+    )
+  if len(found) > 1:
+    raise ValueError(
+        f"{len(found)} {what}s found in this optimizer state; it is ambiguous "
+        "which one to use. Read the sub-state you want and pass that."
+    )
+  return found[0]
+
+
+def sparse_params(opt_state: optax.OptState) -> PyTree:
+  """The sparse iterate ``w~`` from a state of :func:`proxnag`.
+
+  Works wherever the Prox-NAG state sits: directly, inside ``optax.chain``,
+  under ``optax.inject_hyperparams``, ``optax.MultiSteps`` or
+  :func:`with_masks`.
+
+  Raises:
+    ValueError: if the state holds no (or more than one)
+      :func:`nesterov_extrapolation` state.
+
+  Example:
+    >>> w_sparse = sparse_params(opt_state)
+    >>> logits = model.apply({'params': w_sparse}, x)
+  """
+  st = _find_one(
+      opt_state, ExtrapolationState, "Prox-NAG (nesterov_extrapolation) state",
+      "proxnag(...) or nesterov_extrapolation(...)",
+  )
+  return st.sparse_params
+
+
+def set_sparse_params(opt_state: optax.OptState, new: PyTree) -> optax.OptState:
+  """Returns ``opt_state`` with the stored sparse iterate replaced by ``new``.
+
+  Used by pruning loops that multiply the sparse iterate by a mask.
+  """
+  _find_one(
+      opt_state, ExtrapolationState, "Prox-NAG (nesterov_extrapolation) state",
+      "proxnag(...) or nesterov_extrapolation(...)",
+  )
+  return _replace(
+      opt_state, ExtrapolationState, lambda s: s._replace(sparse_params=new)
+  )
+
+
+# --------------------------------------------------------------------------
+# Masked optimisation: pruned weights stay exactly zero.
+# --------------------------------------------------------------------------
+
+
+class WithMasksState(NamedTuple):
+  """State of :func:`with_masks`: the current masks and the inner state."""
+
+  masks: PyTree
+  inner_state: optax.OptState
+
+
+def _as_bool_masks(masks: PyTree, params: PyTree, who: str) -> PyTree:
+  tree = _resolve_mask(masks, params, who)
+
+  def leaf(m, p):
+    m = jnp.asarray(m)
+    if m.shape not in ((), p.shape):
+      raise ValueError(
+          f"{who}: a mask leaf has shape {m.shape}, its param {p.shape}."
+      )
+    return jnp.broadcast_to(m.astype(bool), p.shape)
+
+  return jax.tree.map(leaf, tree, params)
+
+
+def with_masks(
+    inner: optax.GradientTransformation,
+    masks: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps any optimizer so that pruned weights stay exactly zero.
+
+  With a 0/1 (or bool) mask ``M`` per leaf::
+
+      g'  = M * g                          (pruned grads never reach the inner state)
+      u   = inner.update(g', ...)
+      u'  = where(M, u, -w)                (so w + u' is exactly 0 where M = 0)
+
+  so momentum, weight decay or Adam cannot move a pruned weight off zero, and
+  a weight that is pruned now but was nonzero lands on zero at the next step.
+  The masks live in the state: :func:`get_masks` reads them and
+  :func:`set_masks` swaps them (e.g. a method that prunes and regrows).
+
+  Args:
+    inner: any Optax transformation.
+    masks: a pytree of bools / 0-1 arrays matching params, a callable of
+      params, or ``None`` for "keep the current zeros" (``params != 0``).
+
+  Example:
+    >>> tx = with_masks(optax.chain(optax.add_decayed_weights(5e-4),
+    ...                             optax.sgd(0.1, momentum=0.9)), masks)
+    >>> state = tx.init(apply_masks(params, masks))
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    if masks is None:
+      m = jax.tree.map(lambda p: p != 0, params)
+    else:
+      m = _as_bool_masks(masks, params, "with_masks")
+    return WithMasksState(masks=m, inner_state=inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _require_params(params, "with_masks")
+    m = state.masks
+    grads = jax.tree.map(lambda g, k: jnp.where(k, g, jnp.zeros_like(g)),
+                         updates, m)
+    new_updates, inner_state = inner.update(
+        grads, state.inner_state, params, **extra_args
+    )
+    new_updates = jax.tree.map(
+        lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype),
+        new_updates, params, m,
+    )
+    return new_updates, WithMasksState(masks=m, inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def get_masks(opt_state: optax.OptState) -> PyTree:
+  """The masks held by a :func:`with_masks` state, wherever it sits."""
+  return _find_one(
+      opt_state, WithMasksState, "with_masks state", "with_masks(...)"
+  ).masks
+
+
+def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+  """Returns ``opt_state`` with the :func:`with_masks` masks replaced."""
+  old = get_masks(opt_state)
+  try:
+    new = jax.tree.map(
+        lambda m, o: jnp.broadcast_to(jnp.asarray(m).astype(bool), o.shape),
+        masks, old,
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "set_masks: the new mask tree does not match the old one "
+        f"({jax.tree.structure(masks)} vs {jax.tree.structure(old)})."
+    ) from e
+  return _replace(opt_state, WithMasksState, lambda s: s._replace(masks=new))

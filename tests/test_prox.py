@@ -1,0 +1,108 @@
+"""Closed forms of the proximal operators (paper eqs. 5 and 7)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxnag_jax as pj
+
+
+def eq5(w, g, alpha, lam):
+  """Paper eq. 5, case by case, element by element (plain Python)."""
+  out = []
+  for wi, gi in zip(w, g):
+    z = wi - gi * alpha
+    if z > alpha * lam:
+      out.append(wi - gi * alpha - alpha * lam)
+    elif z < -alpha * lam:
+      out.append(wi - gi * alpha + alpha * lam)
+    else:
+      out.append(0.0)
+  return np.array(out)
+
+
+def test_soft_threshold_matches_eq5_elementwise():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=500).astype(np.float64)
+  g = rng.normal(size=500)
+  alpha, lam = 0.1, 2.0
+  expected = eq5(w, g, alpha, lam)
+  got = np.asarray(pj.soft_threshold(jnp.asarray(w - alpha * g), alpha * lam))
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert np.all((got == 0) == (expected == 0))
+
+
+def test_prox_l1_transform_is_eq5():
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(20, 10)).astype(np.float32)
+  g = rng.normal(size=(20, 10)).astype(np.float32)
+  alpha, lam = 0.05, 3.0
+  tx = optax.chain(optax.scale_by_learning_rate(alpha),
+                   pj.prox_l1(lam, alpha))
+  params = {"w": jnp.asarray(w)}
+  u, _ = tx.update({"w": jnp.asarray(g)}, tx.init(params), params)
+  new = np.asarray(optax.apply_updates(params, u)["w"])
+  expected = eq5(w.ravel(), g.ravel(), alpha, lam).reshape(w.shape)
+  np.testing.assert_allclose(new, expected, atol=1e-6)
+  assert np.sum(new == 0) == np.sum(expected == 0) > 0
+
+
+def test_soft_threshold_values_and_dtype():
+  x = jnp.array([-2.0, -0.5, 0.0, 0.3, 1.5], jnp.bfloat16)
+  y = pj.soft_threshold(x, 1.0)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(y, np.float32), [-1, 0, 0, 0, 0.5])
+
+
+def test_group_soft_threshold_closed_form():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
+  x[..., 2] *= 0.01   # a weak filter
+  tau = 1.0
+  got = np.asarray(pj.group_soft_threshold(jnp.asarray(x), tau, axis=-1))
+  for j in range(8):
+    norm = np.linalg.norm(x[..., j])
+    want = x[..., j] * max(1 - tau / norm, 0.0)
+    np.testing.assert_allclose(got[..., j], want, rtol=1e-5, atol=1e-6)
+  assert np.all(got[..., 2] == 0)
+  # Group zeros are whole filters.
+  zero_filters = np.all(got == 0, axis=(0, 1, 2))
+  assert zero_filters[2]
+
+
+def test_group_soft_threshold_is_prox_of_group_lasso():
+  """The output minimises 1/2||y-x||^2 + tau * sum_g ||y_g|| (random probes)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(5, 6)).astype(np.float64)
+  tau = 0.8
+
+  def objective(y):
+    return 0.5 * np.sum((y - x) ** 2) + tau * np.sum(np.linalg.norm(y, axis=0))
+
+  y = np.asarray(pj.group_soft_threshold(jnp.asarray(x, jnp.float32), tau,
+                                         axis=-1), np.float64)
+  best = objective(y)
+  for _ in range(200):
+    assert objective(y + 1e-2 * rng.normal(size=y.shape)) >= best - 1e-6
+
+
+def test_group_prox_transform_zeros_filters():
+  params = {"conv": jnp.asarray(np.random.default_rng(4).normal(
+      size=(3, 3, 2, 6)), jnp.float32)}
+  params["conv"] = params["conv"].at[..., :3].multiply(0.01)
+  tx = optax.chain(optax.scale_by_learning_rate(1.0),
+                   pj.prox_group_l1(0.5, 1.0, axis=-1))
+  g = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(g, tx.init(params), params)
+  new = optax.apply_updates(params, u)["conv"]
+  zero = np.all(np.asarray(new) == 0, axis=(0, 1, 2))
+  np.testing.assert_array_equal(zero, [True] * 3 + [False] * 3)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_soft_threshold_jit_and_traced_tau(tau):
+  f = jax.jit(pj.soft_threshold)
+  x = jnp.linspace(-1, 1, 11)
+  np.testing.assert_allclose(f(x, tau), pj.soft_threshold(x, tau))

@@ -1,0 +1,310 @@
+"""Prox-NAG and the masked-optimizer wrapper as Optax transformations."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxnag_jax as pj
+
+
+def _problem(seed=0, n=80, d=30):
+  rng = np.random.default_rng(seed)
+  a = rng.normal(size=(n, d))
+  x_true = np.zeros(d)
+  x_true[:5] = rng.normal(size=5) * 3
+  b = a @ x_true + 0.1 * rng.normal(size=n)
+  return a, b
+
+
+def _mlp_params(seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return {
+      "dense1": {"kernel": jax.random.normal(k1, (8, 16)) * 0.5,
+                 "bias": jnp.zeros(16)},
+      "dense2": {"kernel": jax.random.normal(k2, (16, 1)) * 0.5,
+                 "bias": jnp.zeros(1)},
+  }, jax.random.normal(k3, (32, 8))
+
+
+def _mlp_loss(params, x):
+  h = jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
+  y = h @ params["dense2"]["kernel"] + params["dense2"]["bias"]
+  return jnp.mean((y - jnp.sin(x[:, :1])) ** 2)
+
+
+def _run(tx, params, loss, steps, *args):
+  state = tx.init(params)
+
+  def step(carry, _):
+    p, s = carry
+    g = jax.grad(loss)(p, *args)
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  (params, state), _ = jax.lax.scan(step, (params, state), None, length=steps)
+  return params, state
+
+
+def test_l1_zero_equals_optax_nesterov_sgd():
+  params, x = _mlp_params()
+  ours, _ = _run(pj.proxnag(0.05, 0.0, momentum=0.9), params, _mlp_loss, 100, x)
+  ref, _ = _run(optax.sgd(0.05, momentum=0.9, nesterov=True), params,
+                _mlp_loss, 100, x)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def _coordinate_descent_lasso(a, b, lam, iters=3000):
+  """Independent solver: cyclic coordinate descent, float64, for
+  min 1/(2n)||a x - b||^2 + lam ||x||_1."""
+  n, d = a.shape
+  x = np.zeros(d)
+  col_sq = (a ** 2).sum(0) / n
+  r = b - a @ x
+  for _ in range(iters):
+    for j in range(d):
+      r += a[:, j] * x[j]
+      rho = a[:, j] @ r / n
+      x[j] = np.sign(rho) * max(abs(rho) - lam, 0.0) / col_sq[j]
+      r -= a[:, j] * x[j]
+  return x
+
+
+@pytest.mark.parametrize("fista,momentum", [(True, 0.0), (False, 0.5)])
+def test_lasso_converges_to_independent_solution(fista, momentum):
+  a, b = _problem()
+  n = a.shape[0]
+  lam = 0.3
+  lipschitz = np.linalg.norm(a, 2) ** 2 / n
+  aj, bj = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  loss = lambda p: 0.5 * jnp.mean((aj @ p["x"] - bj) ** 2)
+  tx = pj.proxnag(1.0 / lipschitz, lam, momentum, fista=fista)
+  _, state = jax.jit(functools.partial(_run, tx, loss=loss, steps=3000))(
+      {"x": jnp.zeros(a.shape[1])})
+  ours = np.asarray(pj.sparse_params(state)["x"])
+  ref = _coordinate_descent_lasso(a, b, lam)
+  assert np.sum(ref == 0) >= 10  # a genuinely sparse solution
+  np.testing.assert_array_equal(ours == 0, ref == 0)  # same support
+  np.testing.assert_allclose(ours, ref, atol=2e-4)
+
+
+def test_sparse_iterate_has_exact_zeros_and_params_do_not_need_to():
+  params, x = _mlp_params()
+  p, state = _run(pj.proxnag(0.05, 0.05), params, _mlp_loss, 200, x)
+  sp = pj.sparse_params(state)
+  k = np.asarray(sp["dense1"]["kernel"])
+  assert np.sum(k == 0.0) > 0.3 * k.size
+  # Same tree and dtypes as params.
+  assert jax.tree.structure(sp) == jax.tree.structure(p)
+  report = pj.sparsity_report(sp)
+  assert report["sparsity"] > 0.3
+  assert report["compression_ratio"] > 1.0
+
+
+def test_mask_false_leaves_get_plain_nesterov_steps():
+  params, x = _mlp_params()
+  mask = jax.tree.map(lambda v: v.ndim > 1, params)
+  _, st_masked = _run(pj.proxnag(0.05, 10.0, mask=mask), params, _mlp_loss, 5,
+                      x)
+  sp = pj.sparse_params(st_masked)
+  # Huge lambda: every kernel entry is zero, biases never shrink to zero.
+  assert np.all(np.asarray(sp["dense1"]["kernel"]) == 0)
+  assert np.any(np.asarray(sp["dense2"]["bias"]) != 0)
+  # The callable form gives the same result.
+  _, st_fn = _run(pj.proxnag(0.05, 10.0,
+                             mask=lambda p: jax.tree.map(lambda v: v.ndim > 1,
+                                                         p)),
+                  params, _mlp_loss, 5, x)
+  for a, b in zip(jax.tree.leaves(sp), jax.tree.leaves(pj.sparse_params(st_fn))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_jit_and_vmap_over_lambda():
+  params, x = _mlp_params()
+  lams = jnp.array([0.0, 0.01, 0.05, 0.2])
+
+  @jax.jit
+  def final_sparsity(lam):
+    _, st = _run(pj.proxnag(0.05, lam), params, _mlp_loss, 100, x)
+    return pj.sparsity(pj.sparse_params(st))
+
+  batched = jax.vmap(final_sparsity)(lams)
+  single = jnp.stack([final_sparsity(l) for l in lams])
+  np.testing.assert_allclose(batched, single)
+  assert batched[0] == 0.0
+  assert np.all(np.diff(np.asarray(batched)) >= 0)  # more lambda, sparser
+  assert batched[-1] > 0.5
+
+
+def test_schedules_for_lr_and_l1():
+  params, x = _mlp_params()
+  lr = optax.cosine_decay_schedule(0.05, 100)
+  l1 = optax.linear_schedule(0.0, 0.05, 100)
+  _, st = jax.jit(lambda: _run(pj.proxnag(lr, l1), params, _mlp_loss, 100,
+                               x))()
+  assert pj.sparsity(pj.sparse_params(st)) > 0
+
+
+def test_inside_chain_with_other_transforms():
+  params, x = _mlp_params()
+  tx = optax.chain(optax.clip_by_global_norm(1.0), pj.proxnag(0.05, 0.05))
+  _, st = _run(tx, params, _mlp_loss, 50, x)
+  assert pj.sparsity(pj.sparse_params(st)) > 0
+
+
+def test_inject_hyperparams_raise_lambda_without_reinit():
+  params, x = _mlp_params()
+  tx = optax.inject_hyperparams(pj.proxnag)(learning_rate=0.05, l1=0.0)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(_mlp_loss)(p, x)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  p = params
+  for _ in range(20):
+    p, state = step(p, state)
+  assert pj.sparsity(pj.sparse_params(state)) == 0
+  state.hyperparams["l1"] = jnp.asarray(0.1)   # raise lambda, keep momentum
+  for _ in range(20):
+    p, state = step(p, state)
+  assert pj.sparsity(pj.sparse_params(state)) > 0.1
+
+  # Equivalent to running the plain optimizer with lambda 0 then 0.1 while
+  # carrying its state: the chained state is the same pytree.
+  plain0, plain1 = pj.proxnag(0.05, 0.0), pj.proxnag(0.05, 0.1)
+  q, s = params, plain0.init(params)
+  for i in range(40):
+    tx_i = plain0 if i < 20 else plain1
+    g = jax.grad(_mlp_loss)(q, x)
+    u, s = tx_i.update(g, s, q)
+    q = optax.apply_updates(q, u)
+  for a, b in zip(jax.tree.leaves(q), jax.tree.leaves(p)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)  # jit vs eager
+
+
+def test_multisteps_accumulates_then_applies():
+  params, x = _mlp_params()
+  tx = optax.MultiSteps(pj.proxnag(0.05, 0.05), every_k_schedule=2)
+  state = tx.init(params)
+  ref_tx = pj.proxnag(0.05, 0.05)
+  ref_state = ref_tx.init(params)
+  halves = (x[:16], x[16:])
+  p, q = params, params
+  for _ in range(5):
+    grads = [jax.grad(_mlp_loss)(p, h) for h in halves]
+    for g in grads:
+      u, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, u)
+    mean_g = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    u, ref_state = ref_tx.update(mean_g, ref_state, q)
+    q = optax.apply_updates(q, u)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(pj.sparse_params(state)),
+                  jax.tree.leaves(pj.sparse_params(ref_state))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dtype_preserved_bf16():
+  params, x = _mlp_params()
+  params = jax.tree.map(lambda v: v.astype(jnp.bfloat16), params)
+  loss = lambda p: _mlp_loss(jax.tree.map(lambda v: v.astype(jnp.float32), p),
+                             x)
+  tx = pj.proxnag(0.05, 0.05)
+  state = tx.init(params)
+  g = jax.grad(loss)(params)
+  u, state = tx.update(g, state, params)
+  new = optax.apply_updates(params, u)
+  for leaf in jax.tree.leaves((u, new, pj.sparse_params(state))):
+    assert leaf.dtype == jnp.bfloat16
+
+
+def test_fista_momentum_sequence():
+  theta = 1.0
+  betas = []
+  for _ in range(50):
+    beta, theta_next = pj.fista_momentum(theta)
+    want_next = (np.sqrt(theta ** 4 + 4 * theta ** 2) - theta ** 2) / 2
+    np.testing.assert_allclose(theta_next, want_next, rtol=1e-6)
+    np.testing.assert_allclose(beta, want_next * (1 / theta - 1), rtol=1e-5,
+                               atol=1e-7)
+    betas.append(float(beta))
+    theta = float(theta_next)
+  assert betas[0] == 0.0
+  assert np.all(np.diff(betas) > 0) and betas[-1] < 1
+
+
+def test_with_masks_keeps_pruned_weights_at_zero():
+  params, x = _mlp_params()
+  masks = pj.magnitude_masks(params, 0.8)
+  inner = optax.chain(optax.add_decayed_weights(1e-2),
+                      optax.sgd(0.1, momentum=0.9, nesterov=True))
+  tx = pj.with_masks(inner, masks)
+  # Start from *unmasked* params: the first step lands pruned weights on 0.
+  p, state = _run(tx, params, _mlp_loss, 300, x)
+  for w, m in zip(jax.tree.leaves(p), jax.tree.leaves(masks)):
+    w, m = np.asarray(w), np.asarray(m)
+    assert np.all(w[~m] == 0.0)
+    assert np.all(w[m] != 0.0) or w.ndim == 1
+  removed = sum(round(0.8 * w.size) for w in jax.tree.leaves(params)
+                if w.ndim > 1)   # layer-wise rounding
+  assert pj.sparsity_report(p)["prunable_nonzero"] == 144 - removed
+  assert _mlp_loss(p, x) < _mlp_loss(pj.apply_masks(params, masks), x)
+
+
+def test_with_masks_set_and_get_masks_and_nested_states():
+  params, _ = _mlp_params()
+  tx = optax.MultiSteps(pj.with_masks(pj.proxnag(0.1, 0.0)), 2)
+  state = tx.init(params)
+  m = pj.get_masks(state)
+  assert all(bool(np.all(v)) == bool(np.all(np.asarray(p) != 0))
+             for v, p in zip(jax.tree.leaves(m), jax.tree.leaves(params)))
+  new = pj.magnitude_masks(params, 0.5)
+  state = pj.set_masks(state, new)
+  for a, b in zip(jax.tree.leaves(pj.get_masks(state)), jax.tree.leaves(new)):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.structure(pj.sparse_params(state)) == jax.tree.structure(
+      params)
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+# --------------------------------------------------------------------------
+
+
+def test_negative_hyperparameters_raise():
+  with pytest.raises(ValueError, match="l1 must be non-negative"):
+    pj.proxnag(0.1, -1.0)
+  with pytest.raises(ValueError, match="learning_rate must be non-negative"):
+    pj.proxnag(-0.1, 1.0)
+  with pytest.raises(ValueError, match="l1 must be non-negative"):
+    pj.proxnag(0.1, optax.constant_schedule(-1.0))
+  with pytest.raises(ValueError, match="momentum must be non-negative"):
+    pj.proxnag(0.1, 0.1, momentum=-0.5)
+
+
+def test_mask_tree_mismatch_raises():
+  params, x = _mlp_params()
+  bad = {"dense1": True}
+  tx = pj.proxnag(0.1, 0.1, mask=bad)
+  with pytest.raises(ValueError, match="mask tree does not match"):
+    tx.init(params)
+  with pytest.raises(ValueError, match="does not match"):
+    pj.with_masks(optax.sgd(0.1), bad).init(params)
+  with pytest.raises(ValueError, match="does not match"):
+    pj.apply_masks(params, bad)
+
+
+def test_sparse_params_without_proxnag_raises():
+  params, _ = _mlp_params()
+  with pytest.raises(ValueError, match="no Prox-NAG"):
+    pj.sparse_params(optax.adam(1e-3).init(params))
+  with pytest.raises(ValueError, match="no with_masks state"):
+    pj.get_masks(optax.adam(1e-3).init(params))
