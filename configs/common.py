@@ -1,0 +1,32 @@
+"""Defaults shared by the training configs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "lenet5"
+  c.dataset = "mnist"
+  # A TFDS data dir or a directory of npz shards (see proxnag_jax/data.py);
+  # empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data_dir = ""
+  c.train_subset = 0        # > 0: use only the first N training examples
+  c.test_subset = 0
+  c.seed = 0
+  c.num_epochs = 10
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.augment = True          # CIFAR: pad-4 crop + flip (ignored for MNIST)
+  c.optimizer = "sgd"       # 'sgd' (Nesterov) or 'proxnag'
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 5e-4
+  c.l1 = 0.0                # proxnag only
+  c.fista = False           # proxnag only
+  c.schedule = "cosine"     # 'cosine', 'step' or 'constant'
+  c.lr_steps = ()           # 'step' schedule: epochs at which lr *= lr_decay
+  c.lr_decay = 0.1
+  c.warmup_epochs = 0.0
+  c.log_every_s = 5.0
+  return c

@@ -1,0 +1,229 @@
+"""Datasets as in-memory arrays, and on-device augmentation.
+
+Two sources, chosen by what ``data_dir`` holds:
+
+* **TFDS** (``tensorflow-datasets``, no TensorFlow needed): a prepared TFDS
+  data dir, ``DATA_DIR/<name>/<version>/dataset_info.json``, read with
+  ``tfds.data_source`` (ArrayRecord files). ``data_dir`` defaults to
+  ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+* **npz shards**: ``DATA_DIR/<name>/`` (or ``DATA_DIR/`` itself) holding
+  ``train*.npz`` and ``test.npz`` with uint8 arrays ``image`` (N, H, W, C) and
+  ``label`` (N,), the layout of ``shared/data/README.md``. This path needs
+  nothing beyond NumPy (e.g. on a GPU machine without tensorflow-datasets).
+
+Images stay uint8 until they reach the accelerator; :func:`preprocess` and
+:func:`augment` run inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (input shape, classes, per-channel mean, std of pixels/255, augment)
+DATASETS = {
+    "mnist": ((28, 28, 1), 10, (0.1307,), (0.3081,), False),
+    "fashion_mnist": ((28, 28, 1), 10, (0.2860,), (0.3530,), False),
+    "cifar10": ((32, 32, 3), 10, (0.4914, 0.4822, 0.4465),
+                (0.2470, 0.2435, 0.2616), True),
+    "cifar100": ((32, 32, 3), 100, (0.5071, 0.4865, 0.4409),
+                 (0.2673, 0.2564, 0.2762), True),
+    "imagenet2012": ((224, 224, 3), 1000, (0.485, 0.456, 0.406),
+                     (0.229, 0.224, 0.225), True),
+}
+DATASET_NAMES = tuple(sorted(DATASETS))
+
+HOW_TO_GET_DATA = """\
+How to get the data:
+  * TFDS: `pip install tensorflow-datasets array_record pillow`, then
+    `python -c "import tensorflow_datasets as tfds; tfds.builder('{name}', \
+data_dir='DIR', file_format='array_record').download_and_prepare()"`
+    and pass --config.data_dir=DIR (or set TFDS_DATA_DIR).
+  * npz: a directory DIR/{name}/ with train*.npz shards and test.npz, each
+    holding uint8 `image` (N,H,W,C) and `label` (N,); pass --config.data_dir=DIR.
+"""
+
+
+class DataError(ValueError):
+  """Missing or malformed data, with a message that says what to do."""
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A dataset held as uint8 arrays on the host (moved to device once)."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  source: str   # 'tfds' or 'npz'
+  path: str
+
+  @property
+  def input_shape(self):
+    return DATASETS[self.name][0]
+
+  @property
+  def num_classes(self):
+    return DATASETS[self.name][1]
+
+  @property
+  def mean_std(self):
+    return DATASETS[self.name][2], DATASETS[self.name][3]
+
+  @property
+  def augment(self):
+    return DATASETS[self.name][4]
+
+
+def check_dataset_name(name: str) -> None:
+  if name not in DATASETS:
+    raise DataError(
+        f"unknown dataset {name!r}; valid datasets: {', '.join(DATASET_NAMES)}.")
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR",
+                        os.path.expanduser("~/tensorflow_datasets"))
+
+
+def detect_source(name: str, data_dir: str) -> tuple[str, str]:
+  """Returns ``('tfds' | 'npz', path)`` for ``data_dir`` or raises DataError."""
+  check_dataset_name(name)
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  if not os.path.isdir(data_dir):
+    raise DataError(f"data dir {data_dir!r} does not exist.\n"
+                    + HOW_TO_GET_DATA.format(name=name))
+  if glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json")):
+    return "tfds", data_dir
+  for cand in (os.path.join(data_dir, name), data_dir):
+    if (glob.glob(os.path.join(cand, "train*.npz")) and
+        os.path.exists(os.path.join(cand, "test.npz"))):
+      return "npz", cand
+  raise DataError(
+      f"no {name!r} data in {data_dir!r}: expected a TFDS data dir "
+      f"({data_dir}/{name}/<version>/dataset_info.json) or npz shards "
+      f"({data_dir}/{name}/train*.npz and test.npz).\n"
+      + HOW_TO_GET_DATA.format(name=name))
+
+
+def _load_npz(path: str, train_subset: int, test_subset: int):
+  shards = sorted(glob.glob(os.path.join(path, "train*.npz")))
+  xs, ys, have = [], [], 0
+  for f in shards:
+    with np.load(f) as z:
+      xs.append(z["image"])
+      ys.append(z["label"])
+    have += len(ys[-1])
+    if train_subset and have >= train_subset:
+      break
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  with np.load(os.path.join(path, "test.npz")) as z:
+    tx, ty = z["image"], z["label"]
+  return x, y, tx, ty
+
+
+def _load_tfds(name: str, data_dir: str, train_subset: int, test_subset: int):
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(
+        f"{data_dir!r} is a TFDS data dir but tensorflow-datasets is not "
+        "installed: `pip install tensorflow-datasets array_record pillow` "
+        "(or `pip install -e .[tfds]`), or use npz shards.") from e
+  src = tfds.data_source(name, data_dir=data_dir)
+
+  def read(split, n):
+    ds = src[split]
+    n = min(n, len(ds)) if n else len(ds)
+    images, labels = np.empty((n,) + DATASETS[name][0], np.uint8), np.empty(
+        n, np.int32)
+    step = 4096
+    for start in range(0, n, step):
+      exs = ds.__getitems__(list(range(start, min(n, start + step))))
+      for i, ex in enumerate(exs):
+        images[start + i] = ex["image"]
+        labels[start + i] = ex["label"]
+    return images, labels
+
+  x, y = read("train", train_subset)
+  tx, ty = read("test", test_subset)
+  return x, y, tx, ty
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None,
+                 train_subset: int = 0, test_subset: int = 0) -> Dataset:
+  """Loads ``name`` into host memory from a TFDS data dir or npz shards.
+
+  Args:
+    name: one of :data:`DATASET_NAMES`.
+    data_dir: a TFDS data dir or a directory of npz shards (detected).
+    train_subset / test_subset: if > 0, keep only the first N examples (npz:
+      only the shards needed are read). For smoke runs.
+  """
+  source, path = detect_source(name, data_dir)
+  if name == "imagenet2012":
+    raise DataError(
+        "imagenet2012 does not fit the in-memory pipeline of this release; "
+        "the models (resnet18_imagenet, resnet50_imagenet) are available for "
+        "your own input pipeline.")
+  if source == "npz":
+    x, y, tx, ty = _load_npz(path, train_subset, test_subset)
+  else:
+    x, y, tx, ty = _load_tfds(name, path, train_subset, test_subset)
+  if train_subset:
+    x, y = x[:train_subset], y[:train_subset]
+  if test_subset:
+    tx, ty = tx[:test_subset], ty[:test_subset]
+  shape = DATASETS[name][0]
+  for arr, split in ((x, "train"), (tx, "test")):
+    if arr.shape[1:] != shape or arr.dtype != np.uint8:
+      raise DataError(f"{name} {split} images in {path} have shape "
+                      f"{arr.shape[1:]} {arr.dtype}; expected {shape} uint8.")
+  return Dataset(name, x, y.astype(np.int32), tx, ty.astype(np.int32),
+                 source, path)
+
+
+def describe(ds: Dataset) -> str:
+  return (f"{ds.name} from {ds.source} at {ds.path}: train "
+          f"{len(ds.train_labels)}, test {len(ds.test_labels)} examples")
+
+
+# ---------------------------------------------------------------------------
+# On-device preprocessing (inside jit).
+# ---------------------------------------------------------------------------
+
+
+def preprocess(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 NHWC -> float32, per-channel normalised."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+  """Standard CIFAR augmentation: zero-pad ``pad``, random crop, random flip.
+
+  Deterministic given ``key``; works on any NHWC batch (uint8 or float).
+  """
+  n, h, w, c = images.shape
+  k_crop, k_flip = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+  out = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+  return jnp.where(flip[:, None, None, None], out[:, :, ::-1, :], out)
+
+
+def epoch_permutation(key: jax.Array, n: int, batch_size: int) -> np.ndarray:
+  """Shuffled indices for one epoch, as (steps, batch) (last partial dropped)."""
+  perm = np.asarray(jax.random.permutation(key, n))
+  steps = n // batch_size
+  return perm[: steps * batch_size].reshape(steps, batch_size)
