@@ -166,7 +166,7 @@ def cross_entropy(logits, labels):
 
 
 def make_train_step(model, tx, *, mean, std, augment: bool,
-                    mesh: Mesh) -> Callable:
+                    mesh: Mesh, donate: bool = True) -> Callable:
   """A jitted ``(state, images, labels, idx, key) -> (state, metrics)``.
 
   ``images``/``labels`` are the whole device-resident training set (uint8,
@@ -201,7 +201,7 @@ def make_train_step(model, tx, *, mean, std, augment: bool,
     return new, metrics
 
   rep = replicated(mesh)
-  return jax.jit(step, donate_argnums=(0,),
+  return jax.jit(step, donate_argnums=(0,) if donate else (),
                  out_shardings=(rep, rep))
 
 
@@ -338,6 +338,9 @@ class Checkpointer:
     return self.mngr.latest_step()
 
   def save(self, step: int, tree: PyTree, meta: dict) -> None:
+    """Saves (replacing a checkpoint of the same step) and waits."""
+    if step in self.mngr.all_steps():
+      self.mngr.delete(step)
     self.mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(json.loads(json.dumps(
@@ -351,6 +354,12 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract),
         meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+  def read_meta(self, step: Optional[int] = None) -> dict:
+    """The JSON metadata of a checkpoint, without reading its arrays."""
+    step = self.latest_step() if step is None else step
+    return self.mngr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
 
   def close(self):
     self.mngr.wait_until_finished()
@@ -471,30 +480,38 @@ def epoch_key(config, epoch: int) -> jax.Array:
 
 
 def run_epoch(state, *, step_fn, arrays, config, epoch: int, mesh: Mesh,
-              progress: Progress, on_step=None):
+              progress: Progress, on_step=None, start: int = 0,
+              key: Optional[jax.Array] = None):
   """One pass over the (shuffled) training set. Returns (state, metrics).
 
-  ``on_step(state, metrics_dev, i)`` may return ``(state, stop)`` to stop
-  early (pruning phases use it). Metrics are averaged on the host at the end.
+  The batch order and augmentation keys derive from ``key`` (default
+  :func:`epoch_key` of ``epoch``), so a run resumed at batch ``start`` of an
+  epoch sees exactly the batches it would have seen. ``on_step(state,
+  metrics, i)`` may return ``(state, stop)`` to end the epoch early.
   """
-  key = epoch_key(config, epoch)
+  key = epoch_key(config, epoch) if key is None else key
   n = int(arrays["train_y"].shape[0])
   order = data_lib.epoch_permutation(jax.random.fold_in(key, 0), n,
                                      config.batch_size)
   bsh = batch_sharded(mesh)
   losses, accs = [], []
-  for i, idx in enumerate(order):
+  for i in range(start, len(order)):
     state, m = step_fn(state, arrays["train_x"], arrays["train_y"],
-                       jax.device_put(idx, bsh),
+                       jax.device_put(order[i], bsh),
                        jax.random.fold_in(key, i + 1))
     losses.append(m["loss"])
     accs.append(m["accuracy"])
-    progress.update(1, loss=float(m["loss"])) if (
-        time.time() - progress.last >= progress.every) else progress.update(1)
+    if time.time() - progress.last >= progress.every:
+      progress.update(1, loss=float(m["loss"]))
+    else:
+      progress.update(1)
     if on_step is not None:
       state, stop = on_step(state, m, i)
       if stop:
         break
+  if not losses:
+    return state, {"train_loss": float("nan"), "train_accuracy": float("nan"),
+                   "steps": 0}
   loss = float(jnp.mean(jnp.stack(losses)))
   acc = float(jnp.mean(jnp.stack(accs)))
   return state, {"train_loss": loss, "train_accuracy": acc,
@@ -620,19 +637,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
 def save_final(workdir: str, state: TrainState) -> None:
   """Saves the final eval params + batch stats to ``workdir/final``."""
-  tree = {"params": eval_params(state), "batch_stats": state.batch_stats}
-  path = os.path.abspath(os.path.join(workdir, "final"))
+  save_tree(os.path.join(workdir, "final"),
+            {"params": eval_params(state), "batch_stats": state.batch_stats})
+
+
+def save_tree(path: str, tree: PyTree) -> None:
+  """Saves a pytree of arrays with orbax (overwriting)."""
+  path = os.path.abspath(path)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(path, jax.device_get(tree), force=True)
   ckptr.wait_until_finished()
 
 
-def load_final(workdir_or_path: str) -> dict:
-  """Loads ``{'params', 'batch_stats'}`` saved by a finished run.
+def load_final(workdir_or_path: str, name: str = "final") -> dict:
+  """Loads the arrays saved by a finished run (as numpy-backed jax arrays).
+
+  ``train.train`` saves ``{'params', 'batch_stats'}`` in ``DIR/final``;
+  ``train.prune`` saves ``{'params', 'batch_stats', 'masks'}`` in
+  ``DIR/pruned`` (``load_final(DIR, 'pruned')``).
 
   >>> variables = load_final("runs/lenet5")   # then model.apply(variables, x)
   """
   path = os.path.abspath(workdir_or_path)
-  if os.path.isdir(os.path.join(path, "final")):
-    path = os.path.join(path, "final")
+  if os.path.isdir(os.path.join(path, name)):
+    path = os.path.join(path, name)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no saved model at {path}.")
   return ocp.StandardCheckpointer().restore(path)

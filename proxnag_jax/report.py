@@ -117,3 +117,96 @@ def layer_table(params: PyTree, macs: Optional[dict] = None,
       f"{rep['sparsity']:.2%} (prunable) | "
       + (f"{macs['macs']:,} | {macs['macs_sparse']:,} |" if macs else " | |"))
   return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
+# Plots (matplotlib, Agg backend; PNG files).
+# ---------------------------------------------------------------------------
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_trace(trace: list[dict], path: str, title: str = "") -> None:
+  """Sparsity and training loss against steps, rounds marked (paper Fig. 6)."""
+  plt = _plt()
+  rows = [r for r in trace if r.get("kind") in ("monitor", "epoch")]
+  if not rows:
+    return
+  steps = [r["step"] for r in rows]
+  fig, ax1 = plt.subplots(figsize=(9, 4.5))
+  ax1.plot(steps, [100 * r["sparsity"] for r in rows], color="tab:blue",
+           label="sparsity of w~ (%)")
+  ax1.set_xlabel("training step")
+  ax1.set_ylabel("sparsity (%)", color="tab:blue")
+  ax2 = ax1.twinx()
+  ax2.plot(steps, [r["loss"] for r in rows], color="tab:red", alpha=0.7,
+           label="train loss")
+  ax2.set_ylabel("train loss", color="tab:red")
+  ax2.set_yscale("log")
+  for r in trace:
+    if r.get("kind") == "phase_start":
+      ls = "-" if r["phase"] == "prune" else ":"
+      ax1.axvline(r["step"], color="gray", ls=ls, lw=0.8)
+      if r["phase"] == "prune":
+        ax1.text(r["step"], 1.0, f" r{r['round']}", va="bottom",
+                 transform=ax1.get_xaxis_transform(), fontsize=8)
+  ax1.set_title(title or "Prox-NAG pruning: sparsity and loss "
+                "(solid: prune-train starts, dotted: fine-tune starts)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_weight_histograms(before: PyTree, after: PyTree, path: str,
+                           prunable=None) -> None:
+  """log10|w| of prunable weights before and after pruning (paper Fig. 7)."""
+  plt = _plt()
+
+  def mags(tree):
+    which = masks_lib.prunable_tree(tree, prunable)
+    vals = [np.abs(np.asarray(p)).ravel()
+            for p, w in zip(jax.tree.leaves(tree), jax.tree.leaves(which))
+            if w]
+    v = np.concatenate(vals)
+    return np.log10(v[v > 0]), int((v == 0).sum()), v.size
+
+  (b, bz, n), (a, az, _) = mags(before), mags(after)
+  fig, ax = plt.subplots(figsize=(8, 4))
+  lo = min(b.min(), a.min() if a.size else b.min())
+  hi = max(b.max(), a.max() if a.size else b.max())
+  bins = np.linspace(lo, hi, 80)
+  ax.hist(b, bins=bins, alpha=0.6, label=f"dense ({n - bz:,} nonzero)")
+  ax.hist(a, bins=bins, alpha=0.6,
+          label=f"pruned ({n - az:,} nonzero, {az / n:.1%} zero)")
+  ax.set_xlabel("log10 |w| (nonzero prunable weights)")
+  ax.set_ylabel("count")
+  ax.legend()
+  ax.set_title("Weight magnitudes before and after pruning")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_layer_sparsity(params: PyTree, path: str, masks=None) -> None:
+  """Bars of per-layer sparsity for the prunable leaves."""
+  plt = _plt()
+  rep = masks_lib.sparsity_report(params, masks)
+  layers = [l for l in rep["layers"] if l["prunable"]]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))
+  ax.bar(range(len(layers)), [100 * l["sparsity"] for l in layers])
+  ax.set_xticks(range(len(layers)))
+  ax.set_xticklabels([l["name"].replace("/kernel", "") for l in layers],
+                     rotation=75, fontsize=7)
+  ax.set_ylabel("sparsity (%)")
+  ax.axhline(100 * rep["sparsity"], color="k", ls="--", lw=0.8,
+             label=f"overall {rep['sparsity']:.2%}")
+  ax.legend()
+  ax.set_title("Per-layer sparsity")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,77 @@
+"""Real data through both sources, and on-device augmentation."""
+
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from proxnag_jax import data
+
+
+def test_npz_mnist_full(npz_dir):
+  ds = data.load_dataset("mnist", npz_dir)
+  assert ds.source == "npz"
+  assert ds.train_images.shape == (60000, 28, 28, 1)
+  assert ds.test_images.shape == (10000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.test_labels),
+                                [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                 974, 1009])
+
+
+def test_npz_cifar_reads_only_needed_shards(npz_dir):
+  ds = data.load_dataset("cifar10", npz_dir, train_subset=1000,
+                         test_subset=100)
+  assert ds.train_images.shape == (1000, 32, 32, 3)
+  assert len(ds.test_labels) == 100
+  assert ds.augment
+
+
+def test_tfds_mnist_matches_npz(tfds_dir, npz_dir):
+  tf = data.load_dataset("mnist", tfds_dir, train_subset=200,
+                         test_subset=10000)
+  assert tf.source == "tfds"
+  npz = data.load_dataset("mnist", npz_dir)
+  # Same test set (TFDS stores it in its own order): same multiset.
+  h = lambda im, l: hashlib.sha1(im.tobytes() + bytes([l])).hexdigest()
+  assert sorted(map(h, tf.test_images, tf.test_labels)) == sorted(
+      map(h, npz.test_images, npz.test_labels))
+  train_hashes = set(map(h, npz.train_images, npz.train_labels))
+  assert all(h(a, b) in train_hashes
+             for a, b in zip(tf.train_images, tf.train_labels))
+
+
+def test_missing_and_unknown(tmp_path):
+  with pytest.raises(data.DataError, match="(?s)does not exist.*How to get"):
+    data.load_dataset("mnist", str(tmp_path / "nope"))
+  with pytest.raises(data.DataError, match="(?s)no .cifar10. data.*npz"):
+    data.load_dataset("cifar10", str(tmp_path))
+  with pytest.raises(data.DataError, match="valid datasets: .*cifar10"):
+    data.load_dataset("cifar11", str(tmp_path))
+
+
+def test_augment_deterministic_and_is_crop_of_padded():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 255, (16, 32, 32, 3)), jnp.uint8)
+  k = jax.random.PRNGKey(3)
+  a, b = data.augment(k, x), data.augment(k, x)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == x.shape and a.dtype == x.dtype
+  assert not np.array_equal(a, data.augment(jax.random.PRNGKey(4), x))
+  padded = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
+  for i in range(16):   # each output is a crop of the padded image, maybe flipped
+    ok = False
+    for dy in range(9):
+      for dx in range(9):
+        crop = padded[i, dy:dy + 32, dx:dx + 32]
+        if np.array_equal(crop, a[i]) or np.array_equal(crop[:, ::-1], a[i]):
+          ok = True
+    assert ok
+
+
+def test_epoch_permutation_by_key():
+  a = data.epoch_permutation(jax.random.PRNGKey(0), 100, 32)
+  assert a.shape == (3, 32) and len(set(a.ravel())) == 96
+  np.testing.assert_array_equal(a, data.epoch_permutation(
+      jax.random.PRNGKey(0), 100, 32))

@@ -1,0 +1,180 @@
+"""The training loop: smoke run, resume, bad input, NaN, data parallelism."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import lenet5_mnist
+from configs import resnet20_cifar10
+from proxnag_jax import engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(npz_dir, **over):
+  c = lenet5_mnist.get_config("smoke")
+  c.data_dir = npz_dir
+  for k, v in over.items():
+    setattr(c, k, v)
+  return c
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_smoke_run_writes_outputs(tmp_path, npz_dir):
+  wd = str(tmp_path / "run")
+  s = engine.train(_smoke(npz_dir), wd, log=lambda *_: None)
+  for f in ("summary.json", "metrics.jsonl", "config.json"):
+    assert os.path.exists(os.path.join(wd, f))
+  with open(os.path.join(wd, "summary.json")) as f:
+    summary = json.load(f)
+  for key in ("model", "dataset", "seed", "test_accuracy", "train_loss",
+              "epochs", "num_params", "wall_time_s", "images_per_s", "config"):
+    assert key in summary
+  assert summary["num_params"] == 431_080
+  assert summary["test_accuracy"] > 0.5      # 2 tiny epochs, well above 0.1
+  lines = open(os.path.join(wd, "metrics.jsonl")).read().splitlines()
+  assert len(lines) == 2 and json.loads(lines[-1])["epoch"] == 2
+  v = engine.load_final(wd)
+  assert set(v) == {"params", "batch_stats"}
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, npz_dir):
+  cfg = _smoke(npz_dir, num_epochs=3)
+  full = str(tmp_path / "full")
+  engine.train(cfg, full, log=lambda *_: None)
+  part = str(tmp_path / "part")
+  out = engine.train(cfg, part, stop_after_epochs=1, log=lambda *_: None)
+  assert out == {"stopped_at_epoch": 1}
+  assert not os.path.exists(os.path.join(part, "summary.json"))
+  engine.train(cfg, part, log=lambda *_: None)   # same command: resumes
+  for a, b in zip(_leaves(engine.load_final(full)),
+                  _leaves(engine.load_final(part))):
+    np.testing.assert_array_equal(a, b)
+  lines = open(os.path.join(part, "metrics.jsonl")).read().splitlines()
+  assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+
+
+def test_workdir_with_other_config_is_refused(tmp_path, npz_dir):
+  wd = str(tmp_path / "run")
+  engine.train(_smoke(npz_dir, num_epochs=1), wd, log=lambda *_: None)
+  with pytest.raises(ValueError, match="different config.*learning_rate"):
+    engine.train(_smoke(npz_dir, num_epochs=1, learning_rate=0.5), wd,
+                 log=lambda *_: None)
+  s = engine.train(_smoke(npz_dir, num_epochs=1, learning_rate=0.001), wd,
+                   overwrite=True, log=lambda *_: None)
+  assert s["config"]["learning_rate"] == 0.001
+
+
+def test_nan_loss_stops_with_checkpoint_intact(tmp_path, npz_dir, monkeypatch):
+  wd = str(tmp_path / "run")
+  cfg = _smoke(npz_dir)
+  engine.train(cfg, wd, stop_after_epochs=1, log=lambda *_: None)
+  good = engine.Checkpointer(os.path.join(wd, "checkpoints"))
+  assert good.latest_step() == 1
+  good.close()
+
+  real = engine.make_train_step
+
+  def poisoned(*a, **k):
+    step = real(*a, **k)
+
+    def nan_step(*args):
+      state, m = step(*args)
+      return state, {**m, "loss": m["loss"] * np.nan}
+    return nan_step
+
+  monkeypatch.setattr(engine, "make_train_step", poisoned)
+  with pytest.raises(engine.TrainingDiverged,
+                     match="loss is nan in epoch 2.*step 1.*intact"):
+    engine.train(cfg, wd, log=lambda *_: None)
+  ck = engine.Checkpointer(os.path.join(wd, "checkpoints"))
+  assert ck.latest_step() == 1
+  ck.close()
+
+
+def test_bad_config_fails_early(tmp_path, npz_dir):
+  with pytest.raises(ValueError, match="valid models"):
+    engine.train(_smoke(npz_dir, model="lenet6"), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="valid datasets"):
+    engine.train(_smoke(npz_dir, dataset="mnist2"), str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="How to get the data"):
+    engine.train(_smoke(str(tmp_path)), str(tmp_path / "c"))
+
+
+def test_cli_smoke_with_overrides(tmp_path, npz_dir):
+  wd = str(tmp_path / "cli")
+  r = subprocess.run(
+      [sys.executable, "-m", "train.train", "--config",
+       "configs/lenet5_mnist.py:smoke", "--workdir", wd,
+       f"--config.data_dir={npz_dir}", "--config.num_epochs=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "data: mnist from npz" in r.stdout
+  assert json.load(open(os.path.join(wd, "summary.json")))["epochs"] == 1
+
+
+def test_resnet20_cifar_smoke(tmp_path, npz_dir):
+  c = resnet20_cifar10.get_config("smoke")
+  c.data_dir = npz_dir
+  c.num_epochs = 1
+  s = engine.train(c, str(tmp_path / "r20"), log=lambda *_: None)
+  assert s["num_params"] == 269_722
+  assert np.isfinite(s["train_loss"])
+
+
+_SHARDED = r"""
+import sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from configs import resnet20_cifar10
+from proxnag_jax import engine, masks
+assert jax.device_count() == 4, jax.devices()
+c = resnet20_cifar10.get_config("smoke")
+c.data_dir = {npz!r}
+out = {{}}
+for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
+  mesh = engine.make_mesh(devs)
+  ds, model, arrays = engine.setup(c, mesh, log=lambda *_: None)
+  params, bs = engine.init_variables(model, c, ds.input_shape)
+  tx = engine.make_optimizer(c, engine.make_schedule(c, 8),
+                             masks.prunable_tree(params))
+  state = engine.put_replicated(engine.create_state(params, bs, tx), mesh)
+  step = engine.make_train_step(model, tx, mean=ds.mean_std[0],
+                                std=ds.mean_std[1], augment=True, mesh=mesh)
+  prog = engine.Progress(8, c.batch_size, every_s=1e9)
+  losses = []
+  def record(s, m, i):
+    losses.append(float(m["loss"]))
+    return s, False
+  state, m = engine.run_epoch(state, step_fn=step, arrays=arrays, config=c,
+                              epoch=0, mesh=mesh, progress=prog,
+                              on_step=record)
+  out[name] = (np.array(losses), np.asarray(state.params["fc"]["kernel"]))
+  sh = state.params["fc"]["kernel"].sharding
+  print(name, losses, len(sh.device_set))
+# Same batches, same keys: the same computation up to float reassociation
+# (the cross-device BatchNorm and loss means), which training then amplifies.
+np.testing.assert_allclose(out["one"][0][:2], out["four"][0][:2], rtol=1e-5)
+np.testing.assert_allclose(out["one"][0], out["four"][0], rtol=5e-3)
+print("OK")
+"""
+
+
+def test_four_cpu_devices_give_the_same_loss(npz_dir):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  r = subprocess.run([sys.executable, "-c",
+                      _SHARDED.format(root=ROOT, npz=npz_dir)],
+                     capture_output=True, text=True, timeout=600, env=env)
+  assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+  assert "OK" in r.stdout
+  assert r.stdout.split("four")[1].split("]")[1].split()[0] == "4"
