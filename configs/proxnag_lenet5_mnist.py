@@ -41,6 +41,19 @@ def prune_defaults(c):
   c.finetune_growth = 1
   c.final_finetune_epochs = 4
   c.checkpoint_every_steps = 200
+  # The baselines (proxnag_jax.methods, python -m train.sweep), one budget:
+  # dense-start methods train budget_epochs, scratch methods
+  # dense.num_epochs + budget_epochs.
+  c.budget_epochs = 10
+  c.magnitude_scope = "global"
+  c.gmp_every = 100             # steps between GMP mask updates
+  c.gmp_end_fraction = 0.5      # GMP reaches the target at half the budget
+  c.l2_iterations = 3           # Han et al.: prune / retrain iterations
+  c.sm_prune_rate = 0.5         # Sparse Momentum: initial prune rate
+  c.dsr_every = 200             # DSR: steps between reallocations
+  c.dsr_np = 0.02               # DSR: target pruned per reallocation
+  c.dsr_delta = 0.1             # DSR: threshold tolerance
+  c.dsr_threshold = 1e-3        # DSR: initial threshold H
   return c
 
 
@@ -68,4 +81,7 @@ def get_config(arg: str = ""):
     c.final_finetune_epochs = 1
     c.checkpoint_every_steps = 4
     c.log_every_s = 30.0
+    c.budget_epochs = 2
+    c.gmp_every = 2
+    c.dsr_every = 4
   return c

@@ -227,7 +227,8 @@ class _Run:
         s = float(s)
         self.check_loss(float(loss), state)
         reason = pruning.stop_reason(
-            state, s, target=self.target, drop_tol=c.drop_tol,
+            state, s, target=self.target - self.half_weight,
+            drop_tol=c.drop_tol,
             patience=c.patience, loss_rise=c.loss_rise,
             loss_rise_min=c.loss_rise_min)
         if not reason and k >= max_steps:
@@ -261,7 +262,7 @@ class _Run:
     c = self.config
     params = state.best_params
     params, restored = pruning.repair_overshoot(
-        params, state.round_start, self.target)
+        params, state.round_start, c.target_sparsity)
     bs = state.best_batch_stats
     sp = float(masks_lib.sparsity(params))
     ev = self.test(params, bs)
@@ -275,7 +276,7 @@ class _Run:
              + (f", {restored} weights restored for the exact target"
                 if restored else "") + f"); test acc {ev['accuracy']:.4f}")
     masks = pruning.masks_from_params(params)
-    final = sp >= self.target - 1e-12
+    final = pruning.reached(params, c.target_sparsity)
     epochs = pruning.finetune_epochs(c, int(state.round), final)
     tx = finetune_tx(c, epochs * self.spe, masks)
     train = engine.TrainState(step=state.train.step, params=params,
@@ -290,7 +291,7 @@ class _Run:
   def run_finetune(self, state, extra):
     c = self.config
     sp = float(masks_lib.sparsity(state.train.params))
-    final = sp >= self.target - 1e-12
+    final = pruning.reached(state.train.params, c.target_sparsity)
     epochs = pruning.finetune_epochs(c, int(state.round), final)
     tx = finetune_tx(c, epochs * self.spe)
     step = self.step_fn(tx, ("finetune", epochs))
@@ -362,11 +363,10 @@ def prune(config, workdir: str, *, overwrite: bool = False,
       config, workdir, run.model, run.ds.input_shape, log)
   run.prunable = masks_lib.prunable_tree(dense_params)
   run.target = pruning.target_fraction(dense_params, config.target_sparsity)
+  run.half_weight = 0.5 / pruning.prunable_count(dense_params)
   dense_eval = run.test(dense_params, dense_bs)
   log(f"dense model from {dense_path}: test accuracy "
       f"{dense_eval['accuracy']:.4f}")
-  prunable_names = [l["name"] for l in masks_lib.sparsity_report(
-      dense_params)["layers"] if l["prunable"]]
 
   # ---- the loop state: fresh, or restored from the last checkpoint -------
   lam0 = pruning.lam_for_round(config, 0)
@@ -425,37 +425,54 @@ def prune(config, workdir: str, *, overwrite: bool = False,
   run.ckpt.close()
 
   # ---- results ------------------------------------------------------------
-  params, bs = state.train.params, state.train.batch_stats
+  return finalize(
+      workdir, config, method="proxnag", model=run.model, ds=run.ds,
+      params=state.train.params, batch_stats=state.train.batch_stats,
+      dense_params=dense_params, dense_accuracy=dense_eval["accuracy"],
+      evaluate=run.test, trace_path=run.trace_path,
+      epochs=run.total_steps / run.spe,
+      wall_time_s=wall_before + time.time() - t0, log=log,
+      extra={"reached_target": outcome != "max_rounds",
+             "rounds": int(state.round) + 1, "final_l1": float(state.lam),
+             "dense_checkpoint": dense_path})
+
+
+def finalize(workdir, config, *, method, model, ds, params, batch_stats,
+             dense_params, dense_accuracy, evaluate, trace_path, epochs,
+             wall_time_s, log, extra) -> dict:
+  """Writes what every pruning run leaves behind and returns the summary:
+  ``summary.json``, ``pruned/`` (params, BN stats, masks), ``report.md`` and
+  the PNG plots. Shared by Prox-NAG and the masked-training methods."""
   masks = pruning.masks_from_params(params)
-  ev = run.test(params, bs)
+  ev = evaluate(params, batch_stats)
   rep = masks_lib.sparsity_report(params)
-  in_shape = (1,) + tuple(run.ds.input_shape)
-  macs = report_lib.count_macs(run.model, {"params": params, **(
-      {"batch_stats": bs} if bs else {})}, in_shape)
-  trace = [json.loads(l) for l in open(run.trace_path)]
+  in_shape = (1,) + tuple(ds.input_shape)
+  macs = report_lib.count_macs(model, {"params": params, **(
+      {"batch_stats": batch_stats} if batch_stats else {})}, in_shape)
+  trace = [json.loads(l) for l in open(trace_path)]
   summary = {
-      "method": "proxnag", "model": config.model, "dataset": config.dataset,
+      "method": method, "model": config.model, "dataset": config.dataset,
       "seed": config.seed, "target_sparsity": config.target_sparsity,
-      "sparsity": rep["sparsity"], "reached_target": outcome != "max_rounds",
+      "sparsity": rep["sparsity"], "reached_target": True,
       "compression_ratio": rep["compression_ratio"],
       "theoretical_speedup": macs["theoretical_speedup"],
       "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
-      "dense_test_accuracy": dense_eval["accuracy"],
+      "dense_test_accuracy": dense_accuracy,
       "num_params": rep["num_params"], "num_nonzero": rep["num_nonzero"],
       "prunable_params": rep["prunable_params"],
       "prunable_nonzero": rep["prunable_nonzero"],
       "macs_dense": macs["macs"], "macs_sparse": macs["macs_sparse"],
-      "rounds": int(state.round) + 1, "final_l1": float(state.lam),
-      "epochs": run.total_steps / run.spe,
-      "pruned_layers": prunable_names,
-      "wall_time_s": wall_before + time.time() - t0,
+      "epochs": epochs,
+      "pruned_layers": [l["name"] for l in rep["layers"] if l["prunable"]],
+      "wall_time_s": wall_time_s,
       **engine.device_info(),
-      "dense_checkpoint": dense_path,
+      **extra,
       "config": json.loads(config.to_json_best_effort()),
   }
   engine.write_json(os.path.join(workdir, "summary.json"), summary)
   engine.save_tree(os.path.join(workdir, "pruned"),
-                   {"params": params, "batch_stats": bs, "masks": masks})
+                   {"params": params, "batch_stats": batch_stats,
+                    "masks": masks})
   write_report(workdir, summary, params, masks, macs)
   report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
   report_lib.plot_weight_histograms(dense_params, params, os.path.join(
@@ -463,7 +480,7 @@ def prune(config, workdir: str, *, overwrite: bool = False,
   report_lib.plot_layer_sparsity(params, os.path.join(
       workdir, "layer_sparsity.png"))
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
-      f"{summary['test_accuracy']:.4f} (dense {dense_eval['accuracy']:.4f}), "
+      f"{summary['test_accuracy']:.4f} (dense {dense_accuracy:.4f}), "
       f"{summary['compression_ratio']:.1f}x fewer params, "
       f"{summary['theoretical_speedup']:.1f}x fewer MACs; {workdir}/report.md")
   return summary
@@ -481,7 +498,7 @@ def _truncate(path, lines):
 def write_report(workdir, summary, params, masks, macs):
   s = summary
   lines = [
-      f"# Prox-NAG pruning: {s['model']} on {s['dataset']}", "",
+      f"# {s['method']} pruning: {s['model']} on {s['dataset']}", "",
       f"- target sparsity {s['target_sparsity']:.2%}, reached "
       f"**{s['sparsity']:.2%}** of prunable weights "
       f"({'target reached' if s['reached_target'] else 'TARGET NOT REACHED'})",
@@ -491,7 +508,8 @@ def write_report(workdir, summary, params, masks, macs):
       f"compression {s['compression_ratio']:.2f}x",
       f"- MACs per example {s['macs_dense']:,} -> {s['macs_sparse']:,}: "
       f"theoretical speed-up {s['theoretical_speedup']:.2f}x",
-      f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
+      (f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
+       if "rounds" in s else "- ") +
       f"{s['epochs']:.1f} epochs of pruning, wall time "
       f"{s['wall_time_s']:.0f} s on {s['backend']} "
       f"({s['device_count']} x {s['device_kind']})",

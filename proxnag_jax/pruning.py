@@ -214,6 +214,14 @@ def target_fraction(params: PyTree, target: float, prunable=None) -> float:
   return round(target * n) / n
 
 
+def reached(params: PyTree, target: float, prunable=None) -> bool:
+  """True when at least ``round(target * n)`` prunable weights are zero
+  (an exact count, free of float rounding)."""
+  rep = masks_lib.sparsity_report(params, prunable=prunable)
+  n = rep["prunable_params"]
+  return n - rep["prunable_nonzero"] >= round(target * n)
+
+
 def finetune_epochs(config, round_: int, final: bool) -> int:
   e = int(config.finetune_epochs + round_ * config.finetune_growth)
   return max(e, int(config.get("final_finetune_epochs", 0))) if final else e

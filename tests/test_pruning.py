@@ -46,6 +46,17 @@ def test_repair_overshoot_restores_exactly_to_target():
   assert n == 0
 
 
+def test_reached_is_an_exact_count_not_a_float_compare():
+  # 0.9 is not representable; a float32 sparsity can land just below it.
+  p = {"k": jnp.ones((431, 1000))}
+  n = 431_000
+  pruned = pj.apply_masks(p, pj.magnitude_masks(p, 0.9))
+  assert pruning.reached(pruned, 0.9)
+  one_short = pruned["k"].reshape(-1).at[jnp.argmin(pruned["k"])].set(1.0)
+  assert not pruning.reached({"k": one_short.reshape(431, 1000)}, 0.9)
+  assert pruning.target_fraction(p, 0.9) == round(0.9 * n) / n
+
+
 def test_masks_from_params_only_prunable():
   p = _params()
   p["a"]["bias"] = p["a"]["bias"].at[0].set(0.0)

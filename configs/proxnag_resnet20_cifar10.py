@@ -1,0 +1,55 @@
+"""Iterative Prox-NAG pruning of ResNet-20 on CIFAR-10 (paper Table 1; GPU job).
+
+  python -m train.prune --config configs/proxnag_resnet20_cifar10.py \
+      --workdir runs/proxnag_r20_90 --config.data_dir=DATA \
+      --config.target_sparsity=0.9 [--config.dense_checkpoint=runs/r20]
+
+Starts from `dense_checkpoint` (a finished `train.train` run of
+`configs/resnet20_cifar10.py`) or trains that dense model first. The pruning
+hyperparameters below are our choice (the paper gives none); the CPU smoke
+variant is what the tests run.
+"""
+
+from configs import common
+from configs import proxnag_lenet5_mnist
+from configs import resnet20_cifar10
+
+
+def get_config(arg: str = ""):
+  c = common.base_config()
+  c.model = "resnet20"
+  c.dataset = "cifar10"
+  c.batch_size = 128
+  c.dense = resnet20_cifar10.get_config()
+  proxnag_lenet5_mnist.prune_defaults(c)
+  c.l1_init = 2e-4
+  c.l1_step = 2e-4
+  c.max_rounds = 12
+  c.prune_lr = 0.01
+  c.prune_max_epochs = 5.0
+  c.monitor_every = 50
+  c.patience = 20
+  c.finetune_lr = 0.01
+  c.finetune_epochs = 4
+  c.finetune_growth = 2
+  c.final_finetune_epochs = 40
+  c.checkpoint_every_steps = 1000
+  if arg == "smoke":
+    c.dense = resnet20_cifar10.get_config("smoke")
+    c.batch_size = 32
+    c.eval_batch_size = 128
+    c.train_subset = 256
+    c.test_subset = 256
+    c.target_sparsity = 0.3
+    c.l1_init = 0.05
+    c.l1_step = 0.05
+    c.max_rounds = 3
+    c.prune_max_epochs = 2.0
+    c.monitor_every = 2
+    c.patience = 4
+    c.finetune_epochs = 1
+    c.finetune_growth = 0
+    c.final_finetune_epochs = 1
+    c.checkpoint_every_steps = 8
+    c.log_every_s = 30.0
+  return c

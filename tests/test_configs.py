@@ -1,0 +1,39 @@
+"""Every config loads, validates, and has a smoke variant; the ResNet-20
+pruning smoke variant runs end to end on real CIFAR-10."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from proxnag_jax import engine
+from proxnag_jax import prune_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(ROOT, "configs", "*.py")) if not os.path.basename(
+        p).startswith(("_", "common")))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_and_smoke_variant_validate(name):
+  mod = importlib.import_module(f"configs.{name}")
+  for arg in ("", "smoke"):
+    c = mod.get_config(arg)
+    if "target_sparsity" in c:
+      prune_run.validate(c)
+    else:
+      engine.validate_config(c)
+  full, smoke = mod.get_config(""), mod.get_config("smoke")
+  assert smoke.train_subset and not full.train_subset
+
+
+def test_resnet20_prune_smoke(tmp_path, npz_dir):
+  from configs import proxnag_resnet20_cifar10  # pylint: disable=g-import-not-at-top
+  c = proxnag_resnet20_cifar10.get_config("smoke")
+  c.data_dir = npz_dir
+  s = prune_run.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
+  assert s["num_params"] == 269_722
+  assert abs(s["sparsity"] - 0.3) < 1e-3
+  assert len(s["pruned_layers"]) == 20     # 19 convs + fc
