@@ -37,14 +37,15 @@ def prune_defaults(c):
   # the last round at least final_finetune_epochs.
   c.finetune_lr = 0.01
   c.finetune_weight_decay = 5e-4
-  c.finetune_epochs = 1
-  c.finetune_growth = 1
-  c.final_finetune_epochs = 4
+  c.finetune_epochs = 1.0
+  c.finetune_growth = 1.0
+  c.final_finetune_epochs = 4.0
   c.checkpoint_every_steps = 200
   # The baselines (proxnag_jax.methods, python -m train.sweep), one budget:
   # dense-start methods train budget_epochs, scratch methods
   # dense.num_epochs + budget_epochs.
-  c.budget_epochs = 10
+  c.budget_epochs = 10.0
+  c.fill_budget = False          # Prox-NAG: final fine-tune fills the budget
   c.magnitude_scope = "global"
   c.gmp_every = 100             # steps between GMP mask updates
   c.gmp_end_fraction = 0.5      # GMP reaches the target at half the budget
@@ -76,12 +77,12 @@ def get_config(arg: str = ""):
     c.prune_max_epochs = 2.0
     c.monitor_every = 2
     c.patience = 4
-    c.finetune_epochs = 1
-    c.finetune_growth = 0
-    c.final_finetune_epochs = 1
+    c.finetune_epochs = 1.0
+    c.finetune_growth = 0.0
+    c.final_finetune_epochs = 1.0
     c.checkpoint_every_steps = 4
     c.log_every_s = 30.0
-    c.budget_epochs = 2
+    c.budget_epochs = 2.0
     c.gmp_every = 2
     c.dsr_every = 4
   return c

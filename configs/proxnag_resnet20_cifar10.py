@@ -30,9 +30,9 @@ def get_config(arg: str = ""):
   c.monitor_every = 50
   c.patience = 20
   c.finetune_lr = 0.01
-  c.finetune_epochs = 4
-  c.finetune_growth = 2
-  c.final_finetune_epochs = 40
+  c.finetune_epochs = 4.0
+  c.finetune_growth = 2.0
+  c.final_finetune_epochs = 40.0
   c.checkpoint_every_steps = 1000
   if arg == "smoke":
     c.dense = resnet20_cifar10.get_config("smoke")
@@ -47,9 +47,9 @@ def get_config(arg: str = ""):
     c.prune_max_epochs = 2.0
     c.monitor_every = 2
     c.patience = 4
-    c.finetune_epochs = 1
-    c.finetune_growth = 0
-    c.final_finetune_epochs = 1
+    c.finetune_epochs = 1.0
+    c.finetune_growth = 0.0
+    c.final_finetune_epochs = 1.0
     c.checkpoint_every_steps = 8
     c.log_every_s = 30.0
   return c

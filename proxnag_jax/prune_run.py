@@ -277,36 +277,40 @@ class _Run:
                 if restored else "") + f"); test acc {ev['accuracy']:.4f}")
     masks = pruning.masks_from_params(params)
     final = pruning.reached(params, c.target_sparsity)
-    epochs = pruning.finetune_epochs(c, int(state.round), final)
-    tx = finetune_tx(c, epochs * self.spe, masks)
+    n_steps = pruning.finetune_steps(c, int(state.round), final, self.spe,
+                                     self.total_steps)
+    tx = finetune_tx(c, n_steps, masks)
     train = engine.TrainState(step=state.train.step, params=params,
                               batch_stats=bs, opt_state=tx.init(params))
     state = state.replace(train=engine.put_replicated(train, self.mesh),
                           phase=jnp.int32(FINETUNE), phase_step=jnp.int32(0))
     self.trace(kind="phase_start", phase="finetune", round=int(state.round),
                step=self.total_steps, lam=float(state.lam), sparsity=sp,
-               epochs=epochs, final=final)
+               epochs=n_steps / self.spe, final=final)
     return state
 
   def run_finetune(self, state, extra):
     c = self.config
     sp = float(masks_lib.sparsity(state.train.params))
     final = pruning.reached(state.train.params, c.target_sparsity)
-    epochs = pruning.finetune_epochs(c, int(state.round), final)
-    tx = finetune_tx(c, epochs * self.spe)
-    step = self.step_fn(tx, ("finetune", epochs))
+    n_steps = pruning.finetune_steps(
+        c, int(state.round), final, self.spe,
+        self.total_steps - int(state.phase_step))
+    epochs = n_steps / self.spe
+    tx = finetune_tx(c, n_steps)
+    step = self.step_fn(tx, ("finetune", n_steps))
 
     def on_step(train, m, i):
       nonlocal state
       state = state.replace(train=train, phase_step=state.phase_step + 1)
       self.total_steps += 1
       k = int(state.phase_step)
-      if k % self.spe:   # epoch ends checkpoint below, after the evaluation
+      if k % self.spe and k < n_steps:   # else: checkpoint after the eval
         self.maybe_checkpoint(state, extra, c.checkpoint_every_steps and (
             k % c.checkpoint_every_steps == 0))
-      return state.train, False
+      return state.train, k >= n_steps
 
-    while int(state.phase_step) < epochs * self.spe:
+    while int(state.phase_step) < n_steps:
       epoch, start = divmod(int(state.phase_step), self.spe)
       _, m = engine.run_epoch(state.train, step_fn=step, arrays=self.arrays,
                               config=c, epoch=epoch, mesh=self.mesh,
@@ -321,7 +325,7 @@ class _Run:
                  test_loss=ev["loss"], test_accuracy=ev["accuracy"],
                  sparsity=spn)
       self.log(f"round {int(state.round)} fine-tune epoch {epoch + 1}/"
-               f"{epochs}: loss {m['train_loss']:.4f} test acc "
+               f"{epochs:g}: loss {m['train_loss']:.4f} test acc "
                f"{ev['accuracy']:.4f} sparsity {spn:.4f}")
       self.maybe_checkpoint(state, extra, True)
     # Phase end.

@@ -222,9 +222,23 @@ def reached(params: PyTree, target: float, prunable=None) -> bool:
   return n - rep["prunable_nonzero"] >= round(target * n)
 
 
-def finetune_epochs(config, round_: int, final: bool) -> int:
-  e = int(config.finetune_epochs + round_ * config.finetune_growth)
-  return max(e, int(config.get("final_finetune_epochs", 0))) if final else e
+def finetune_steps(config, round_: int, final: bool, steps_per_epoch: int,
+                   steps_done: int) -> int:
+  """Fine-tune length of a round, in steps.
+
+  ``finetune_epochs + round * finetune_growth`` epochs (fractions allowed);
+  the final round at least ``final_finetune_epochs``. With ``fill_budget``
+  the final fine-tune instead takes whatever is left of ``budget_epochs``
+  after the ``steps_done`` steps of the earlier phases (at least one step),
+  so Prox-NAG trains exactly the budget the other methods get.
+  """
+  e = config.finetune_epochs + round_ * config.finetune_growth
+  if final:
+    e = max(e, config.get("final_finetune_epochs", 0))
+    if config.get("fill_budget", False):
+      left = int(round(config.budget_epochs * steps_per_epoch)) - steps_done
+      return max(1, left)
+  return max(1, int(round(e * steps_per_epoch)))
 
 
 def lam_for_round(config, round_: int) -> float:

@@ -9,6 +9,7 @@ import pytest
 
 from proxnag_jax import engine
 from proxnag_jax import prune_run
+from proxnag_jax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -21,11 +22,16 @@ def test_config_and_smoke_variant_validate(name):
   mod = importlib.import_module(f"configs.{name}")
   for arg in ("", "smoke"):
     c = mod.get_config(arg)
-    if "target_sparsity" in c:
+    if "methods" in c:
+      sweep.validate(c)
+      prune_run.validate(c.base)
+    elif "target_sparsity" in c:
       prune_run.validate(c)
     else:
       engine.validate_config(c)
   full, smoke = mod.get_config(""), mod.get_config("smoke")
+  if "methods" in full:
+    full, smoke = full.base, smoke.base
   assert smoke.train_subset and not full.train_subset
 
 
