@@ -38,4 +38,33 @@ from proxnag_jax.transforms import sparse_params
 from proxnag_jax.transforms import with_masks
 from proxnag_jax.transforms import WithMasksState
 
+__all__ = [
+    "apply_masks",
+    "default_prunable",
+    "magnitude_masks",
+    "nonzero_masks",
+    "ones_masks",
+    "path_name",
+    "prunable_tree",
+    "sparsity",
+    "sparsity_report",
+    "topk_mask",
+    "group_norms",
+    "group_soft_threshold",
+    "soft_threshold",
+    "ExtrapolationState",
+    "fista_momentum",
+    "get_masks",
+    "nesterov_extrapolation",
+    "prox_group_l1",
+    "prox_l1",
+    "ProxState",
+    "proxnag",
+    "set_masks",
+    "set_sparse_params",
+    "sparse_params",
+    "with_masks",
+    "WithMasksState",
+]
+
 __version__ = "0.1.0"

@@ -19,7 +19,6 @@ training loop behind ``python -m train.train``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -108,7 +107,7 @@ def make_schedule(config, steps_per_epoch: int, num_epochs=None):
 
 def make_optimizer(config, schedule, prunable_mask=None,
                    l1: Optional[float] = None):
-  """``sgd`` (Nesterov) or ``proxnag``, with decoupled-from-nothing L2 decay.
+  """``sgd`` (Nesterov) or ``proxnag``, with L2 weight decay.
 
   Weight decay is added to the gradient (``g + wd * w``), as in PyTorch's
   SGD, before the optimizer. For ``proxnag`` the L1 shrinkage applies to

@@ -153,10 +153,10 @@ def plot_trace(trace: list[dict], path: str, title: str = "") -> None:
       ls = "-" if r["phase"] == "prune" else ":"
       ax1.axvline(r["step"], color="gray", ls=ls, lw=0.8)
       if r["phase"] == "prune":
-        ax1.text(r["step"], 1.0, f" r{r['round']}", va="bottom",
+        ax1.text(r["step"], 0.98, f" r{r['round']}", va="top",
                  transform=ax1.get_xaxis_transform(), fontsize=8)
-  ax1.set_title(title or "Prox-NAG pruning: sparsity and loss "
-                "(solid: prune-train starts, dotted: fine-tune starts)")
+  ax1.set_title(title or "Sparsity and loss (solid: prune-train starts, "
+                "dotted: fine-tune starts)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -30,7 +30,7 @@ def _leaves(tree):
 
 def test_smoke_run_writes_outputs(tmp_path, npz_dir):
   wd = str(tmp_path / "run")
-  s = engine.train(_smoke(npz_dir), wd, log=lambda *_: None)
+  engine.train(_smoke(npz_dir), wd, log=lambda *_: None)
   for f in ("summary.json", "metrics.jsonl", "config.json"):
     assert os.path.exists(os.path.join(wd, f))
   with open(os.path.join(wd, "summary.json")) as f:

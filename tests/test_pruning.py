@@ -42,7 +42,7 @@ def test_repair_overshoot_restores_exactly_to_target():
     back = (np.asarray(f) != 0) & (np.asarray(o) == 0)
     np.testing.assert_array_equal(np.asarray(f)[back], np.asarray(s)[back])
   # No overshoot: unchanged.
-  same, n = pruning.repair_overshoot(over, start, 0.9)
+  _, n = pruning.repair_overshoot(over, start, 0.9)
   assert n == 0
 
 
