@@ -23,6 +23,7 @@ PyTree = Any
 Filter = Callable[[tuple, Any], bool]
 
 __all__ = [
+    "check_tree_match",
     "default_prunable",
     "prunable_tree",
     "path_name",
@@ -75,20 +76,25 @@ def nonzero_masks(params: PyTree) -> PyTree:
   return jax.tree.map(lambda p: jnp.asarray(p) != 0, params)
 
 
-def _check_match(masks, params, who):
+def check_tree_match(tree, params, who: str, what: str = "masks") -> None:
+  """Raises a ValueError naming ``who`` if ``tree`` does not match params."""
   try:
-    jax.tree.map(lambda _m, _p: None, masks, params)
+    jax.tree.map(lambda _m, _p: None, tree, params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"{who}: the masks tree does not match the params tree.\n"
-        f"  masks:  {jax.tree.structure(masks)}\n"
-        f"  params: {jax.tree.structure(params)}"
+        f"{who}: the {what} tree does not match the params tree.\n"
+        f"  {what}: {jax.tree.structure(tree)}\n"
+        f"  params: {jax.tree.structure(params)}\n"
+        "Build it from params, e.g. jax.tree.map(lambda p: p.ndim > 1, "
+        "params), or pass a callable."
     ) from e
+
+
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
   """``params * masks`` leaf by leaf (pruned entries become exact zeros)."""
-  _check_match(masks, params, "apply_masks")
+  check_tree_match(masks, params, "apply_masks")
   return jax.tree.map(
       lambda p, m: jnp.where(jnp.asarray(m).astype(bool), p,
                              jnp.zeros_like(p)),
@@ -153,7 +159,7 @@ def magnitude_masks(
   which = prunable_tree(params, prunable)
   if scores is None:
     scores = jax.tree.map(lambda p: jnp.abs(p).astype(jnp.float32), params)
-  _check_match(scores, params, "magnitude_masks")
+  check_tree_match(scores, params, "magnitude_masks")
 
   leaves, treedef = jax.tree.flatten(params)
   sleaves = treedef.flatten_up_to(scores)
@@ -216,7 +222,7 @@ def sparsity_report(
   """
   which = prunable_tree(params, prunable)
   if masks is not None:
-    _check_match(masks, params, "sparsity_report")
+    check_tree_match(masks, params, "sparsity_report")
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   treedef = jax.tree.structure(params)
   wflat = treedef.flatten_up_to(which)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from proxnag_jax import masks as masks_lib
 from proxnag_jax import prox as prox_lib
 
 PyTree = Any
@@ -100,16 +101,7 @@ def _resolve_mask(mask: MaskOrFn, params: PyTree, who: str) -> PyTree:
   if mask is None:
     return jax.tree.map(lambda _: True, params)
   tree = mask(params) if callable(mask) else mask
-  try:
-    jax.tree.map(lambda _m, _p: None, tree, params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        f"{who}: the mask tree does not match the params tree.\n"
-        f"  mask:   {jax.tree.structure(tree)}\n"
-        f"  params: {jax.tree.structure(params)}\n"
-        "Build the mask from params, e.g. "
-        "jax.tree.map(lambda p: p.ndim > 1, params), or pass a callable."
-    ) from e
+  masks_lib.check_tree_match(tree, params, who, what="mask")
   return tree
 
 

@@ -28,3 +28,17 @@ def npz_dir(shared_dir):
 @pytest.fixture(scope="session")
 def tfds_dir(shared_dir):
   return os.path.join(shared_dir, "tensorflow_datasets")
+
+
+@pytest.fixture(scope="session")
+def dense_dir(tmp_path_factory, npz_dir):
+  """A finished dense LeNet-5 smoke run (real MNIST), shared by the pruning
+  and method tests as their dense checkpoint."""
+  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path_factory.mktemp("dense"))
+  c = lenet5_mnist.get_config("smoke")
+  c.data_dir = npz_dir
+  c.batch_size = 64
+  engine.train(c, wd, log=lambda *_: None)
+  return wd

@@ -10,7 +10,6 @@ import optax
 import pytest
 
 import proxnag_jax as pj
-from configs import lenet5_mnist
 from configs import proxnag_lenet5_mnist
 from configs import sweep_lenet5_mnist
 from proxnag_jax import engine
@@ -171,16 +170,6 @@ def test_unknown_method_lists_valid():
 # ---------------------------------------------------------------------------
 # Runner and sweep on real MNIST (tiny).
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dense_dir(tmp_path_factory, npz_dir):
-  wd = str(tmp_path_factory.mktemp("dense"))
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = npz_dir
-  c.batch_size = 64
-  engine.train(c, wd, **QUIET)
-  return wd
 
 
 @pytest.mark.parametrize("name", ["sparse_momentum", "gmp"])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import proxnag_jax as pj
-from configs import lenet5_mnist
 from configs import proxnag_lenet5_mnist
 from proxnag_jax import engine
 from proxnag_jax import prune_run
@@ -98,16 +97,6 @@ def test_monitor_keeps_the_sparsest_iterate_and_stop_reasons():
 # ---------------------------------------------------------------------------
 # The command, end to end, on real MNIST (tiny).
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dense_dir(tmp_path_factory, npz_dir):
-  wd = str(tmp_path_factory.mktemp("dense"))
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = npz_dir
-  c.batch_size = 64
-  engine.train(c, wd, **QUIET)
-  return wd
 
 
 def _cfg(npz_dir, dense_dir, **over):
