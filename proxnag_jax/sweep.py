@@ -80,7 +80,7 @@ def run(config, workdir: str, *, overwrite: bool = False,
   note = budget_note(config)
   log(f"sweep: {len(cells)} cells; {note}")
   t0 = time.time()
-  rows = []
+  rows, ran = [], 0
   for i, (m, s, seed) in enumerate(cells):
     name = cell_name(m, s, seed)
     wd = os.path.join(workdir, "cells", name)
@@ -93,7 +93,11 @@ def run(config, workdir: str, *, overwrite: bool = False,
         engine.train(d, dense_dir, log=log)
       c = cell_config(config, m, s, seed, dense_dir)
       elapsed = time.time() - t0
-      log(f"[{i + 1}/{len(cells)}] {name} (sweep time {elapsed / 60:.1f} min)")
+      eta = (f", ETA {elapsed / ran * (len(cells) - i) / 60:.0f} min"
+             if ran else "")
+      log(f"[{i + 1}/{len(cells)}] {name} (sweep time {elapsed / 60:.1f} min"
+          f"{eta})")
+      ran += 1
       quiet = lambda msg: log(f"  {msg}") if msg.startswith("done") else None
       if m == "proxnag":
         prune_run.prune(c, wd, log=quiet)
