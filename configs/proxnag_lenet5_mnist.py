@@ -17,6 +17,9 @@ def prune_defaults(c):
   c.method = "proxnag"
   c.target_sparsity = 0.9
   c.dense_checkpoint = ""
+  # Leaves NOT to prune, as regexes on names like 'conv1/kernel' (default:
+  # every conv and dense kernel is pruned; biases and norm scales never).
+  c.prune_exclude = ()
   # lambda_r = l1_init + r * l1_step (linear raise between rounds).
   c.l1_init = 5e-4
   c.l1_step = 5e-4

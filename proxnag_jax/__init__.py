@@ -12,11 +12,13 @@ The public API, re-exported from its modules:
 """
 
 from proxnag_jax.masks import apply_masks
+from proxnag_jax.masks import check_tree_match
 from proxnag_jax.masks import default_prunable
 from proxnag_jax.masks import magnitude_masks
 from proxnag_jax.masks import nonzero_masks
 from proxnag_jax.masks import ones_masks
 from proxnag_jax.masks import path_name
+from proxnag_jax.masks import prunable_filter
 from proxnag_jax.masks import prunable_tree
 from proxnag_jax.masks import sparsity
 from proxnag_jax.masks import sparsity_report
@@ -40,11 +42,13 @@ from proxnag_jax.transforms import WithMasksState
 
 __all__ = [
     "apply_masks",
+    "check_tree_match",
     "default_prunable",
     "magnitude_masks",
     "nonzero_masks",
     "ones_masks",
     "path_name",
+    "prunable_filter",
     "prunable_tree",
     "sparsity",
     "sparsity_report",

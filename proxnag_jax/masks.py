@@ -13,6 +13,7 @@ here works on any params pytree, Flax or not.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -25,6 +26,7 @@ Filter = Callable[[tuple, Any], bool]
 __all__ = [
     "check_tree_match",
     "default_prunable",
+    "prunable_filter",
     "prunable_tree",
     "path_name",
     "ones_masks",
@@ -56,6 +58,23 @@ def default_prunable(path: tuple, leaf: Any) -> bool:
   """Conv and dense kernels: ``ndim >= 2`` and not a bias/scale/embedding."""
   last = path_name(path[-1:]) if path else ""
   return getattr(leaf, "ndim", 0) >= 2 and last not in _NOT_PRUNABLE_NAMES
+
+
+def prunable_filter(exclude=()) -> Filter:
+  """The default filter minus leaves whose name matches a regex in ``exclude``.
+
+  Names are ``'/'``-joined key paths, e.g. ``'conv1/kernel'`` or
+  ``'layer3_2/conv2/kernel'``; ``exclude=('^conv1/', '^fc/')`` keeps the first
+  and last layers dense.
+  """
+  pats = [re.compile(p) for p in exclude]
+
+  def flt(path, leaf):
+    name = path_name(path)
+    return default_prunable(path, leaf) and not any(p.search(name)
+                                                    for p in pats)
+
+  return flt
 
 
 def prunable_tree(params: PyTree, prunable: Optional[Filter] = None) -> PyTree:

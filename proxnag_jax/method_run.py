@@ -80,7 +80,8 @@ def run(config, workdir: str, *, overwrite: bool = False,
   else:
     params, bs = init_params, init_bs
     sched = engine.make_schedule(dcfg, spe, num_epochs)
-  prunable = masks_lib.prunable_tree(params)
+  flt = masks_lib.prunable_filter(config.get("prune_exclude", ()))
+  prunable = masks_lib.prunable_tree(params, flt)
 
   def loss_on(p, x, y, b):
     variables = {"params": p, **({"batch_stats": b} if b else {})}
@@ -125,7 +126,7 @@ def run(config, workdir: str, *, overwrite: bool = False,
     engine.append_jsonl(trace_path, {"kind": "phase_start", "phase": "train",
                                      "round": 0, "step": 0,
                                      "sparsity": float(masks_lib.sparsity(
-                                         params))})
+                                         params, flt))})
     lines = 1
   log(f"{method.name}: {method.description}; {num_epochs} epochs from "
       f"{method.start}")
@@ -144,7 +145,7 @@ def run(config, workdir: str, *, overwrite: bool = False,
     n_grown = int(sum(int(g.sum()) for g in jax.tree.leaves(grown)))
     engine.append_jsonl(trace_path, {
         "kind": "update", "step": step, "grown": n_grown,
-        "sparsity": float(masks_lib.sparsity(params)),
+        "sparsity": float(masks_lib.sparsity(params, flt)),
         **{k: float(v) for k, v in mstate.items()}})
     lines += 1
     return state.replace(params=params, opt_state=opt), mstate
@@ -174,11 +175,11 @@ def run(config, workdir: str, *, overwrite: bool = False,
         "step": int(state.step), "epoch": epoch + 1,
         "loss": m["train_loss"], "accuracy": m["train_accuracy"],
         "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
-        "sparsity": float(masks_lib.sparsity(state.params))})
+        "sparsity": float(masks_lib.sparsity(state.params, flt))})
     lines += 1
     log(f"{method.name} epoch {epoch + 1}/{num_epochs}: loss "
         f"{m['train_loss']:.4f} test acc {ev['accuracy']:.4f} sparsity "
-        f"{float(masks_lib.sparsity(state.params)):.4f}")
+        f"{float(masks_lib.sparsity(state.params, flt)):.4f}")
     ckpt.save(epoch + 1, (state, mstate), {
         "epoch": epoch + 1, "trace_lines": lines,
         "wall_time_s": wall_before + time.time() - t0})
@@ -193,7 +194,7 @@ def run(config, workdir: str, *, overwrite: bool = False,
       params=state.params, batch_stats=state.batch_stats,
       dense_params=dense_params, dense_accuracy=dense_acc, evaluate=test,
       trace_path=trace_path, epochs=float(num_epochs),
-      wall_time_s=wall_before + time.time() - t0, log=log,
+      wall_time_s=wall_before + time.time() - t0, log=log, prunable=flt,
       extra={"start": method.start, "description": method.description,
              "dense_checkpoint": dense_path,
              "total_epochs_with_dense": num_epochs + (

@@ -140,7 +140,8 @@ class _Run:
     self.trace_path = os.path.join(workdir, "trace.jsonl")
     self.trace_lines = 0
     self.ckpt = engine.Checkpointer(os.path.join(workdir, "checkpoints"))
-    self.prunable = None
+    self.prunable = None      # tree of bools: which leaves are pruned
+    self.flt = None           # the filter that made it
     self.steps = {}
     self.total_steps = 0
     self.progress = None
@@ -190,7 +191,7 @@ class _Run:
 
   def enter_prune(self, state, lam):
     params = state.train.params
-    masks = pruning.masks_from_params(params)
+    masks = pruning.masks_from_params(params, self.flt)
     tx = prune_tx(self.config, lam, self.prunable, masks)
     train = engine.TrainState(step=state.train.step, params=params,
                               batch_stats=state.train.batch_stats,
@@ -200,7 +201,7 @@ class _Run:
         lam=jnp.float32(lam)))
     self.trace(kind="phase_start", phase="prune", round=int(state.round),
                step=self.total_steps, lam=lam,
-               sparsity=float(masks_lib.sparsity(params)))
+               sparsity=float(masks_lib.sparsity(params, self.flt)))
     return state
 
   def run_prune(self, state, extra):
@@ -208,7 +209,8 @@ class _Run:
     tx = prune_tx(c, float(state.lam), self.prunable)
     step = self.step_fn(tx, "prune")
     mon = jax.jit(lambda s, l, n: pruning.monitor(
-        s, l, n, ema=c.loss_ema, warmup_monitors=c.loss_warmup_monitors))
+        s, l, n, ema=c.loss_ema, warmup_monitors=c.loss_warmup_monitors,
+        prunable=self.flt))
     every_ckpt = max(1, c.checkpoint_every_steps // c.monitor_every)
     max_steps = int(c.prune_max_epochs * self.spe)
     window, reason = [], ""
@@ -262,9 +264,9 @@ class _Run:
     c = self.config
     params = state.best_params
     params, restored = pruning.repair_overshoot(
-        params, state.round_start, c.target_sparsity)
+        params, state.round_start, c.target_sparsity, self.flt)
     bs = state.best_batch_stats
-    sp = float(masks_lib.sparsity(params))
+    sp = float(masks_lib.sparsity(params, self.flt))
     ev = self.test(params, bs)
     self.trace(kind="phase_end", phase="prune", round=int(state.round),
                step=self.total_steps, lam=float(state.lam), reason=reason,
@@ -275,8 +277,8 @@ class _Run:
              f"sparsity {sp:.4f} (lambda {float(state.lam):.3g}"
              + (f", {restored} weights restored for the exact target"
                 if restored else "") + f"); test acc {ev['accuracy']:.4f}")
-    masks = pruning.masks_from_params(params)
-    final = pruning.reached(params, c.target_sparsity)
+    masks = pruning.masks_from_params(params, self.flt)
+    final = pruning.reached(params, c.target_sparsity, self.flt)
     n_steps = pruning.finetune_steps(c, int(state.round), final, self.spe,
                                      self.total_steps)
     tx = finetune_tx(c, n_steps, masks)
@@ -291,8 +293,8 @@ class _Run:
 
   def run_finetune(self, state, extra):
     c = self.config
-    sp = float(masks_lib.sparsity(state.train.params))
-    final = pruning.reached(state.train.params, c.target_sparsity)
+    sp = float(masks_lib.sparsity(state.train.params, self.flt))
+    final = pruning.reached(state.train.params, c.target_sparsity, self.flt)
     n_steps = pruning.finetune_steps(
         c, int(state.round), final, self.spe,
         self.total_steps - int(state.phase_step))
@@ -318,7 +320,7 @@ class _Run:
                               start=start, key=self.epoch_key(state, epoch))
       self.check_loss(m["train_loss"], state)
       ev = self.test(state.train.params, state.train.batch_stats)
-      spn = float(masks_lib.sparsity(state.train.params))
+      spn = float(masks_lib.sparsity(state.train.params, self.flt))
       self.trace(kind="epoch", phase="finetune", round=int(state.round),
                  step=self.total_steps, epoch=epoch + 1, lam=float(state.lam),
                  loss=m["train_loss"], accuracy=m["train_accuracy"],
@@ -365,9 +367,13 @@ def prune(config, workdir: str, *, overwrite: bool = False,
   run = _Run(config, workdir, log)
   dense_params, dense_bs, dense_path = load_dense(
       config, workdir, run.model, run.ds.input_shape, log)
-  run.prunable = masks_lib.prunable_tree(dense_params)
-  run.target = pruning.target_fraction(dense_params, config.target_sparsity)
-  run.half_weight = 0.5 / pruning.prunable_count(dense_params)
+  run.flt = masks_lib.prunable_filter(config.get("prune_exclude", ()))
+  run.prunable = masks_lib.prunable_tree(dense_params, run.flt)
+  if not any(jax.tree.leaves(run.prunable)):
+    raise ValueError("prune_exclude leaves no prunable weights.")
+  run.target = pruning.target_fraction(dense_params, config.target_sparsity,
+                                       run.flt)
+  run.half_weight = 0.5 / pruning.prunable_count(dense_params, run.flt)
   dense_eval = run.test(dense_params, dense_bs)
   log(f"dense model from {dense_path}: test accuracy "
       f"{dense_eval['accuracy']:.4f}")
@@ -383,9 +389,10 @@ def prune(config, workdir: str, *, overwrite: bool = False,
     template = pruning.init_state(base, lam0)
     if meta["phase"] == PRUNE:
       tx = prune_tx(config, lam0, run.prunable,
-                    pruning.masks_from_params(dense_params))
+                    pruning.masks_from_params(dense_params, run.flt))
     else:
-      tx = finetune_tx(config, 1, pruning.masks_from_params(dense_params))
+      tx = finetune_tx(config, 1, pruning.masks_from_params(dense_params,
+                                                            run.flt))
     template = template.replace(train=template.train.replace(
         opt_state=tx.init(dense_params)))
     state, meta = run.ckpt.restore(template)
@@ -399,7 +406,7 @@ def prune(config, workdir: str, *, overwrite: bool = False,
     if os.path.exists(run.trace_path):
       os.remove(run.trace_path)
     run.trace(kind="dense", step=0, sparsity=float(masks_lib.sparsity(
-        dense_params)), test_accuracy=dense_eval["accuracy"])
+        dense_params, run.flt)), test_accuracy=dense_eval["accuracy"])
     state = run.enter_prune(state, lam0)
     run.save(state, {"wall_time_s": 0.0})
 
@@ -435,7 +442,7 @@ def prune(config, workdir: str, *, overwrite: bool = False,
       dense_params=dense_params, dense_accuracy=dense_eval["accuracy"],
       evaluate=run.test, trace_path=run.trace_path,
       epochs=run.total_steps / run.spe,
-      wall_time_s=wall_before + time.time() - t0, log=log,
+      wall_time_s=wall_before + time.time() - t0, log=log, prunable=run.flt,
       extra={"reached_target": outcome != "max_rounds",
              "rounds": int(state.round) + 1, "final_l1": float(state.lam),
              "dense_checkpoint": dense_path})
@@ -443,13 +450,13 @@ def prune(config, workdir: str, *, overwrite: bool = False,
 
 def finalize(workdir, config, *, method, model, ds, params, batch_stats,
              dense_params, dense_accuracy, evaluate, trace_path, epochs,
-             wall_time_s, log, extra) -> dict:
+             wall_time_s, log, extra, prunable=None) -> dict:
   """Writes what every pruning run leaves behind and returns the summary:
   ``summary.json``, ``pruned/`` (params, BN stats, masks), ``report.md`` and
   the PNG plots. Shared by Prox-NAG and the masked-training methods."""
-  masks = pruning.masks_from_params(params)
+  masks = pruning.masks_from_params(params, prunable)
   ev = evaluate(params, batch_stats)
-  rep = masks_lib.sparsity_report(params)
+  rep = masks_lib.sparsity_report(params, prunable=prunable)
   in_shape = (1,) + tuple(ds.input_shape)
   macs = report_lib.count_macs(model, {"params": params, **(
       {"batch_stats": batch_stats} if batch_stats else {})}, in_shape)
@@ -477,12 +484,12 @@ def finalize(workdir, config, *, method, model, ds, params, batch_stats,
   engine.save_tree(os.path.join(workdir, "pruned"),
                    {"params": params, "batch_stats": batch_stats,
                     "masks": masks})
-  write_report(workdir, summary, params, masks, macs)
+  write_report(workdir, summary, params, masks, macs, prunable)
   report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
   report_lib.plot_weight_histograms(dense_params, params, os.path.join(
-      workdir, "weight_histograms.png"))
+      workdir, "weight_histograms.png"), prunable)
   report_lib.plot_layer_sparsity(params, os.path.join(
-      workdir, "layer_sparsity.png"))
+      workdir, "layer_sparsity.png"), prunable=prunable)
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
       f"{summary['test_accuracy']:.4f} (dense {dense_accuracy:.4f}), "
       f"{summary['compression_ratio']:.1f}x fewer params, "
@@ -499,7 +506,7 @@ def _truncate(path, lines):
     f.writelines(keep)
 
 
-def write_report(workdir, summary, params, masks, macs):
+def write_report(workdir, summary, params, masks, macs, prunable=None):
   s = summary
   lines = [
       f"# {s['method']} pruning: {s['model']} on {s['dataset']}", "",
@@ -519,7 +526,7 @@ def write_report(workdir, summary, params, masks, macs):
       f"({s['device_count']} x {s['device_kind']})",
       f"- pruned layers: {', '.join(s['pruned_layers'])}", "",
       "## Per layer", "",
-      report_lib.layer_table(params, macs, masks), "",
+      report_lib.layer_table(params, macs, masks, prunable), "",
       "## Plots", "",
       "![sparsity and loss](sparsity_loss.png)", "",
       "![weight histograms](weight_histograms.png)", "",

@@ -109,7 +109,8 @@ def start_prune(state: PruneState) -> PruneState:
 
 
 def monitor(state: PruneState, loss: jax.Array, n_monitor: jax.Array, *,
-            ema: float, warmup_monitors: int) -> tuple[PruneState, jax.Array]:
+            ema: float, warmup_monitors: int,
+            prunable=None) -> tuple[PruneState, jax.Array]:
   """One monitor of a prune-train phase (pure, jit-able).
 
   Updates the loss moving average (``ema`` decay; its value after
@@ -118,7 +119,7 @@ def monitor(state: PruneState, loss: jax.Array, n_monitor: jax.Array, *,
   (1 for the first). Returns the new state and the sparsity of ``w~``.
   """
   sp_params = transforms.sparse_params(state.train.opt_state)
-  s = masks_lib.sparsity(sp_params)
+  s = masks_lib.sparsity(sp_params, prunable)
   ema_new = jnp.where(jnp.isnan(state.loss_ema), loss,
                       ema * state.loss_ema + (1 - ema) * loss)
   loss_ref = jnp.where(jnp.isnan(state.loss_ref) &

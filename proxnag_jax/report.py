@@ -96,9 +96,9 @@ def num_params(tree: PyTree) -> int:
 
 
 def layer_table(params: PyTree, macs: Optional[dict] = None,
-                masks: Optional[PyTree] = None) -> str:
+                masks: Optional[PyTree] = None, prunable=None) -> str:
   """A Markdown table: per leaf shape, params, nonzeros, sparsity, MACs."""
-  rep = masks_lib.sparsity_report(params, masks)
+  rep = masks_lib.sparsity_report(params, masks, prunable)
   by_kernel = {}
   if macs:
     by_kernel = {l["name"] + "/kernel": l for l in macs["layers"]}
@@ -192,10 +192,11 @@ def plot_weight_histograms(before: PyTree, after: PyTree, path: str,
   plt.close(fig)
 
 
-def plot_layer_sparsity(params: PyTree, path: str, masks=None) -> None:
+def plot_layer_sparsity(params: PyTree, path: str, masks=None,
+                        prunable=None) -> None:
   """Bars of per-layer sparsity for the prunable leaves."""
   plt = _plt()
-  rep = masks_lib.sparsity_report(params, masks)
+  rep = masks_lib.sparsity_report(params, masks, prunable)
   layers = [l for l in rep["layers"] if l["prunable"]]
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))
   ax.bar(range(len(layers)), [100 * l["sparsity"] for l in layers])

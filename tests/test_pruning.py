@@ -193,3 +193,17 @@ def test_bad_input(tmp_path, npz_dir, dense_dir):
   with pytest.raises(ValueError, match="holds no finished run"):
     prune_run.prune(_cfg(npz_dir, str(tmp_path)), str(tmp_path / "d"),
                     **QUIET)
+
+
+def test_which_layers_are_pruned_is_configurable(tmp_path, npz_dir, dense_dir):
+  flt = pj.prunable_filter(("^conv1/", "^fc2/"))
+  which = pj.prunable_tree(_params(), flt)
+  assert which["a"]["kernel"] and not which["a"]["bias"]
+  c = _cfg(npz_dir, dense_dir, prune_exclude=("^conv1/", "^fc2/"))
+  s = prune_run.prune(c, str(tmp_path / "p"), **QUIET)
+  assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
+  assert abs(s["sparsity"] - 0.5) < 1e-3
+  saved = engine.load_final(str(tmp_path / "p"), "pruned")["params"]
+  assert np.all(np.asarray(saved["conv1"]["kernel"]) != 0)
+  assert np.all(np.asarray(saved["fc2"]["kernel"]) != 0)
+  assert "conv2/kernel" in open(str(tmp_path / "p" / "report.md")).read()
