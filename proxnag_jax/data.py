@@ -114,7 +114,7 @@ def detect_source(name: str, data_dir: str) -> tuple[str, str]:
       + HOW_TO_GET_DATA.format(name=name))
 
 
-def _load_npz(path: str, train_subset: int, test_subset: int):
+def _load_npz(path: str, train_subset: int):
   shards = sorted(glob.glob(os.path.join(path, "train*.npz")))
   xs, ys, have = [], [], 0
   for f in shards:
@@ -175,7 +175,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
         "the models (resnet18_imagenet, resnet50_imagenet) are available for "
         "your own input pipeline.")
   if source == "npz":
-    x, y, tx, ty = _load_npz(path, train_subset, test_subset)
+    x, y, tx, ty = _load_npz(path, train_subset)
   else:
     x, y, tx, ty = _load_tfds(name, path, train_subset, test_subset)
   if train_subset:

@@ -383,22 +383,18 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False) -> bool:
   path = os.path.join(workdir, "config.json")
   cfg = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if _comparable(old) != _comparable(cfg) and not overwrite:
-      diff = sorted(k for k in set(old) | set(cfg)
-                    if k not in NON_RESULT_FIELDS and old.get(k) != cfg.get(k))
-      raise ValueError(
-          f"workdir {workdir!r} holds a run of a different config (fields "
-          f"differ: {', '.join(diff)}). Use another --workdir, or pass "
-          "--overwrite to discard it.")
-    if overwrite and _comparable(old) != _comparable(cfg):
-      shutil.rmtree(workdir)
-    elif not overwrite:
-      os.makedirs(workdir, exist_ok=True)
+    if not overwrite:
+      with open(path) as f:
+        old = json.load(f)
+      if _comparable(old) != _comparable(cfg):
+        diff = sorted(k for k in set(old) | set(cfg)
+                      if k not in NON_RESULT_FIELDS and old.get(k) != cfg.get(k))
+        raise ValueError(
+            f"workdir {workdir!r} holds a run of a different config (fields "
+            f"differ: {', '.join(diff)}). Use another --workdir, or pass "
+            "--overwrite to discard it.")
       return True
-    else:
-      shutil.rmtree(workdir)
+    shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, cfg)
   return False

@@ -168,17 +168,18 @@ class _Run:
     return self.evaluate(params, batch_stats, self.arrays["test_x"],
                          self.arrays["test_y"])
 
-  def save(self, state, extra):
+  def save(self, state, outcome: str = ""):
     meta = {"round": int(state.round), "phase": int(state.phase),
             "phase_step": int(state.phase_step),
             "trace_lines": self.trace_lines, "total_steps": self.total_steps,
-            **extra, "wall_time_s": self.wall_before + time.time() - self.t0}
+            "outcome": outcome,
+            "wall_time_s": self.wall_before + time.time() - self.t0}
     self.ckpt.save(self.total_steps, state, meta)
 
-  def maybe_checkpoint(self, state, extra, due: bool):
+  def maybe_checkpoint(self, state, due: bool):
     """Periodic checkpoint; also where a preempted run stops."""
     if due or (self.stop_at is not None and self.total_steps >= self.stop_at):
-      self.save(state, extra)
+      self.save(state)
     if self.stop_at is not None and self.total_steps >= self.stop_at:
       raise _Preempted()
 
@@ -204,7 +205,7 @@ class _Run:
                sparsity=float(masks_lib.sparsity(params, self.flt)))
     return state
 
-  def run_prune(self, state, extra):
+  def run_prune(self, state):
     c = self.config
     tx = prune_tx(c, float(state.lam), self.prunable)
     step = self.step_fn(tx, "prune")
@@ -247,7 +248,7 @@ class _Run:
         # Checkpoints only at monitors: the loss window is then empty, so a
         # resumed run makes exactly the same decisions.
         if not reason:
-          self.maybe_checkpoint(state, extra, c.checkpoint_every_steps and (
+          self.maybe_checkpoint(state, c.checkpoint_every_steps and (
               n_mon % every_ckpt == 0))
       return state.train, bool(reason)
 
@@ -291,7 +292,7 @@ class _Run:
                epochs=n_steps / self.spe, final=final)
     return state
 
-  def run_finetune(self, state, extra):
+  def run_finetune(self, state):
     c = self.config
     sp = float(masks_lib.sparsity(state.train.params, self.flt))
     final = pruning.reached(state.train.params, c.target_sparsity, self.flt)
@@ -308,7 +309,7 @@ class _Run:
       self.total_steps += 1
       k = int(state.phase_step)
       if k % self.spe and k < n_steps:   # else: checkpoint after the eval
-        self.maybe_checkpoint(state, extra, c.checkpoint_every_steps and (
+        self.maybe_checkpoint(state, c.checkpoint_every_steps and (
             k % c.checkpoint_every_steps == 0))
       return state.train, k >= n_steps
 
@@ -329,7 +330,7 @@ class _Run:
       self.log(f"round {int(state.round)} fine-tune epoch {epoch + 1}/"
                f"{epochs:g}: loss {m['train_loss']:.4f} test acc "
                f"{ev['accuracy']:.4f} sparsity {spn:.4f}")
-      self.maybe_checkpoint(state, extra, True)
+      self.maybe_checkpoint(state, True)
     # Phase end.
     if final:
       return state.replace(phase=jnp.int32(DONE)), "target reached"
@@ -408,7 +409,7 @@ def prune(config, workdir: str, *, overwrite: bool = False,
     run.trace(kind="dense", step=0, sparsity=float(masks_lib.sparsity(
         dense_params, run.flt)), test_accuracy=dense_eval["accuracy"])
     state = run.enter_prune(state, lam0)
-    run.save(state, {"wall_time_s": 0.0})
+    run.save(state)
 
   wall_before = run.wall_before = meta.get("wall_time_s", 0.0)
   run.t0 = t0
@@ -421,13 +422,12 @@ def prune(config, workdir: str, *, overwrite: bool = False,
     run.stop_at = run.total_steps + stop_after_steps
   try:
     while int(state.phase) != DONE:
-      extra = {"wall_time_s": wall_before + time.time() - t0}
       if int(state.phase) == PRUNE:
-        state = run.run_prune(state, extra)
-        run.save(state, extra)
+        state = run.run_prune(state)
+        run.save(state)
       else:
-        state, outcome = run.run_finetune(state, extra)
-        run.save(state, {**extra, "outcome": outcome})
+        state, outcome = run.run_finetune(state)
+        run.save(state, outcome)
   except _Preempted:
     run.progress.close()
     run.ckpt.close()

@@ -56,8 +56,7 @@ def test_initial_masks_have_exact_sparsity(name):
   grad_fn = lambda q: jax.tree.map(lambda x: jnp.ones_like(x) * 0.1, q)
   masks, _ = methods.get_method(name, CFG).init(jax.random.PRNGKey(0), p,
                                                 _ctx(p, grad_fn=grad_fn))
-  assert _zeros(masks, p) == round(0.8 * 600) + round(0.8 * 200) or \
-      _zeros(masks, p) == round(0.8 * 800)
+  assert _zeros(masks, p) == round(0.8 * 800)   # = 480 + 160 layer-wise too
   assert bool(np.all(masks["l1"]["bias"]))
 
 
@@ -79,13 +78,13 @@ def test_allocate_is_exact_and_capped():
   assert sum(dynamic.allocate(7, np.array([0.0, 0.0]), np.array([3, 10]))) == 7
 
 
-def _momentum_state(p, masks, mom_scale=1.0, seed=1):
-  tx = optax.sgd(0.1, momentum=0.9)
-  st = tx.init(p)
+def _momentum_state(p, seed=1):
+  """An optax.sgd momentum state with a random momentum buffer."""
+  st = optax.sgd(0.1, momentum=0.9).init(p)
   rng = np.random.default_rng(seed)
-  trace = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) *
-                                             mom_scale, jnp.float32), p)
-  return jax.tree.map(lambda x: x, (st[0]._replace(trace=trace),) + st[1:])
+  trace = jax.tree.map(
+      lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+  return (st[0]._replace(trace=trace),) + tuple(st[1:])
 
 
 def test_sparse_momentum_moves_weights_but_keeps_the_count():
@@ -94,7 +93,7 @@ def test_sparse_momentum_moves_weights_but_keeps_the_count():
   ctx = _ctx(p)
   masks, ms = m.init(jax.random.PRNGKey(0), p, ctx)
   p = pj.apply_masks(p, masks)
-  opt = _momentum_state(p, masks)
+  opt = _momentum_state(p)
   new, ms = m.update(None, 10, p, masks, ms, opt, ctx)
   assert _zeros(new, p) == _zeros(masks, p)
   moved = sum(int((np.asarray(a) & ~np.asarray(b)).sum())
