@@ -29,4 +29,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_decay = 0.1
   c.warmup_epochs = 0.0
   c.log_every_s = 5.0
+  c.chunk_steps = 100       # steps per scanned chunk: one host sync each
   return c

@@ -6,58 +6,37 @@
 
 Starts from `dense_checkpoint` (a finished `train.train` workdir) or, if
 empty, trains the dense model of `configs/lenet5_mnist.py` in WORKDIR/dense.
+Any other method runs with `--config.method=NAME`; each method reads its own
+sub-config (`config.proxnag`, `config.sparse_momentum`, ...), whose defaults
+are the factory's (proxnag_jax.methods), e.g. `--config.proxnag.l1_step=1e-3`.
 """
 
 from configs import common
 from configs import lenet5_mnist
+from proxnag_jax import methods
 
 
 def prune_defaults(c):
-  """Pruning-loop fields shared by the Prox-NAG configs."""
+  """Pruning fields shared by the pruning configs: the run, the budget, and
+  one sub-config per method (its factory's defaults)."""
   c.method = "proxnag"
   c.target_sparsity = 0.9
   c.dense_checkpoint = ""
   # Leaves NOT to prune, as regexes on names like 'conv1/kernel' (default:
   # every conv and dense kernel is pruned; biases and norm scales never).
   c.prune_exclude = ()
-  # lambda_r = l1_init + r * l1_step (linear raise between rounds).
-  c.l1_init = 5e-4
-  c.l1_step = 5e-4
-  c.max_rounds = 10
-  # Prune-train (Prox-NAG) phase.
-  c.prune_lr = 0.01
-  c.prune_weight_decay = 0.0
-  c.fista = False
-  c.prune_max_epochs = 2.0
-  c.monitor_every = 20          # steps between sparsity/loss monitors
-  c.drop_tol = 0.002            # local max: sparsity fell this far below best
-  c.patience = 15               # ... or no new max for this many monitors
-  c.loss_ema = 0.9              # loss moving average per monitor
-  c.loss_warmup_monitors = 3    # its value after 3 monitors is the reference
-  c.loss_rise = 2.0             # sharp rise: EMA > 2x reference ...
-  c.loss_rise_min = 0.05        # ... and by at least 0.05
-  # Fine-tune phase: finetune_epochs + round * finetune_growth epochs;
-  # the last round at least final_finetune_epochs.
-  c.finetune_lr = 0.01
-  c.finetune_weight_decay = 5e-4
-  c.finetune_epochs = 1.0
-  c.finetune_growth = 1.0
-  c.final_finetune_epochs = 4.0
-  c.checkpoint_every_steps = 200
-  # The baselines (proxnag_jax.methods, python -m train.sweep), one budget:
-  # dense-start methods train budget_epochs, scratch methods
-  # dense.num_epochs + budget_epochs.
+  # One budget for every method: methods that start from the dense model
+  # train budget_epochs; methods from scratch dense.num_epochs + budget_epochs.
   c.budget_epochs = 10.0
-  c.fill_budget = False          # Prox-NAG: final fine-tune fills the budget
-  c.magnitude_scope = "global"
-  c.gmp_every = 100             # steps between GMP mask updates
-  c.gmp_end_fraction = 0.5      # GMP reaches the target at half the budget
-  c.l2_iterations = 3           # Han et al.: prune / retrain iterations
-  c.sm_prune_rate = 0.5         # Sparse Momentum: initial prune rate
-  c.dsr_every = 200             # DSR: steps between reallocations
-  c.dsr_np = 0.02               # DSR: target pruned per reallocation
-  c.dsr_delta = 0.1             # DSR: threshold tolerance
-  c.dsr_threshold = 1e-3        # DSR: initial threshold H
+  # Masked training from the dense model (magnitude, GMP, L2): cosine from
+  # finetune_lr; from scratch: the dense config's schedule. Both Nesterov SGD
+  # with `momentum` and the dense config's weight decay.
+  c.finetune_lr = 0.01
+  c.momentum = 0.9
+  c.chunk_steps = 100           # steps per scanned chunk (one host sync)
+  c.checkpoint_every_steps = 200
+  for name in methods.PRUNING_METHODS:
+    c[name] = methods.method_config(name)
   return c
 
 
@@ -74,18 +53,22 @@ def get_config(arg: str = ""):
     c.train_subset = 512
     c.test_subset = 500
     c.target_sparsity = 0.5
-    c.l1_init = 0.02
-    c.l1_step = 0.02
-    c.max_rounds = 4
-    c.prune_max_epochs = 2.0
-    c.monitor_every = 2
-    c.patience = 4
-    c.finetune_epochs = 1.0
-    c.finetune_growth = 0.0
-    c.final_finetune_epochs = 1.0
+    p = c.proxnag
+    p.l1_init = 0.02
+    p.l1_step = 0.02
+    p.max_rounds = 4
+    p.prune_max_epochs = 2.0
+    p.monitor_every = 2
+    p.patience = 4
+    p.finetune_epochs = 1.0
+    p.finetune_growth = 0.0
+    p.final_finetune_epochs = 1.0
+    c.chunk_steps = 4
     c.checkpoint_every_steps = 4
     c.log_every_s = 30.0
     c.budget_epochs = 2.0
-    c.gmp_every = 2
-    c.dsr_every = 4
+    c.gmp.every = 2
+    c.dsr.every = 4
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; valid: '', 'smoke'.")
   return c

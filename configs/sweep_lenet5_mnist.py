@@ -22,25 +22,29 @@ def get_config(arg: str = ""):
   c.methods = METHODS
   c.sparsities = (0.5, 0.9, 0.99)
   c.seeds = (0,)
+  # Run the cells of each method as one vmapped program (same results as
+  # one by one; fills an accelerator with small models).
+  c.vmap_runs = False
   b = proxnag_lenet5_mnist.get_config()
   b.dense.num_epochs = 3
   b.dense.warmup_epochs = 0.5
   b.budget_epochs = 3.0
-  b.fill_budget = True
   # Prox-NAG inside the budget: larger lambda steps, half-epoch fine-tunes.
-  b.l1_init = 3e-3
-  b.l1_step = 3e-3
-  b.prune_max_epochs = 0.5
-  b.finetune_epochs = 0.25
-  b.finetune_growth = 0.0
-  b.final_finetune_epochs = 0.0
-  b.dsr_every = 100
-  b.gmp_every = 50
+  p = b.proxnag
+  p.fill_budget = True
+  p.l1_init = 3e-3
+  p.l1_step = 3e-3
+  p.prune_max_epochs = 0.5
+  p.finetune_epochs = 0.25
+  p.finetune_growth = 0.0
+  p.final_finetune_epochs = 0.0
+  b.dsr.every = 100
+  b.gmp.every = 50
   c.base = b
   c.paper_table = {}
   if arg == "smoke":
     s = proxnag_lenet5_mnist.get_config("smoke")
-    s.fill_budget = True
+    s.proxnag.fill_budget = True
     s.budget_epochs = 3.0
     c.base = s
     c.methods = ("proxnag", "magnitude", "snip", "sparse_momentum")

@@ -1,20 +1,24 @@
-"""Training as pure jitted functions over pytrees, plus the host-side loop.
+"""Pure jitted pieces of training, and the host-side helpers of the loop.
 
-Pure, jitted pieces (no hidden state; explicit PRNG keys):
+Pure (no hidden state; explicit PRNG keys; jit- and vmap-compatible):
 
-* :func:`make_train_step` -> ``step(state, images, labels, idx, key) ->
-  (state, metrics)``: gathers the batch ``idx`` from the device-resident
-  dataset, augments it on the device, takes one optimizer step.
-* :func:`make_eval_fn` -> ``evaluate(params, batch_stats, images, labels)``.
+* :func:`make_step` -> ``step(state, images, labels, idx) -> (state,
+  (metrics, events))``: gathers the batch from the device-resident dataset,
+  augments it on the device, takes one optimizer step of the run's method
+  and calls the method's ``update``;
+* :func:`make_chunk` -> ``chunk(state, images, labels, idx)``: many steps
+  under ``jax.lax.scan``, one dispatch and one host sync, optionally vmapped
+  over runs;
+* :func:`make_eval` -> ``evaluate(state, images, labels)``.
 
 Data parallelism uses ``jax.sharding``: a 1-D :func:`make_mesh` over all
-local devices, the batch sharded along ``'data'``, params and optimizer
-state replicated. The same code runs on 1 GPU, 8 GPUs, a TPU slice or a CPU
-with ``--xla_force_host_platform_device_count``.
+local devices, the batch sharded along ``'data'``, the run state replicated.
+The same code runs on 1 GPU, 8 GPUs, a TPU slice or a CPU with
+``--xla_force_host_platform_device_count``.
 
-Host-side helpers: :class:`Checkpointer` (orbax, resumable), :class:`Progress`
-(images/s and ETA), :func:`append_jsonl`, and :func:`train`, the dense
-training loop behind ``python -m train.train``.
+Host-side helpers used by :mod:`proxnag_jax.loop`: :class:`Checkpointer`
+(orbax), :class:`Progress` (images/s and ETA), JSON(L) writers, the workdir
+check, data/model setup and saved-model loading.
 """
 
 from __future__ import annotations
@@ -51,86 +55,48 @@ class TrainingDiverged(FloatingPointError):
   """The loss became NaN/inf; the last good checkpoint is left intact."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything a train step changes: a pytree."""
-
-  step: jax.Array
-  params: PyTree
-  batch_stats: PyTree
-  opt_state: optax.OptState
-
-
-def create_state(params, batch_stats, tx) -> TrainState:
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=batch_stats, opt_state=tx.init(params))
-
-
-def eval_params(state: TrainState) -> PyTree:
-  """The params to evaluate: Prox-NAG's sparse iterate if there is one."""
-  try:
-    return transforms.sparse_params(state.opt_state)
-  except ValueError:
-    return state.params
-
-
 # ---------------------------------------------------------------------------
-# Optimizers and schedules from a config.
+# Learning-rate schedules.
 # ---------------------------------------------------------------------------
 
-OPTIMIZERS = ("sgd", "proxnag")
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def make_schedule(config, steps_per_epoch: int, num_epochs=None):
-  """Learning-rate schedule in steps: cosine / step / constant + warm-up."""
-  num_epochs = num_epochs if num_epochs is not None else config.num_epochs
-  total = max(1, int(num_epochs * steps_per_epoch))
-  warm = int(config.get("warmup_epochs", 0) * steps_per_epoch)
-  lr = config.learning_rate
-  kind = config.get("schedule", "cosine")
+def make_schedule(peak_lr, *, kind: str = "cosine", total_steps: int,
+                  warmup_steps: int = 0, boundaries: dict | None = None):
+  """Learning-rate schedule in steps: cosine / step / constant + warm-up.
+
+  ``peak_lr`` may be traced (vmapped runs with different learning rates).
+  ``boundaries`` (``step``): ``{step: factor}`` multiplied in after warm-up.
+  """
+  total = max(1, int(total_steps))
+  warm = int(warmup_steps)
   if kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(1, total - warm))
+    main = optax.cosine_decay_schedule(peak_lr, max(1, total - warm))
   elif kind == "step":
-    bounds = {int(e * steps_per_epoch) - warm: config.get("lr_decay", 0.1)
-              for e in config.get("lr_steps", ())}
-    main = optax.piecewise_constant_schedule(lr, bounds)
+    main = optax.piecewise_constant_schedule(
+        peak_lr, {int(k) - warm: v for k, v in (boundaries or {}).items()})
   elif kind == "constant":
-    main = optax.constant_schedule(lr)
+    main = optax.constant_schedule(peak_lr)
   else:
     raise ValueError(f"unknown schedule {kind!r}; valid: {SCHEDULES}.")
   if warm:
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warm), main], [warm])
+        [optax.linear_schedule(0.0, peak_lr, warm), main], [warm])
   return main
 
 
-def make_optimizer(config, schedule, prunable_mask=None,
-                   l1: Optional[float] = None):
-  """``sgd`` (Nesterov) or ``proxnag``, with L2 weight decay.
-
-  Weight decay is added to the gradient (``g + wd * w``), as in PyTorch's
-  SGD, before the optimizer. For ``proxnag`` the L1 shrinkage applies to
-  ``prunable_mask`` leaves only and ``l1`` is injected as a hyperparameter,
-  so a pruning loop can change it between rounds without re-initialising.
-  """
-  kind = config.get("optimizer", "sgd")
-  parts = []
-  if config.get("weight_decay", 0.0):
-    parts.append(optax.add_decayed_weights(config.weight_decay))
-  if kind == "sgd":
-    parts.append(optax.sgd(schedule, momentum=config.get("momentum", 0.9),
-                           nesterov=config.get("nesterov", True)))
-  elif kind == "proxnag":
-    inner = optax.inject_hyperparams(transforms.proxnag, static_args=("mask",))
-    parts.append(inner(learning_rate=schedule,
-                       l1=config.get("l1", 0.0) if l1 is None else l1,
-                       momentum=config.get("momentum", 0.9),
-                       fista=bool(config.get("fista", False)),
-                       mask=prunable_mask))
-  else:
-    raise ValueError(f"unknown optimizer {kind!r}; valid: {OPTIMIZERS}.")
-  return optax.chain(*parts)
+def schedule_fn(config, steps_per_epoch: int, num_epochs=None):
+  """``peak_lr -> schedule`` of a dense training config (its ``schedule``,
+  ``warmup_epochs``, ``lr_steps`` / ``lr_decay``) over ``num_epochs``."""
+  num_epochs = config.num_epochs if num_epochs is None else num_epochs
+  kind = config.get("schedule", "cosine")
+  total = int(round(num_epochs * steps_per_epoch))
+  warm = int(config.get("warmup_epochs", 0) * steps_per_epoch)
+  bounds = {int(e * steps_per_epoch): config.get("lr_decay", 0.1)
+            for e in config.get("lr_steps", ())}
+  return lambda lr: make_schedule(lr, kind=kind, total_steps=total,
+                                  warmup_steps=warm, boundaries=bounds)
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +122,7 @@ def put_replicated(tree, mesh: Mesh):
 
 
 # ---------------------------------------------------------------------------
-# Pure steps.
+# Pure steps: one train step, a scanned chunk of steps, evaluation.
 # ---------------------------------------------------------------------------
 
 
@@ -164,24 +130,30 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(model, tx, *, mean, std, augment: bool,
-                    mesh: Mesh, donate: bool = True) -> Callable:
-  """A jitted ``(state, images, labels, idx, key) -> (state, metrics)``.
+def make_step(model, method, ctx, *, mean, std, augment: bool,
+              mesh: Mesh) -> Callable:
+  """A pure ``(state, images, labels, idx) -> (state, (metrics, events))``.
 
-  ``images``/``labels`` are the whole device-resident training set (uint8,
-  replicated); ``idx`` the batch's indices (sharded over ``'data'``).
+  ``images``/``labels`` are the whole device-resident training set (uint8);
+  ``idx`` the batch's indices. The step gathers and augments the batch on
+  the device (key ``fold_in(state.key, state.step)``), runs the model on
+  ``method.forward(params, method_state)``, applies ``method.tx`` (built from
+  the run's ``hp``) and then ``method.update``.
   """
   batch_sh = batch_sharded(mesh)
 
-  def step(state: TrainState, images, labels, idx, key):
+  def step(state, images, labels, idx):
+    tx = method.tx(state.hp, ctx)
+    key = jax.random.fold_in(state.key, state.step)
+    k_aug, k_upd = jax.random.split(key)
     x = jax.lax.with_sharding_constraint(images[idx], batch_sh)
     y = jax.lax.with_sharding_constraint(labels[idx], batch_sh)
     if augment:
-      x = data_lib.augment(key, x)
+      x = data_lib.augment(k_aug, x)
     x = data_lib.preprocess(x, mean, std)
 
     def loss_fn(params):
-      variables = {"params": params}
+      variables = {"params": method.forward(params, state.method_state)}
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
       logits, new_vars = model.apply(variables, x, train=True,
@@ -193,56 +165,97 @@ def make_train_step(model, tx, *, mean, std, augment: bool,
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new = TrainState(step=state.step + 1, params=params,
-                     batch_stats=batch_stats, opt_state=opt_state)
+    state = state.replace(step=state.step + 1, params=params,
+                          batch_stats=batch_stats, opt_state=opt_state)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-    return new, metrics
+    state, events = method.update(k_upd, state, metrics, ctx)
+    return state, (metrics, events)
+
+  return step
+
+
+def make_chunk(step: Callable, method, ctx, *, mesh: Mesh,
+               vmapped: bool = False) -> Callable:
+  """Jitted ``chunk(state, images, labels, idx) -> (state, outs, done)``.
+
+  Runs ``idx.shape[0]`` steps under ``jax.lax.scan`` (one dispatch and one
+  host sync per chunk). With ``vmapped`` the state has a leading run axis
+  and ``idx`` is ``(steps, runs, batch)``. A run whose ``method.done`` is
+  true takes no more steps (its outputs are marked ``active = False``).
+  ``done`` is returned for the host to stop the loop.
+  """
+  if vmapped:
+    one = jax.vmap(step, in_axes=(0, None, None, 0))
+    done_fn = jax.vmap(lambda s: method.done(s, ctx))
+  else:
+    one = step
+    done_fn = lambda s: method.done(s, ctx)
+
+  def chunk(state, images, labels, idx):
+    def body(state, i):
+      done = done_fn(state)
+      if vmapped:
+        new, out = one(state, images, labels, i)
+        keep = lambda a, b: jnp.where(
+            done.reshape(done.shape + (1,) * (a.ndim - 1)), b, a)
+        new = jax.tree.map(keep, new, state)
+      else:
+        out_shape = jax.eval_shape(one, state, images, labels, i)[1]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+        new, out = jax.lax.cond(
+            done, lambda s: (s, zeros),
+            lambda s: one(s, images, labels, i), state)
+      return new, {"out": out, "active": ~done}
+
+    state, outs = jax.lax.scan(body, state, idx)
+    return state, outs, done_fn(state)
 
   rep = replicated(mesh)
-  return jax.jit(step, donate_argnums=(0,) if donate else (),
-                 out_shardings=(rep, rep))
+  return jax.jit(chunk, donate_argnums=(0,), out_shardings=(rep, rep, rep))
 
 
-def make_eval_fn(model, *, mean, std, batch_size: int, mesh: Mesh) -> Callable:
-  """``evaluate(params, batch_stats, images, labels) -> {'loss','accuracy'}``.
+def make_eval(model, method, *, mean, std, batch_size: int, mesh: Mesh,
+              vmapped: bool = False) -> Callable:
+  """Jitted ``evaluate(state, images, labels) -> {'loss', 'accuracy'}``.
 
-  Runs over the whole (device-resident) split in batches; a last partial
-  batch is padded and weighted out, so every example counts once.
+  Evaluates ``method.forward(method.eval_params(state))`` with the running
+  BN statistics over the whole (device-resident) split, in batches under
+  ``lax.scan``; a last partial batch is padded and weighted out, so every
+  example counts once. ``vmapped``: one result per run.
   """
   ndev = mesh.devices.size
   batch_size = max(ndev, (batch_size // ndev) * ndev)
   batch_sh = batch_sharded(mesh)
 
-  @jax.jit
-  def eval_batch(params, batch_stats, images, labels, idx, weight):
-    x = jax.lax.with_sharding_constraint(images[idx], batch_sh)
-    y = labels[idx]
-    variables = {"params": params}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    logits = model.apply(variables, data_lib.preprocess(x, mean, std),
-                         train=False)
-    loss = cross_entropy(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    return jnp.sum(loss * weight), jnp.sum(correct * weight)
+  def evaluate(state, images, labels):
+    n = labels.shape[0]
+    steps = -(-n // batch_size)
+    idx = jnp.arange(steps * batch_size).reshape(steps, batch_size)
+    weight = (idx < n).astype(jnp.float32)
+    idx = jnp.minimum(idx, n - 1)
+    variables = {"params": method.forward(method.eval_params(state),
+                                          state.method_state)}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
 
-  def evaluate(params, batch_stats, images, labels):
-    n = int(labels.shape[0])
-    steps = math.ceil(n / batch_size)
-    tot_loss, tot_correct = 0.0, 0.0
-    for s in range(steps):
-      idx = np.arange(s * batch_size, (s + 1) * batch_size)
-      weight = (idx < n).astype(np.float32)
-      idx = np.minimum(idx, n - 1)
-      l, c = eval_batch(params, batch_stats, images, labels,
-                        jax.device_put(idx, batch_sh),
-                        jax.device_put(weight, batch_sh))
-      tot_loss += l
-      tot_correct += c
-    return {"loss": float(tot_loss) / n, "accuracy": float(tot_correct) / n}
+    def body(carry, iw):
+      i, w = iw
+      x = jax.lax.with_sharding_constraint(images[i], batch_sh)
+      logits = model.apply(variables, data_lib.preprocess(x, mean, std),
+                           train=False)
+      y = labels[i]
+      loss = jnp.sum(cross_entropy(logits, y) * w)
+      correct = jnp.sum((jnp.argmax(logits, -1) == y) * w)
+      return (carry[0] + loss, carry[1] + correct), None
 
-  return evaluate
+    (loss, correct), _ = jax.lax.scan(
+        body, (jnp.float32(0), jnp.float32(0)), (idx, weight))
+    return {"loss": loss / n, "accuracy": correct / n}
+
+  if vmapped:
+    evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+  return jax.jit(evaluate)
 
 
 # ---------------------------------------------------------------------------
@@ -367,7 +380,7 @@ class Checkpointer:
 
 # Config fields that do not change results; a resumed run may change them.
 NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
-                     "eval_batch_size", "workdir")
+                     "eval_batch_size", "workdir", "chunk_steps")
 
 
 def _comparable(cfg: dict) -> dict:
@@ -431,9 +444,9 @@ def validate_config(config) -> None:
     if config.get(name, 1) <= 0:
       raise ValueError(f"config.{name} must be positive, got "
                        f"{config.get(name)}.")
-  if config.get("optimizer", "sgd") not in OPTIMIZERS:
+  if config.get("optimizer", "sgd") not in ("sgd", "proxnag"):
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: "
-                     f"{', '.join(OPTIMIZERS)}.")
+                     "sgd, proxnag.")
   if config.get("schedule", "cosine") not in SCHEDULES:
     raise ValueError(f"unknown schedule {config.schedule!r}; valid: "
                      f"{', '.join(SCHEDULES)}.")
@@ -468,172 +481,6 @@ def init_variables(model, config, input_shape):
   v = models_lib.init_model(model, jax.random.fold_in(key, 0),
                             (1,) + tuple(input_shape))
   return v["params"], v.get("batch_stats", {})
-
-
-def epoch_key(config, epoch: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + epoch)
-
-
-def run_epoch(state, *, step_fn, arrays, config, epoch: int, mesh: Mesh,
-              progress: Progress, on_step=None, start: int = 0,
-              key: Optional[jax.Array] = None):
-  """One pass over the (shuffled) training set. Returns (state, metrics).
-
-  The batch order and augmentation keys derive from ``key`` (default
-  :func:`epoch_key` of ``epoch``), so a run resumed at batch ``start`` of an
-  epoch sees exactly the batches it would have seen. ``on_step(state,
-  metrics, i)`` may return ``(state, stop)`` to end the epoch early.
-  """
-  key = epoch_key(config, epoch) if key is None else key
-  n = int(arrays["train_y"].shape[0])
-  order = data_lib.epoch_permutation(jax.random.fold_in(key, 0), n,
-                                     config.batch_size)
-  bsh = batch_sharded(mesh)
-  losses, accs = [], []
-  for i in range(start, len(order)):
-    state, m = step_fn(state, arrays["train_x"], arrays["train_y"],
-                       jax.device_put(order[i], bsh),
-                       jax.random.fold_in(key, i + 1))
-    losses.append(m["loss"])
-    accs.append(m["accuracy"])
-    if time.time() - progress.last >= progress.every:
-      progress.update(1, loss=float(m["loss"]))
-    else:
-      progress.update(1)
-    if on_step is not None:
-      state, stop = on_step(state, m, i)
-      if stop:
-        break
-  if not losses:
-    return state, {"train_loss": float("nan"), "train_accuracy": float("nan"),
-                   "steps": 0}
-  loss = float(jnp.mean(jnp.stack(losses)))
-  acc = float(jnp.mean(jnp.stack(accs)))
-  return state, {"train_loss": loss, "train_accuracy": acc,
-                 "steps": len(losses)}
-
-
-# ---------------------------------------------------------------------------
-# Dense training: the loop behind `python -m train.train`.
-# ---------------------------------------------------------------------------
-
-
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          overwrite: bool = False, stop_after_epochs: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict:
-  """Trains ``config.model`` on ``config.dataset``; resumable.
-
-  Writes ``workdir/metrics.jsonl`` (one line per epoch), orbax checkpoints
-  in ``workdir/checkpoints`` every epoch, and ``workdir/summary.json`` at the
-  end. Re-running with the same config resumes from the last checkpoint.
-
-  Args:
-    config: see ``configs/lenet5_mnist.py``.
-    workdir: output directory.
-    overwrite: discard a workdir holding a run of a different config.
-    stop_after_epochs: stop (as if preempted) after this many epochs in this
-      invocation; the next invocation resumes.
-
-  Returns:
-    The summary dict (also written to ``summary.json``); when stopped early,
-    ``{'stopped_at_epoch': e}``.
-  """
-  t_start = time.time()
-  resuming = prepare_workdir(workdir, config, overwrite)
-  mesh = make_mesh()
-  ds, model, arrays = setup(config, mesh, log)
-  params, batch_stats = init_variables(model, config, ds.input_shape)
-  steps_per_epoch = len(ds.train_labels) // config.batch_size
-  schedule = make_schedule(config, steps_per_epoch)
-  prunable = masks_lib.prunable_tree(params)
-  tx = make_optimizer(config, schedule, prunable)
-  state = put_replicated(create_state(params, batch_stats, tx), mesh)
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  start_epoch, wall_before = 0, 0.0
-  if resuming and ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    state = put_replicated(state, mesh)
-    start_epoch, wall_before = meta["epoch"], meta["wall_time_s"]
-    log(f"resuming from {ckpt.dir} at epoch {start_epoch}")
-
-  mean, std = ds.mean_std
-  step_fn = make_train_step(model, tx, mean=mean, std=std,
-                            augment=ds.augment and config.get("augment", True),
-                            mesh=mesh)
-  evaluate = make_eval_fn(model, mean=mean, std=std,
-                          batch_size=config.get("eval_batch_size", 1000),
-                          mesh=mesh)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  log(f"model {config.model}: {report_lib.num_params(params):,} params; "
-      f"{device_info()}; {steps_per_epoch} steps/epoch")
-
-  progress = Progress((config.num_epochs - start_epoch) * steps_per_epoch,
-                      config.batch_size, desc="train",
-                      every_s=config.get("log_every_s", 5.0))
-  t_run = time.time()
-  last = {}
-  for epoch in range(start_epoch, config.num_epochs):
-    state, m = run_epoch(state, step_fn=step_fn, arrays=arrays, config=config,
-                         epoch=epoch, mesh=mesh, progress=progress)
-    check_finite(m["train_loss"], f"in epoch {epoch + 1}", ckpt.dir,
-                 ckpt.latest_step())
-    p_eval = eval_params(state)
-    ev = evaluate(p_eval, state.batch_stats, arrays["test_x"],
-                  arrays["test_y"])
-    last = {"epoch": epoch + 1, "step": int(state.step), **m,
-            "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
-            "learning_rate": float(schedule(int(state.step) - 1)),
-            "sparsity": float(masks_lib.sparsity(p_eval)),
-            "images_per_s": progress.images_per_s(),
-            "wall_time_s": wall_before + time.time() - t_start}
-    append_jsonl(metrics_path, last)
-    log(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
-        f"{m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | test loss "
-        f"{ev['loss']:.4f} acc {ev['accuracy']:.4f}")
-    ckpt.save(epoch + 1, state, {"epoch": epoch + 1,
-                                 "wall_time_s": last["wall_time_s"]})
-    if stop_after_epochs and epoch + 1 - start_epoch >= stop_after_epochs \
-        and epoch + 1 < config.num_epochs:
-      ckpt.close()
-      progress.close()
-      return {"stopped_at_epoch": epoch + 1}
-  progress.close()
-  ckpt.close()
-  ips = progress.images_per_s()
-  if not last:   # already finished earlier: re-evaluate the final state.
-    p_eval = eval_params(state)
-    ev = evaluate(p_eval, state.batch_stats, arrays["test_x"],
-                  arrays["test_y"])
-    with open(metrics_path) as f:
-      last = json.loads(f.readlines()[-1])
-  summary = {
-      "model": config.model, "dataset": config.dataset, "seed": config.seed,
-      "test_accuracy": last["test_accuracy"],
-      "test_loss": last["test_loss"],
-      "train_loss": last["train_loss"], "epochs": config.num_epochs,
-      "num_params": report_lib.num_params(state.params),
-      "sparsity": last["sparsity"],
-      "wall_time_s": wall_before + time.time() - t_start,
-      "train_time_s": time.time() - t_run,
-      "images_per_s": ips or last.get("images_per_s", 0.0),
-      **device_info(),
-      "data": {"source": ds.source, "path": ds.path,
-               "train_examples": int(len(ds.train_labels)),
-               "test_examples": int(len(ds.test_labels))},
-      "config": json.loads(config.to_json_best_effort()),
-  }
-  write_json(os.path.join(workdir, "summary.json"), summary)
-  save_final(workdir, state)
-  log(f"done: test accuracy {summary['test_accuracy']:.4f}; "
-      f"summary in {workdir}/summary.json")
-  return summary
-
-
-def save_final(workdir: str, state: TrainState) -> None:
-  """Saves the final eval params + batch stats to ``workdir/final``."""
-  save_tree(os.path.join(workdir, "final"),
-            {"params": eval_params(state), "batch_stats": state.batch_stats})
 
 
 def save_tree(path: str, tree: PyTree) -> None:

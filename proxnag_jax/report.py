@@ -10,6 +10,7 @@ mask (or zeros in the kernel) the zeros are skipped, so
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -211,3 +212,32 @@ def plot_layer_sparsity(params: PyTree, path: str, masks=None,
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def write_report(workdir, summary, params, masks, macs, prunable=None):
+  s = summary
+  lines = [
+      f"# {s['method']} pruning: {s['model']} on {s['dataset']}", "",
+      f"- target sparsity {s['target_sparsity']:.2%}, reached "
+      f"**{s['sparsity']:.2%}** of prunable weights "
+      f"({'target reached' if s['reached_target'] else 'TARGET NOT REACHED'})",
+      f"- test accuracy **{s['test_accuracy']:.2%}** (dense "
+      f"{s['dense_test_accuracy']:.2%})",
+      f"- parameters {s['num_params']:,} -> {s['num_nonzero']:,} nonzero: "
+      f"compression {s['compression_ratio']:.2f}x",
+      f"- MACs per example {s['macs_dense']:,} -> {s['macs_sparse']:,}: "
+      f"theoretical speed-up {s['theoretical_speedup']:.2f}x",
+      (f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
+       if "rounds" in s else "- ") +
+      f"{s['epochs']:.1f} epochs of pruning, wall time "
+      f"{s['wall_time_s']:.0f} s on {s['backend']} "
+      f"({s['device_count']} x {s['device_kind']})",
+      f"- pruned layers: {', '.join(s['pruned_layers'])}", "",
+      "## Per layer", "",
+      layer_table(params, macs, masks, prunable), "",
+      "## Plots", "",
+      "![sparsity and loss](sparsity_loss.png)", "",
+      "![weight histograms](weight_histograms.png)", "",
+      "![layer sparsity](layer_sparsity.png)", ""]
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("\n".join(lines))

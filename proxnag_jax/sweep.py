@@ -7,12 +7,18 @@ dense model per seed (``DIR/dense_seed<seed>``) among the methods that start
 from it, and writes ``results.csv``, ``table.md`` (paper Table 1 layout, mean
 ± std over seeds, with the paper's numbers beside ours when the config gives
 them) and ``accuracy_vs_sparsity.png`` (paper Fig. 9).
+
+With ``vmap_runs=True`` the unfinished cells of each method (differing only
+in seed and target sparsity) run as one ``jax.vmap``-ped program, checkpointed
+in ``DIR/groups/<method>_<n>cells_<hash>``; each cell still gets its own
+workdir, summary and report.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import os
 import time
@@ -21,9 +27,8 @@ from typing import Callable
 import numpy as np
 
 from proxnag_jax import engine
-from proxnag_jax import method_run
+from proxnag_jax import loop
 from proxnag_jax import methods as methods_lib
-from proxnag_jax import prune_run
 
 CSV_FIELDS = ("method", "target_sparsity", "seed", "sparsity", "test_accuracy",
               "dense_test_accuracy", "compression_ratio",
@@ -38,9 +43,9 @@ def cell_name(method: str, sparsity: float, seed: int) -> str:
 
 def validate(config) -> None:
   for m in config.methods:
-    if m not in methods_lib.METHOD_NAMES:
+    if m not in methods_lib.PRUNING_METHODS:
       raise ValueError(f"unknown method {m!r}; valid methods: "
-                       f"{', '.join(methods_lib.METHOD_NAMES)}.")
+                       f"{', '.join(methods_lib.PRUNING_METHODS)}.")
   for s in config.sparsities:
     if not 0.0 < s < 1.0:
       raise ValueError(f"sparsity {s} is not in (0, 1): a method cannot "
@@ -71,6 +76,16 @@ def budget_note(config) -> str:
           f"random) train {b.dense.num_epochs + b.budget_epochs} epochs.")
 
 
+def _dense_for(config, workdir, seed, log) -> str:
+  dense_dir = os.path.join(workdir, f"dense_seed{seed}")
+  if not os.path.exists(os.path.join(dense_dir, "summary.json")):
+    d = loop.dense_config(cell_config(config, config.methods[0],
+                                      config.sparsities[0], seed, ""))
+    log(f"[dense seed {seed}] training the shared dense model")
+    loop.train(d, dense_dir, log=log)
+  return dense_dir
+
+
 def run(config, workdir: str, *, overwrite: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
   validate(config)
@@ -78,36 +93,42 @@ def run(config, workdir: str, *, overwrite: bool = False,
   cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
            for m in config.methods]
   note = budget_note(config)
-  log(f"sweep: {len(cells)} cells; {note}")
+  vmap = bool(config.get("vmap_runs", False))
+  log(f"sweep: {len(cells)} cells{' (vmapped per method)' if vmap else ''}; "
+      f"{note}")
   t0 = time.time()
-  rows, ran = [], 0
-  for i, (m, s, seed) in enumerate(cells):
-    name = cell_name(m, s, seed)
-    wd = os.path.join(workdir, "cells", name)
-    done_path = os.path.join(wd, "summary.json")
-    if not os.path.exists(done_path):
-      dense_dir = os.path.join(workdir, f"dense_seed{seed}")
-      if not os.path.exists(os.path.join(dense_dir, "summary.json")):
-        d = prune_run.dense_config(cell_config(config, m, s, seed, ""))
-        log(f"[dense seed {seed}] training the shared dense model")
-        engine.train(d, dense_dir, log=log)
-      c = cell_config(config, m, s, seed, dense_dir)
-      elapsed = time.time() - t0
-      eta = (f", ETA {elapsed / ran * (len(cells) - i) / 60:.0f} min"
-             if ran else "")
-      log(f"[{i + 1}/{len(cells)}] {name} (sweep time {elapsed / 60:.1f} min"
-          f"{eta})")
-      ran += 1
-      quiet = lambda msg: log(f"  {msg}") if msg.startswith("done") else None
-      if m == "proxnag":
-        prune_run.prune(c, wd, log=quiet)
-      else:
-        method_run.run(c, wd, log=quiet)
-    with open(done_path) as f:
+  quiet = lambda msg: log(f"  {msg}") if msg.startswith("done") else None
+  todo = [c for c in cells if not os.path.exists(os.path.join(
+      workdir, "cells", cell_name(*c), "summary.json"))]
+  groups = ([[c for c in todo if c[0] == m] for m in config.methods] if vmap
+            else [[c] for c in todo])
+  groups = [g for g in groups if g]
+  for i, group in enumerate(groups):
+    dense = {seed: _dense_for(config, workdir, seed, log)
+             for seed in sorted({c[2] for c in group})}
+    cfgs = [cell_config(config, m, s, seed, dense[seed])
+            for m, s, seed in group]
+    wds = [os.path.join(workdir, "cells", cell_name(*c)) for c in group]
+    elapsed = time.time() - t0
+    eta = (f", ETA {elapsed / i * (len(groups) - i) / 60:.0f} min" if i
+           else "")
+    names = ", ".join(cell_name(*c) for c in group)
+    log(f"[{i + 1}/{len(groups)}] {names} (sweep time {elapsed / 60:.1f} "
+        f"min{eta})")
+    if len(group) > 1:
+      tag = hashlib.sha1(names.encode()).hexdigest()[:8]
+      gdir = os.path.join(workdir, "groups",
+                          f"{group[0][0]}_{len(group)}cells_{tag}")
+      os.makedirs(gdir, exist_ok=True)
+      loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True, log=quiet)
+    else:
+      loop.prune(cfgs[0], wds[0], log=quiet)
+  rows = []
+  for c in cells:
+    wd = os.path.join(workdir, "cells", cell_name(*c))
+    with open(os.path.join(wd, "summary.json")) as f:
       summ = json.load(f)
     summ["workdir"] = wd
-    summ.setdefault("total_epochs_with_dense", summ["epochs"] + (
-        config.base.dense.num_epochs))
     rows.append(summ)
   write_outputs(config, workdir, rows, note)
   return rows

@@ -59,6 +59,7 @@ __all__ = [
     "with_masks",
     "get_masks",
     "set_masks",
+    "set_hyperparams",
 ]
 
 
@@ -544,3 +545,51 @@ def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
         f"({jax.tree.structure(masks)} vs {jax.tree.structure(old)})."
     ) from e
   return _replace(opt_state, WithMasksState, lambda s: s._replace(masks=new))
+
+
+def _has_hyperparams(node) -> bool:
+  return _is_namedtuple(node) and "hyperparams" in node._fields
+
+
+def set_hyperparams(opt_state: optax.OptState, **values) -> optax.OptState:
+  """Sets injected hyperparameters wherever ``optax.inject_hyperparams``
+  states sit in ``opt_state`` (traceable; only the named ones change).
+
+  Unlike ``optax.tree_utils.tree_set`` it only looks at ``hyperparams`` dicts,
+  so a params tree with a layer named like a hyperparameter is left alone.
+
+  Raises:
+    ValueError: if no injected state holds one of the names.
+
+  Example:
+    >>> tx = optax.inject_hyperparams(proxnag, static_args=("mask",))(
+    ...     learning_rate=0.1, l1=1e-4)
+    >>> state = set_hyperparams(tx.init(params), l1=2e-4)
+  """
+  seen = set()
+
+  def fix(node):
+    if _has_hyperparams(node):
+      hp = dict(node.hyperparams)
+      for k, v in values.items():
+        if k in hp:
+          hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
+          seen.add(k)
+      return node._replace(hyperparams=hp, **{
+          f: fix(getattr(node, f)) for f in node._fields
+          if f != "hyperparams"})
+    if _is_namedtuple(node):
+      return type(node)(*[fix(c) for c in node])
+    if isinstance(node, (tuple, list)):
+      return type(node)(fix(c) for c in node)
+    if isinstance(node, dict):
+      return type(node)({k: fix(v) for k, v in node.items()})
+    return node
+
+  out = fix(opt_state)
+  missing = set(values) - seen
+  if missing:
+    raise ValueError(f"set_hyperparams: no injected hyperparameter named "
+                     f"{sorted(missing)} in this optimizer state (build it "
+                     "with optax.inject_hyperparams).")
+  return out

@@ -8,6 +8,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Many tests build the same programs again (a killed run and its resume, the
+# same method at two targets): a compilation cache shared by the session
+# turns those recompilations into lookups. A fresh directory per session, so
+# nothing stale is read.
+jax.config.update("jax_compilation_cache_dir",
+                  tempfile.mkdtemp(prefix="proxnag_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 
 @pytest.fixture(scope="session")
 def shared_dir():

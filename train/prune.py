@@ -1,14 +1,15 @@
-"""Iterative Prox-NAG pruning to a target sparsity.
+"""Pruning to a target sparsity with any method (default: iterative Prox-NAG).
 
   python -m train.prune --config configs/proxnag_lenet5_mnist.py --workdir DIR \
-      --config.data_dir=../shared/data --config.target_sparsity=0.9
+      --config.data_dir=../shared/data --config.target_sparsity=0.9 \
+      [--config.method=snip] [--config.proxnag.l1_step=1e-3]
 
 Writes DIR/summary.json, trace.jsonl, report.md, pruned/ (params, batch
 stats, masks), and PNG plots. Re-running the same command resumes.
 """
 
-from proxnag_jax import prune_run
+from proxnag_jax import loop
 from train import cli
 
 if __name__ == "__main__":
-  cli.run(prune_run.prune)
+  cli.run(loop.prune)

@@ -5,8 +5,8 @@ on the config path picks its tiny variant. Re-running the same command
 resumes from the last checkpoint in DIR.
 """
 
-from proxnag_jax import engine
+from proxnag_jax import loop
 from train import cli
 
 if __name__ == "__main__":
-  cli.run(engine.train)
+  cli.run(loop.train)

@@ -1,40 +1,77 @@
-"""Pruning methods behind one interface (see :mod:`.base`).
+"""Pruning methods behind one interface (see :mod:`.base`), one file each.
 
->>> method = get_method("sparse_momentum", config)
->>> masks, mstate = method.init(key, params, ctx)
+>>> method = get_method("sparse_momentum", prune_rate=0.5)
+>>> method = get_method("proxnag", **config.proxnag)     # its own sub-config
+
+Each factory's signature holds its defaults (written once);
+:func:`method_config` turns them into an ``ml_collections.ConfigDict`` so a
+config file can list them and the command line can override them
+(``--config.proxnag.l1_step=1e-3``).
 """
 
 from __future__ import annotations
 
-from proxnag_jax.methods import dynamic
-from proxnag_jax.methods import simple
+import inspect
+
+import ml_collections
+
+from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Context
 from proxnag_jax.methods.base import Method
-from proxnag_jax.methods.base import momentum_of
-from proxnag_jax.methods.base import reset_where
+from proxnag_jax.methods.base import RunState
+# Modules (one per method file); the factories are their functions.
+from proxnag_jax.methods import dense
+from proxnag_jax.methods import dsr
+from proxnag_jax.methods import magnitude
+from proxnag_jax.methods import proxnag
+from proxnag_jax.methods import snip
+from proxnag_jax.methods import sparse_momentum
 
 _FACTORIES = {
-    "random": simple.random,
-    "magnitude": simple.magnitude,
-    "gmp": simple.gmp,
-    "l2": simple.l2,
-    "snip": simple.snip,
-    "sparse_momentum": dynamic.sparse_momentum,
-    "dsr": dynamic.dsr,
+    "dense": dense.dense,
+    "random": magnitude.random,
+    "magnitude": magnitude.magnitude,
+    "gmp": magnitude.gmp,
+    "l2": magnitude.l2,
+    "snip": snip.snip,
+    "sparse_momentum": sparse_momentum.sparse_momentum,
+    "dsr": dsr.dsr,
+    "proxnag": proxnag.proxnag,
 }
-# Prox-NAG runs its own prune-train / fine-tune loop (proxnag_jax.prune_run).
-METHOD_NAMES = tuple(sorted(list(_FACTORIES) + ["proxnag"]))
+METHOD_NAMES = tuple(sorted(_FACTORIES))
+# The pruning methods (every name but 'dense').
+PRUNING_METHODS = tuple(n for n in METHOD_NAMES if n != "dense")
 
 
-def get_method(name: str, config) -> Method:
-  if name == "proxnag":
-    raise ValueError("proxnag runs through proxnag_jax.prune_run.prune, not "
-                     "the masked-training runner.")
+def _check_name(name: str) -> None:
   if name not in _FACTORIES:
     raise ValueError(f"unknown method {name!r}; valid methods: "
                      f"{', '.join(METHOD_NAMES)}.")
-  return _FACTORIES[name](config)
 
 
-__all__ = ["Context", "Method", "get_method", "METHOD_NAMES", "momentum_of",
-           "reset_where"]
+def get_method(name: str, **kwargs) -> Method:
+  """The method ``name`` built with ``kwargs`` (its factory's arguments)."""
+  _check_name(name)
+  factory = _FACTORIES[name]
+  params = inspect.signature(factory).parameters
+  unknown = sorted(set(kwargs) - set(params))
+  if unknown:
+    raise ValueError(f"method {name!r} has no setting {unknown}; its "
+                     f"settings: {', '.join(params) or '(none)'}.")
+  return factory(**kwargs)
+
+
+def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The settings of method ``name`` with their defaults, as a ConfigDict."""
+  _check_name(name)
+  params = inspect.signature(_FACTORIES[name]).parameters
+  c = ml_collections.ConfigDict({k: p.default for k, p in params.items()})
+  for k, v in overrides.items():
+    if k not in c:
+      raise ValueError(f"method {name!r} has no setting {k!r}.")
+    c[k] = v
+  return c
+
+
+__all__ = ["Context", "Method", "RunState", "base", "get_method",
+           "method_config", "METHOD_NAMES", "PRUNING_METHODS"]

@@ -1,55 +1,284 @@
 """The interface every pruning method implements: a value, not a class tree.
 
-A method is a :class:`Method` of small pure functions over pytrees::
+A method is a :class:`Method`: a name and a few pure functions over pytrees,
+each with a default, so a method file writes only what makes it different::
 
-    init(key, params, ctx)                      -> (masks, method_state)
-    update(key, t, params, masks, mstate, opt)  -> (masks, method_state)
-    due(step, epoch_end, ctx)                   -> bool   (host side: call update now?)
+    init(key, state, ctx)          -> (state, events)   masks, method state
+    tx(hp, ctx)                    -> the Optax transformation it trains with
+    update(key, state, metrics, ctx) -> (state, events)     every step, in jit
+    forward(params, method_state)  -> the params the model sees
+    eval_params(state)             -> the params to evaluate and export
+    export(state, model)           -> (model, variables) of the final network
+    done(state, ctx)               -> bool array: the run may stop
 
-``ctx`` is a :class:`Context` with what a method may need at the start: the
-target sparsity, the prunable-leaf tree, the total number of steps and a
-``grad_fn(params) -> grads`` on one training minibatch (SNIP). ``opt`` is the
-inner optimizer state, from which momentum-based methods read the momentum
-(:func:`momentum_of`). The runner applies the new masks, zeroes newly pruned
-weights, starts grown weights at zero and resets their optimizer state
-(:func:`reset_where`), so a method never touches the loop.
+Everything a run carries is one pytree, :class:`RunState` (step, params, BN
+statistics, optimizer state, method state, per-run hyperparameters ``hp`` and
+the run's PRNG key), so a run can be checkpointed, resumed bitwise, and
+``jax.vmap``-ed across seeds, target sparsities, learning rates or lambdas:
+anything numeric that may differ between runs lives in ``hp`` (arrays), and
+everything static (which leaves are prunable, steps per epoch) in the
+:class:`Context`.
+
+Masks live where they act: in the optimizer state, as a
+:func:`~proxnag_jax.transforms.with_masks` wrapper, so pruned weights stay
+exactly zero without a post-update hook. :func:`change_masks` is the one way a
+method changes them (it zeroes newly pruned weights, starts grown weights at
+zero and resets their optimizer buffers).
+
+``update`` is pure and runs under ``jit`` (and ``vmap``) every step: schedules
+are ``jnp.where`` / ``lax.cond`` on the step, never Python branches on device
+values. It returns ``events``: a dict ``{kind: {'emit': bool, field: value}}``
+of fixed structure; the loop writes a trace line ``{'kind', 'step', ...}`` for
+every event whose ``emit`` is true.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from proxnag_jax import masks as masks_lib
 from proxnag_jax import transforms
 
 PyTree = Any
 
 
+@flax.struct.dataclass
+class RunState:
+  """The whole state of one run (a pytree; a leading axis for vmapped runs).
+
+  Attributes:
+    step: training steps taken (int32).
+    params: what the optimizer trains (weights; scores for edge-popup-like
+      methods, whose ``forward`` builds the weights the model sees).
+    batch_stats: BatchNorm statistics (``{}`` for models without).
+    opt_state: the optimizer state (holds the masks of masked methods).
+    method_state: the method's own state (a pytree).
+    hp: per-run hyperparameters, scalar arrays (see :func:`run_hparams`).
+    key: the run's PRNG key (raw ``uint32[2]``); step ``t`` uses
+      ``fold_in(key, t)``.
+  """
+
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  method_state: PyTree
+  hp: dict
+  key: jax.Array
+
+
 class Context(NamedTuple):
-  target: float                 # final sparsity of the prunable weights
-  prunable: PyTree              # tree of Python bools
-  total_steps: int              # training steps the method's run will take
+  """What is static for a run (identical across vmapped runs).
+
+  Attributes:
+    prunable: tree of Python bools, which leaves may be pruned (built once
+      from ``prune_exclude`` by :func:`proxnag_jax.masks.prunable_tree`).
+    steps_per_epoch: training steps per epoch.
+    total_steps: the run's step budget (an upper bound for methods that
+      decide when they are done).
+    schedule: ``peak_lr -> optax schedule`` of the run's training (the peak
+      may be traced, so learning rates can be vmapped).
+    grad_fn: ``params -> grads`` of the training loss on one fixed
+      minibatch (SNIP's connection sensitivity); traceable.
+  """
+
+  prunable: PyTree
   steps_per_epoch: int
+  total_steps: int
+  schedule: Callable[[jax.Array], optax.Schedule] = optax.constant_schedule
   grad_fn: Optional[Callable[[PyTree], PyTree]] = None
 
 
+# ---------------------------------------------------------------------------
+# Defaults.
+# ---------------------------------------------------------------------------
+
+
+def masked_sgd(hp, ctx) -> optax.GradientTransformation:
+  """The default training optimizer of a masked method.
+
+  ``with_masks(chain(add_decayed_weights(wd), sgd(schedule(lr), momentum,
+  nesterov=True)))``: weight decay added to the gradient as in PyTorch's
+  SGD, the run's learning-rate schedule, and pruned weights held at zero.
+  """
+  return transforms.with_masks(optax.chain(
+      optax.add_decayed_weights(hp["weight_decay"]),
+      optax.sgd(ctx.schedule(hp["lr"]), momentum=hp["momentum"],
+                nesterov=True)))
+
+
+def no_init(key, state, ctx):
+  del key, ctx
+  return state, {}
+
+
+def no_update(key, state, metrics, ctx):
+  del key, metrics, ctx
+  return state, {}
+
+
+def identity_forward(params, method_state):
+  del method_state
+  return params
+
+
+def never_done(state, ctx):
+  del state, ctx
+  return jnp.bool_(False)
+
+
+def default_eval_params(state: RunState) -> PyTree:
+  """The params the model sees; Prox-NAG's optimizers hold a sparse iterate."""
+  return state.params
+
+
+def default_export(state: RunState, model, eval_params=default_eval_params,
+                   forward=identity_forward):
+  """The final network: the same model, with the evaluated params."""
+  params = forward(eval_params(state), state.method_state)
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return model, variables
+
+
 class Method(NamedTuple):
-  """A pruning method: a name, where it starts, and pure functions."""
+  """A pruning method: a name, where it starts, and pure functions.
+
+  Attributes:
+    name: registry name.
+    init: ``(key, state, ctx) -> (state, events)``: the loop builds a
+      :class:`RunState` (params, BN statistics, ``tx.init(params)``, empty
+      method state) and the method sets its first masks (e.g. with
+      :func:`start_with_masks`) and its state; ``events`` are traced at
+      step 0.
+    tx: ``(hp, ctx) -> optax transformation`` (built inside jit with traced
+      ``hp``; masked methods wrap it in ``with_masks``).
+    update: ``(key, state, metrics, ctx) -> (state, events)``, every step.
+    forward: ``(params, method_state) -> params the model sees``.
+    eval_params: ``state -> params`` to evaluate and export.
+    export: ``(state, model) -> (model, variables)``.
+    done: ``(state, ctx) -> bool`` array; the loop stops when it is true.
+    max_steps: ``ctx -> int``, the most steps the run can take (default
+      ``ctx.total_steps``; phased methods that decide when they are done
+      give an upper bound).
+    summary: ``state -> dict`` of host values for ``summary.json``.
+    start: ``'dense'`` (from the trained dense model) or ``'scratch'``.
+    hparams: per-run numeric settings (floats) that go into ``hp`` and so
+      may differ between vmapped runs.
+    labels: host-side names for integer event fields, e.g.
+      ``{'phase': {0: 'prune', 1: 'finetune'}}``.
+    description: one line for logs and reports.
+  """
 
   name: str
-  start: str                    # 'dense' (pretrained checkpoint) or 'scratch'
-  init: Callable                # (key, params, ctx) -> (masks, mstate)
-  update: Optional[Callable] = None
-  due: Callable[..., bool] = lambda step, epoch_end, ctx: False
+  init: Callable = no_init
+  tx: Callable = masked_sgd
+  update: Callable = no_update
+  forward: Callable = identity_forward
+  eval_params: Callable = default_eval_params
+  export: Optional[Callable] = None
+  done: Callable = never_done
+  max_steps: Optional[Callable] = None
+  summary: Optional[Callable] = None
+  start: str = "scratch"
+  hparams: dict = {}
+  labels: dict = {}
   description: str = ""
 
+  def steps(self, ctx: Context) -> int:
+    return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps
 
-def no_update(key, t, params, masks, mstate, opt_state, ctx):
-  del key, t, params, opt_state, ctx
-  return masks, mstate
+  def export_network(self, state: RunState, model):
+    if self.export is not None:
+      return self.export(state, model)
+    return default_export(state, model, self.eval_params, self.forward)
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the methods (all traceable).
+# ---------------------------------------------------------------------------
+
+
+def prunable_leaves(tree: PyTree, prunable: PyTree) -> list:
+  """The leaves of ``tree`` marked prunable, in tree order."""
+  treedef = jax.tree.structure(prunable)
+  return [x for x, w in zip(treedef.flatten_up_to(tree),
+                            jax.tree.leaves(prunable)) if w]
+
+
+def num_prunable(params: PyTree, prunable: PyTree) -> int:
+  return int(sum(x.size for x in prunable_leaves(params, prunable)))
+
+
+def count_zeros(params: PyTree, prunable: PyTree) -> jax.Array:
+  """Exact zeros among the prunable weights (int32, traceable)."""
+  leaves = prunable_leaves(params, prunable)
+  return sum((jnp.sum(x == 0, dtype=jnp.int32) for x in leaves),
+             jnp.int32(0))
+
+
+def sparsity_of(params: PyTree, prunable: PyTree) -> jax.Array:
+  n = max(num_prunable(params, prunable), 1)
+  return count_zeros(params, prunable).astype(jnp.float32) / n
+
+
+def masks_from_params(params: PyTree, prunable: PyTree) -> PyTree:
+  """Masks of the nonzero prunable weights (other leaves all True)."""
+  return jax.tree.map(
+      lambda p, w: (p != 0) if w else jnp.ones(p.shape, bool), params,
+      prunable)
+
+
+def ones_like_masks(params: PyTree) -> PyTree:
+  return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+
+
+def layer_topk_masks(scores: PyTree, prunable: PyTree, sparsity) -> PyTree:
+  """In every prunable leaf keep all but ``round(sparsity * size)`` of the
+  highest scores; ``sparsity`` may be traced. Other leaves all True."""
+
+  def leaf(s, w):
+    if not w:
+      return jnp.ones(s.shape, bool)
+    k_drop = jnp.round(jnp.asarray(sparsity, jnp.float32) * s.size)
+    return masks_lib.topk_mask(s, s.size - k_drop.astype(jnp.int32))
+
+  return jax.tree.map(leaf, scores, prunable)
+
+
+def global_topk_masks(scores: PyTree, prunable: PyTree, n_keep) -> PyTree:
+  """Keep the ``n_keep`` highest scores over all prunable leaves together
+  (one threshold); ``n_keep`` may be traced. Other leaves all True."""
+  treedef = jax.tree.structure(prunable)
+  s_leaves = treedef.flatten_up_to(scores)
+  which = jax.tree.leaves(prunable)
+  idx = [i for i, w in enumerate(which) if w]
+  flat = jnp.concatenate([jnp.ravel(s_leaves[i]).astype(jnp.float32)
+                          for i in idx])
+  keep = masks_lib.topk_mask(flat, n_keep)
+  out = [jnp.ones(s.shape, bool) for s in s_leaves]
+  off = 0
+  for i in idx:
+    size = s_leaves[i].size
+    out[i] = keep[off:off + size].reshape(s_leaves[i].shape)
+    off += size
+  return jax.tree.unflatten(treedef, out)
+
+
+def n_keep(params: PyTree, hp, ctx) -> jax.Array:
+  """How many prunable weights the target keeps (exact, from ``hp['n_zero']``)."""
+  return jnp.int32(num_prunable(params, ctx.prunable)) - hp["n_zero"]
+
+
+def masks_of(opt_state) -> PyTree:
+  """The masks held by the optimizer state (a ``with_masks`` state)."""
+  return transforms.get_masks(opt_state)
 
 
 def momentum_of(opt_state) -> PyTree:
@@ -65,11 +294,13 @@ def reset_where(opt_state, grown: PyTree):
   """Zeroes every params-shaped optimizer buffer at the ``grown`` positions.
 
   Works for momentum traces and Adam moments alike: any sub-state whose tree
-  matches ``grown`` is reset there.
+  matches ``grown`` is reset there (the masks themselves are left alone).
   """
   target = jax.tree.structure(grown)
 
   def fix(node):
+    if isinstance(node, transforms.WithMasksState):
+      return node._replace(inner_state=fix(node.inner_state))
     if transforms._is_namedtuple(node):  # pylint: disable=protected-access
       fields = []
       for f in node:
@@ -91,3 +322,85 @@ def reset_where(opt_state, grown: PyTree):
     return node
 
   return fix(opt_state)
+
+
+def start_with_masks(state: RunState, masks: PyTree, tx) -> RunState:
+  """The first masks of a masked method: params are multiplied by them and
+  the optimizer state is re-initialised from the masked params (``tx``, the
+  method's transformation) with the masks in it."""
+  masks = jax.tree.map(lambda m: jnp.asarray(m).astype(bool), masks)
+  params = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)),
+                        state.params, masks)
+  opt = transforms.set_masks(tx.init(params), masks)
+  return state.replace(params=params, opt_state=opt)
+
+
+def change_masks(state: RunState, new_masks: PyTree) -> tuple[RunState,
+                                                              jax.Array]:
+  """Swaps the masks of a masked method's optimizer state (traceable).
+
+  Newly pruned weights become zero now; grown weights start at zero and
+  their optimizer buffers (momentum, Adam moments) are reset. Returns the new
+  state and the number of grown weights.
+  """
+  old = masks_of(state.opt_state)
+  new_masks = jax.tree.map(lambda m: m.astype(bool), new_masks)
+  grown = jax.tree.map(lambda n, o: n & ~o, new_masks, old)
+  params = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)),
+                        state.params, new_masks)
+  opt = transforms.set_masks(state.opt_state, new_masks)
+  opt = reset_where(opt, grown)
+  n_grown = sum((jnp.sum(g, dtype=jnp.int32) for g in jax.tree.leaves(grown)),
+                jnp.int32(0))
+  return state.replace(params=params, opt_state=opt), n_grown
+
+
+def allocate(total, weights, capacity):
+  """Splits ``total`` into integers proportional to ``weights``, each at most
+  ``capacity``; what a full layer cannot take goes to the others. Exact:
+  the parts sum to ``min(total, sum(capacity))``. Traceable (a
+  ``lax.while_loop``), so it runs inside the jitted step.
+  """
+  weights = jnp.maximum(jnp.asarray(weights, jnp.float32), 0.0)
+  capacity = jnp.asarray(capacity, jnp.int32)
+  total = jnp.minimum(jnp.asarray(total, jnp.int32), capacity.sum())
+
+  def cond(out):
+    return (out.sum() < total) & jnp.any(capacity - out > 0)
+
+  def body(out):
+    left = total - out.sum()
+    room = capacity - out
+    w = jnp.where(room > 0, weights, 0.0)
+    w = jnp.where(w.sum() > 0, w, (room > 0).astype(jnp.float32))
+    # Floors of the cumulative shares: the parts never sum past `left`.
+    cum = jnp.floor(left.astype(jnp.float32) * jnp.cumsum(w) / w.sum())
+    cum = jnp.minimum(cum.astype(jnp.int32), left)
+    share = jnp.minimum(jnp.diff(cum, prepend=0), room)
+    # Nothing handed out (remainders): one to the heaviest layer with room.
+    one = jax.nn.one_hot(jnp.argmax(w), w.shape[0], dtype=jnp.int32)
+    return out + jnp.where(share.sum() > 0, share, one)
+
+  return jax.lax.while_loop(cond, body, jnp.zeros_like(capacity))
+
+
+def every(step, period: int, *, offset: int = 0) -> jax.Array:
+  """True on steps ``offset + k * period`` (k >= 1); traceable."""
+  return (step > offset) & ((step - offset) % period == 0)
+
+
+def event(emit, **fields) -> dict:
+  """One event record for the trace: ``{'emit': emit, **fields}``."""
+  return {"emit": jnp.asarray(emit, bool),
+          **{k: jnp.asarray(v) for k, v in fields.items()}}
+
+
+__all__ = [
+    "RunState", "Context", "Method", "masked_sgd", "no_init", "no_update",
+    "identity_forward", "never_done", "default_eval_params",
+    "default_export", "prunable_leaves", "num_prunable", "count_zeros",
+    "sparsity_of", "masks_from_params", "ones_like_masks",
+    "layer_topk_masks", "global_topk_masks", "n_keep", "masks_of",
+    "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
+    "event",
+]

@@ -1,0 +1,761 @@
+"""The one training loop for every method, and the commands built on it.
+
+:func:`run_loop` runs any :class:`~proxnag_jax.methods.Method`: steps in
+chunks of ``chunk_steps`` under ``jax.lax.scan`` (one dispatch and one host
+sync per chunk), evaluation and a trace line at epoch ends, the method's
+events as trace lines, progress (images/s, ETA), orbax checkpoints of the
+whole :class:`~proxnag_jax.methods.RunState` pytree at epoch ends and every
+``checkpoint_every_steps``. A run killed anywhere resumes from its last
+checkpoint to bitwise the same result: the batch order and every PRNG key
+are functions of the seed and the step. K runs that differ only in numbers
+(seed, target sparsity, learning rate, lambda) run as one ``jax.vmap``-ped
+program.
+
+Built on it:
+
+* :func:`train` — dense training (``python -m train.train``): writes
+  ``metrics.jsonl``, ``trace.jsonl``, ``summary.json``, ``final/``;
+* :func:`prune` / :func:`prune_runs` — any pruning method
+  (``python -m train.prune``, ``train.sweep``): writes ``summary.json``,
+  ``trace.jsonl``, ``report.md``, ``pruned/`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from proxnag_jax import data as data_lib
+from proxnag_jax import engine
+from proxnag_jax import masks as masks_lib
+from proxnag_jax import methods as methods_lib
+from proxnag_jax import report as report_lib
+from proxnag_jax.methods import base
+
+PyTree = Any
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------
+# The runner.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunInit:
+  """One run's starting point and where its files go."""
+
+  state: base.RunState        # after method.init (unbatched)
+  seed: int                   # data order
+  trace_path: str
+  init_events: dict = dataclasses.field(default_factory=dict)
+  metrics_path: Optional[str] = None   # dense runs: per-epoch metrics.jsonl
+
+
+@dataclasses.dataclass
+class LoopResult:
+  states: list                # final RunState of each run (host arrays)
+  evals: list                 # final {'loss', 'accuracy', 'sparsity'} each
+  stopped_at_step: Optional[int]
+  steps: int                  # loop steps taken in all sessions
+  wall_time_s: float          # all sessions
+  train_time_s: float         # this session
+  images_per_s: float         # this session, all runs together
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, n):
+  tree = jax.device_get(tree)
+  return [jax.tree.map(lambda x, k=k: x[k], tree) for k in range(n)]
+
+
+def _truncate(path: str, lines: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = f.readlines()[:lines]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+def _event_lines(events: dict, labels: dict, step: int, select=None) -> list:
+  """Trace records of the events whose ``emit`` flag is set."""
+  lines = []
+  for kind, ev in events.items():
+    ev = ev if select is None else {k: v[select] for k, v in ev.items()}
+    if not bool(ev["emit"]):
+      continue
+    rec = {"kind": kind, "step": step}
+    for k, v in ev.items():
+      if k == "emit":
+        continue
+      v = np.asarray(v).item()
+      if k in labels:
+        v = labels[k].get(int(v), v)
+      rec[k] = v
+    lines.append(rec)
+  return lines
+
+
+def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
+             mesh, mean, std, augment: bool, batch_size: int,
+             runs: Sequence[RunInit], vmapped: bool, ckpt_dir: str,
+             resuming: bool, chunk_steps: int = 100,
+             eval_every_steps: Optional[int] = None,
+             checkpoint_every_steps: int = 0, eval_batch_size: int = 1000,
+             log_every_s: float = 5.0, desc: str = "",
+             stop_after_steps: Optional[int] = None,
+             log: Log = print) -> LoopResult:
+  """Runs ``method`` for ``method.steps(ctx)`` steps or until it is done.
+
+  Args:
+    model, method, ctx: what to train and how (see :mod:`.methods.base`).
+    arrays: ``train_x``/``train_y``/``test_x``/``test_y`` on the devices.
+    runs: one :class:`RunInit` per run; with ``vmapped`` all of them run as
+      one vmapped program (their states must have the same structure),
+      otherwise there must be exactly one.
+    ckpt_dir / resuming: orbax checkpoints; resume from the latest one.
+    chunk_steps: steps per scanned chunk (one host sync each).
+    eval_every_steps: evaluation period (default one epoch).
+    checkpoint_every_steps: extra checkpoints between evaluations (0: none).
+    stop_after_steps: stop (as if killed) after this many steps in this
+      call, right after a checkpoint; the next call resumes.
+  """
+  t_start = time.time()
+  n_runs = len(runs)
+  if not vmapped and n_runs != 1:
+    raise ValueError("several runs need vmapped=True.")
+  spe = ctx.steps_per_epoch
+  max_steps = method.steps(ctx)
+  eval_every = eval_every_steps or spe
+  step_fn = engine.make_step(model, method, ctx, mean=mean, std=std,
+                             augment=augment, mesh=mesh)
+  chunks = {}
+  evaluate = engine.make_eval(model, method, mean=mean, std=std,
+                              batch_size=eval_batch_size, mesh=mesh,
+                              vmapped=vmapped)
+  sparsity_fn = jax.jit((jax.vmap if vmapped else (lambda f: f))(
+      lambda s: base.sparsity_of(method.forward(method.eval_params(s),
+                                                s.method_state),
+                                 ctx.prunable)))
+  done_fn = jax.jit((jax.vmap if vmapped else (lambda f: f))(
+      lambda s: method.done(s, ctx)))
+
+  state = _stack([r.state for r in runs]) if vmapped else runs[0].state
+  state = engine.put_replicated(state, mesh)
+  ckpt = engine.Checkpointer(ckpt_dir)
+  lines = [0] * n_runs
+  t, wall_before = 0, 0.0
+  restored_window = [[] for _ in range(n_runs)]
+  if resuming and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    state = engine.put_replicated(state, mesh)
+    t, wall_before, lines = meta["step"], meta["wall_time_s"], meta[
+        "trace_lines"]
+    restored_window = [[tuple(x) for x in w] for w in meta["window"]]
+    for r, n in zip(runs, lines):
+      _truncate(r.trace_path, n)
+    for r, n in zip(runs, meta.get("metrics_lines", [0] * n_runs)):
+      if r.metrics_path:
+        _truncate(r.metrics_path, n)
+    log(f"resuming {desc} at step {t} ({t / spe:.2f} epochs)")
+  else:
+    for k, r in enumerate(runs):
+      for p in (r.trace_path, r.metrics_path):
+        if p and os.path.exists(p):
+          os.remove(p)
+      for rec in _event_lines(r.init_events, method.labels, 0):
+        engine.append_jsonl(r.trace_path, rec)
+        lines[k] += 1
+
+  def metrics_lines():
+    out = []
+    for r in runs:
+      if r.metrics_path and os.path.exists(r.metrics_path):
+        with open(r.metrics_path) as f:
+          out.append(len(f.readlines()))
+      else:
+        out.append(0)
+    return out
+
+  def save(step):
+    ckpt.save(step, state, {"step": step, "trace_lines": lines,
+                            "window": [[[float(a), float(b)] for a, b in w]
+                                       for w in window],
+                            "metrics_lines": metrics_lines(),
+                            "wall_time_s": wall_before + time.time()
+                            - t_start})
+
+  def index_batches(t0, n):
+    """Batch indices of loop steps [t0, t0 + n): (n, [runs,] batch)."""
+    out = np.empty((n, n_runs, batch_size), np.int32)
+    for k, r in enumerate(runs):
+      for j in range(n):
+        epoch, i = divmod(t0 + j, spe)
+        out[j, k] = epoch_order(r.seed, epoch)[i]
+    return out if vmapped else out[:, 0]
+
+  orders = {}
+
+  def epoch_order(seed, epoch):
+    if (seed, epoch) not in orders:
+      if len(orders) > 4 * n_runs:
+        orders.clear()
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), 1000 + epoch)
+      orders[(seed, epoch)] = data_lib.epoch_permutation(
+          jax.random.fold_in(key, 0), int(arrays["train_y"].shape[0]),
+          batch_size)
+    return orders[(seed, epoch)]
+
+  done = bool(np.all(jax.device_get(done_fn(state))))
+  progress = engine.Progress(max_steps - t, batch_size * n_runs, desc=desc,
+                             every_s=log_every_s)
+  stop_at = t + stop_after_steps if stop_after_steps else None
+  window = restored_window   # (loss, accuracy) of steps since the last eval
+  last_evals = [None] * n_runs
+  t_run = time.time()
+  rep = engine.replicated(mesh)
+  while t < max_steps and not done:
+    bounds = [max_steps, (t // eval_every + 1) * eval_every, t + chunk_steps]
+    if checkpoint_every_steps:
+      bounds.append((t // checkpoint_every_steps + 1) * checkpoint_every_steps)
+    if stop_at:
+      bounds.append(stop_at)
+    n = min(bounds) - t
+    if n not in chunks:
+      chunks[n] = engine.make_chunk(step_fn, method, ctx, mesh=mesh,
+                                    vmapped=vmapped)
+    idx = index_batches(t, n)
+    idx = jax.device_put(idx, rep)
+    state, outs, done_arr = chunks[n](state, arrays["train_x"],
+                                      arrays["train_y"], idx)
+    outs, done_arr = jax.device_get((outs, done_arr))
+    metrics, events = outs["out"]
+    active = np.asarray(outs["active"]).reshape(n, n_runs)
+    loss = np.asarray(metrics["loss"]).reshape(n, n_runs)
+    acc = np.asarray(metrics["accuracy"]).reshape(n, n_runs)
+    bad = active & ~np.isfinite(loss)
+    if bad.any():
+      j, k = np.argwhere(bad)[0]
+      progress.close()
+      last = ckpt.latest_step()
+      ckpt.close()
+      engine.check_finite(float(loss[j, k]), f"at step {t + j + 1}"
+                          + (f" of run {k}" if vmapped else ""), ckpt.dir,
+                          last)
+    for k in range(n_runs):
+      for j in range(n):
+        if not active[j, k]:
+          continue
+        window[k].append((float(loss[j, k]), float(acc[j, k])))
+        sel = (j, k) if vmapped else j
+        for rec in _event_lines(events, method.labels, t + j + 1, sel):
+          engine.append_jsonl(runs[k].trace_path, rec)
+          lines[k] += 1
+    t += n
+    done = bool(np.all(done_arr))
+    progress.update(n, **({"loss": float(np.mean(loss[active]))}
+                          if active.any() else {}))
+    if t % eval_every == 0 or done or t >= max_steps:
+      ev = jax.device_get(evaluate(state, arrays["test_x"], arrays["test_y"]))
+      sp = np.asarray(jax.device_get(sparsity_fn(state))).reshape(n_runs)
+      for k, r in enumerate(runs):
+        e = {"loss": float(np.asarray(ev["loss"]).reshape(n_runs)[k]),
+             "accuracy": float(np.asarray(ev["accuracy"]).reshape(
+                 n_runs)[k]), "sparsity": float(sp[k])}
+        last_evals[k] = e
+        if not window[k]:
+          continue
+        w = np.asarray(window[k], np.float64)
+        rec = {"kind": "epoch", "step": t, "epoch": t / spe,
+               "loss": float(w[:, 0].mean()),
+               "accuracy": float(w[:, 1].mean()),
+               "test_loss": e["loss"], "test_accuracy": e["accuracy"],
+               "sparsity": e["sparsity"],
+               "images_per_s": progress.images_per_s(),
+               "wall_time_s": wall_before + time.time() - t_start}
+        engine.append_jsonl(r.trace_path, rec)
+        lines[k] += 1
+        if r.metrics_path:
+          engine.append_jsonl(r.metrics_path, {
+              "epoch": round(t / spe, 4), "step": t,
+              "train_loss": rec["loss"], "train_accuracy": rec["accuracy"],
+              "test_loss": e["loss"], "test_accuracy": e["accuracy"],
+              "sparsity": e["sparsity"],
+              "images_per_s": rec["images_per_s"],
+              "wall_time_s": rec["wall_time_s"]})
+        log(f"{desc}{f' [{k}]' if vmapped else ''} epoch {t / spe:.4g}/"
+            f"{max_steps / spe:.4g}: loss {rec['loss']:.4f} acc "
+            f"{rec['accuracy']:.4f} | test loss {e['loss']:.4f} acc "
+            f"{e['accuracy']:.4f} | sparsity {e['sparsity']:.4f}")
+        window[k] = []
+      save(t)
+    elif checkpoint_every_steps and t % checkpoint_every_steps == 0:
+      save(t)
+    if stop_at and t >= stop_at and t < max_steps and not done:
+      if ckpt.latest_step() != t:
+        save(t)
+      progress.close()
+      ckpt.close()
+      return LoopResult([], [], t, t, wall_before + time.time() - t_start,
+                        time.time() - t_run, progress.images_per_s())
+  progress.close()
+  if any(e is None for e in last_evals):   # finished in an earlier session
+    ev = jax.device_get(evaluate(state, arrays["test_x"], arrays["test_y"]))
+    sp = np.asarray(jax.device_get(sparsity_fn(state))).reshape(n_runs)
+    last_evals = [{"loss": float(np.asarray(ev["loss"]).reshape(n_runs)[k]),
+                   "accuracy": float(np.asarray(ev["accuracy"]).reshape(
+                       n_runs)[k]), "sparsity": float(sp[k])}
+                  for k in range(n_runs)]
+  if ckpt.latest_step() != t:
+    save(t)
+  ckpt.close()
+  states = _unstack(state, n_runs) if vmapped else [jax.device_get(state)]
+  return LoopResult(states, last_evals, None, t,
+                    wall_before + time.time() - t_start, time.time() - t_run,
+                    progress.images_per_s())
+
+
+# ---------------------------------------------------------------------------
+# Shared setup.
+# ---------------------------------------------------------------------------
+
+
+def make_state(params, batch_stats, tx, hp: dict, seed: int) -> base.RunState:
+  """A fresh run state (before ``method.init``)."""
+  return base.RunState(
+      step=jnp.int32(0), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params), method_state=(), hp=hp,
+      key=jax.random.fold_in(jax.random.PRNGKey(seed), 7))
+
+
+def _hp(values: dict) -> dict:
+  return {k: (jnp.int32(v) if k == "n_zero" else jnp.float32(v))
+          for k, v in values.items()}
+
+
+def init_run(method, ctx, params, batch_stats, hp: dict, seed: int):
+  """``method.init`` on a fresh state, jitted. Returns (state, events)."""
+  state = make_state(params, batch_stats, method.tx(hp, ctx), hp, seed)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 8)
+  return jax.jit(lambda k, s: method.init(k, s, ctx))(key, state)
+
+
+def _loss_grad_fn(model, x, y, batch_stats, mean, std):
+  def loss(params):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    logits, _ = model.apply(variables, data_lib.preprocess(x, mean, std),
+                            train=True, mutable=["batch_stats"])
+    return jnp.mean(engine.cross_entropy(logits, y))
+  return jax.grad(loss)
+
+
+def evaluate_params(model, params, batch_stats, arrays, mean, std, mesh,
+                    batch_size=1000) -> dict:
+  """Test loss/accuracy of plain params (e.g. the dense model)."""
+  ev = engine.make_eval(model, methods_lib.get_method("dense"), mean=mean,
+                        std=std, batch_size=batch_size, mesh=mesh)
+  st = base.RunState(step=jnp.int32(0), params=params,
+                     batch_stats=batch_stats, opt_state=(), method_state=(),
+                     hp={}, key=jax.random.PRNGKey(0))
+  out = jax.device_get(ev(st, arrays["test_x"], arrays["test_y"]))
+  return {k: float(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------
+# Dense training: `python -m train.train`.
+# ---------------------------------------------------------------------------
+
+
+def dense_method(config) -> base.Method:
+  return methods_lib.get_method(
+      "dense", optimizer=config.get("optimizer", "sgd"),
+      l1=config.get("l1", 0.0), fista=bool(config.get("fista", False)),
+      nesterov=bool(config.get("nesterov", True)))
+
+
+def train(config, workdir: str, *, overwrite: bool = False,
+          stop_after_epochs: Optional[int] = None, log: Log = print) -> dict:
+  """Trains ``config.model`` on ``config.dataset``; resumable.
+
+  Writes ``workdir/metrics.jsonl`` (one line per epoch), ``trace.jsonl``,
+  orbax checkpoints in ``workdir/checkpoints``, ``summary.json`` and the
+  final params + BN statistics in ``workdir/final`` (:func:`load_final`).
+  Re-running with the same config resumes from the last checkpoint.
+
+  Returns:
+    The summary dict; when stopped early, ``{'stopped_at_epoch': e}``.
+  """
+  t0 = time.time()
+  engine.validate_config(config)
+  method = dense_method(config)
+  resuming = engine.prepare_workdir(workdir, config, overwrite)
+  mesh = engine.make_mesh()
+  ds, model, arrays = engine.setup(config, mesh, log)
+  mean, std = ds.mean_std
+  spe = len(ds.train_labels) // config.batch_size
+  params, batch_stats = engine.init_variables(model, config, ds.input_shape)
+  prunable = masks_lib.prunable_tree(params)
+  ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
+                     total_steps=int(config.num_epochs * spe),
+                     schedule=engine.schedule_fn(config, spe))
+  hp = _hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
+            "weight_decay": config.get("weight_decay", 0.0),
+            "momentum": config.get("momentum", 0.9), **method.hparams})
+  state, events = init_run(method, ctx, params, batch_stats, hp, config.seed)
+  log(f"model {config.model}: {report_lib.num_params(params):,} params; "
+      f"{engine.device_info()}; {spe} steps/epoch")
+  res = run_loop(
+      model=model, method=method, ctx=ctx, arrays=arrays, mesh=mesh,
+      mean=mean, std=std, augment=ds.augment and config.get("augment", True),
+      batch_size=config.batch_size,
+      runs=[RunInit(state, config.seed, os.path.join(workdir, "trace.jsonl"),
+                    events, os.path.join(workdir, "metrics.jsonl"))],
+      vmapped=False, ckpt_dir=os.path.join(workdir, "checkpoints"),
+      resuming=resuming, chunk_steps=config.get("chunk_steps", 100),
+      checkpoint_every_steps=config.get("checkpoint_every_steps", 0),
+      eval_batch_size=config.get("eval_batch_size", 1000),
+      log_every_s=config.get("log_every_s", 5.0), desc="train",
+      stop_after_steps=(stop_after_epochs * spe if stop_after_epochs
+                        else None), log=log)
+  if res.stopped_at_step is not None:
+    return {"stopped_at_epoch": res.stopped_at_step // spe}
+  state, ev = res.states[0], res.evals[0]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    last = json.loads(f.readlines()[-1])
+  sched = ctx.schedule(config.learning_rate)
+  summary = {
+      "model": config.model, "dataset": config.dataset, "seed": config.seed,
+      "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+      "train_loss": last["train_loss"], "epochs": config.num_epochs,
+      "steps": res.steps,
+      "final_learning_rate": float(sched(max(res.steps - 1, 0))),
+      "num_params": report_lib.num_params(state.params),
+      "sparsity": ev["sparsity"],
+      "wall_time_s": res.wall_time_s, "train_time_s": res.train_time_s,
+      "images_per_s": res.images_per_s or last.get("images_per_s", 0.0),
+      **engine.device_info(),
+      "data": {"source": ds.source, "path": ds.path,
+               "train_examples": int(len(ds.train_labels)),
+               "test_examples": int(len(ds.test_labels))},
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  _, variables = method.export_network(state, model)
+  engine.save_tree(os.path.join(workdir, "final"),
+                   {"params": variables["params"],
+                    "batch_stats": variables.get("batch_stats", {})})
+  log(f"done: test accuracy {summary['test_accuracy']:.4f}; "
+      f"summary in {workdir}/summary.json ({time.time() - t0:.0f} s)")
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# Pruning: `python -m train.prune` and the sweep's cells.
+# ---------------------------------------------------------------------------
+
+# Fields that may differ between runs that share one vmapped program.
+VMAP_FIELDS = ("seed", "target_sparsity", "finetune_lr", "dense_checkpoint")
+VMAP_METHOD_FIELDS = ("l1_init", "l1_step", "prune_lr", "finetune_lr")
+
+
+def method_of(config) -> base.Method:
+  """The method of a pruning config, built from its own sub-config."""
+  name = config.method
+  if name not in methods_lib.METHOD_NAMES:
+    methods_lib.get_method(name)      # raises, listing the valid names
+  kwargs = dict(config.get(name, None) or {})
+  return methods_lib.get_method(name, **kwargs)
+
+
+def validate(config) -> base.Method:
+  """Fails early, before anything is written, on a config that cannot run."""
+  t = config.target_sparsity
+  if not 0.0 < t < 1.0:
+    raise ValueError(f"target_sparsity must be in (0, 1), got {t}.")
+  if config.budget_epochs <= 0:
+    raise ValueError("budget_epochs must be positive.")
+  method = method_of(config)
+  if method.name == "dense":
+    raise ValueError("method 'dense' does not prune: use python -m "
+                     "train.train.")
+  engine.validate_config(config.dense)
+  return method
+
+
+def dense_config(config):
+  """The dense-training config, sharing data, model and seed with pruning."""
+  d = copy.deepcopy(config.dense)
+  with d.unlocked():
+    for k in ("model", "dataset", "data_dir", "seed", "train_subset",
+              "test_subset", "batch_size", "eval_batch_size"):
+      d[k] = config[k]
+  return d
+
+
+def load_dense(config, workdir, model, input_shape, log):
+  """Params + BN stats of the dense model: from config.dense_checkpoint or
+  by training one in ``workdir/dense`` (resumable)."""
+  path = config.get("dense_checkpoint", "")
+  if not path:
+    log("no dense_checkpoint given: training the dense model first "
+        f"in {workdir}/dense")
+    train(dense_config(config), os.path.join(workdir, "dense"), log=log)
+    path = os.path.join(workdir, "dense")
+  want_p, want_bs = engine.init_variables(model, config, input_shape)
+  try:
+    loaded = engine.load_final(path)
+  except FileNotFoundError as e:
+    raise ValueError(f"dense_checkpoint {path!r} holds no finished run "
+                     "(expected DIR/final from train.train).") from e
+  got = {"params": loaded["params"], "batch_stats": loaded.get(
+      "batch_stats", {}) or {}}
+  want = {"params": want_p, "batch_stats": want_bs}
+  shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)
+  if (jax.tree.structure(got) != jax.tree.structure(want) or
+      shapes(got) != shapes(want)):
+    raise ValueError(
+        f"dense checkpoint {path!r} does not match model {config.model!r} "
+        f"on {config.dataset!r}: its parameter tree or shapes differ. Train "
+        "it with the same model (python -m train.train) or leave "
+        "dense_checkpoint empty to train one here.")
+  cast = lambda t, ref: jax.tree.map(
+      lambda a, r: jnp.asarray(a, r.dtype), t, ref)
+  return cast(got["params"], want_p), cast(got["batch_stats"], want_bs), path
+
+
+def budget_steps(config, method, spe: int) -> int:
+  """The run's step budget: ``budget_epochs`` for methods that start from
+  the dense model, ``dense.num_epochs + budget_epochs`` from scratch."""
+  epochs = config.budget_epochs
+  if method.start != "dense":
+    epochs += config.dense.num_epochs
+  return int(round(epochs * spe))
+
+
+def run_hparams(config, method, n_prunable: int) -> dict:
+  """The per-run numbers of a pruning config (see ``RunState.hp``)."""
+  if method.start == "dense":
+    lr = config.finetune_lr
+  else:
+    lr = config.dense.learning_rate
+  hp = {"target": config.target_sparsity,
+        "n_zero": int(round(config.target_sparsity * n_prunable)),
+        "lr": lr, "weight_decay": config.dense.weight_decay,
+        "momentum": config.momentum}
+  sub = config.get(method.name, None) or {}
+  for k, v in method.hparams.items():
+    hp[k] = sub.get(k, v)
+  return _hp(hp)
+
+
+def _static_view(config, method_name):
+  """The config without the fields vmapped runs may differ in."""
+  d = json.loads(config.to_json_best_effort())
+  for k in VMAP_FIELDS + engine.NON_RESULT_FIELDS:
+    d.pop(k, None)
+  if isinstance(d.get(method_name), dict):
+    for k in VMAP_METHOD_FIELDS:
+      d[method_name].pop(k, None)
+  return d
+
+
+def prune(config, workdir: str, *, overwrite: bool = False,
+          stop_after_steps: Optional[int] = None, log: Log = print) -> dict:
+  """Prunes with ``config.method`` to ``config.target_sparsity``; resumable.
+
+  Returns the summary, or ``{'stopped_at_step': s}`` when stopped early.
+  """
+  out = prune_runs([config], [workdir], overwrite=overwrite,
+                   stop_after_steps=stop_after_steps, log=log)
+  return out[0]
+
+
+def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
+               group_dir: Optional[str] = None, vmap: bool = False,
+               overwrite: bool = False,
+               stop_after_steps: Optional[int] = None,
+               log: Log = print) -> list[dict]:
+  """Runs one or several pruning runs; several as one vmapped program.
+
+  Vmapped runs must share the method and every setting but
+  :data:`VMAP_FIELDS` (seed, target sparsity, learning rates, lambdas,
+  dense checkpoint); their checkpoints go to ``group_dir``.
+  """
+  t0 = time.time()
+  methods = [validate(c) for c in configs]
+  method = methods[0]
+  if len(configs) > 1:
+    if not vmap:
+      raise ValueError("several configs run together only with vmap=True.")
+    ref = _static_view(configs[0], method.name)
+    for c in configs[1:]:
+      if c.method != method.name or _static_view(c, method.name) != ref:
+        raise ValueError("vmapped runs may differ only in "
+                         f"{', '.join(VMAP_FIELDS + VMAP_METHOD_FIELDS)}.")
+  resuming = [engine.prepare_workdir(w, c, overwrite)
+              for c, w in zip(configs, workdirs)]
+  ckpt_dir = os.path.join(group_dir or workdirs[0], "checkpoints")
+  c0 = configs[0]
+  mesh = engine.make_mesh()
+  dcfg = dense_config(c0)
+  ds, model, arrays = engine.setup(dcfg, mesh, log)
+  mean, std = ds.mean_std
+  spe = len(ds.train_labels) // c0.batch_size
+  flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
+  template, _ = engine.init_variables(model, c0, ds.input_shape)
+  prunable = masks_lib.prunable_tree(template, flt)
+  if not any(jax.tree.leaves(prunable)):
+    raise ValueError("prune_exclude leaves no prunable weights.")
+  n_prunable = base.num_prunable(template, prunable)
+  total = budget_steps(c0, method, spe)
+  if method.start == "dense":
+    sched = lambda lr: optax.cosine_decay_schedule(lr, max(1, total))
+  else:
+    sched = engine.schedule_fn(dcfg, spe, total / spe)
+  ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
+                     total_steps=total, schedule=sched)
+
+  runs, dense_info = [], []
+  for c, wd in zip(configs, workdirs):
+    dense_params, dense_bs, dense_path = load_dense(c, wd, model,
+                                                    ds.input_shape, log)
+    dense_acc = evaluate_params(model, dense_params, dense_bs, arrays, mean,
+                                std, mesh, c.eval_batch_size)["accuracy"]
+    dense_info.append((dense_params, dense_acc, dense_path))
+    if method.start == "dense":
+      params, bs = dense_params, dense_bs
+    else:
+      params, bs = engine.init_variables(model, c, ds.input_shape)
+    first = epoch_first_batch(c.seed, len(ds.train_labels), c.batch_size)
+    grad_fn = _loss_grad_fn(model, arrays["train_x"][first],
+                            arrays["train_y"][first], bs, mean, std)
+    hp = run_hparams(c, method, n_prunable)
+    state, events = init_run(method, ctx._replace(grad_fn=grad_fn), params,
+                             bs, hp, c.seed)
+    runs.append(RunInit(state, c.seed, os.path.join(wd, "trace.jsonl"),
+                        events))
+  log(f"{method.name}: {method.description}; up to {method.steps(ctx)} "
+      f"steps ({method.steps(ctx) / spe:.1f} epochs) from {method.start}"
+      + (f"; {len(runs)} runs vmapped" if len(runs) > 1 else ""))
+  res = run_loop(
+      model=model, method=method, ctx=ctx, arrays=arrays, mesh=mesh,
+      mean=mean, std=std, augment=ds.augment and c0.augment,
+      batch_size=c0.batch_size, runs=runs, vmapped=len(runs) > 1 or vmap,
+      ckpt_dir=ckpt_dir, resuming=all(resuming),
+      chunk_steps=c0.get("chunk_steps", 100),
+      checkpoint_every_steps=c0.get("checkpoint_every_steps", 0),
+      eval_batch_size=c0.eval_batch_size, log_every_s=c0.log_every_s,
+      desc=method.name, stop_after_steps=stop_after_steps, log=log)
+  if res.stopped_at_step is not None:
+    return [{"stopped_at_step": res.stopped_at_step}] * len(runs)
+  out = []
+  for c, wd, state, ev, (dense_params, dense_acc, dense_path) in zip(
+      configs, workdirs, res.states, res.evals, dense_info):
+    extra = {"start": method.start, "description": method.description,
+             "dense_checkpoint": dense_path, "steps": int(state.step),
+             "budget_epochs": c.budget_epochs,
+             "total_epochs_with_dense": int(state.step) / spe + (
+                 c.dense.num_epochs if method.start == "dense" else 0),
+             "vmapped_runs": len(runs),
+             "images_per_s": res.images_per_s}
+    if method.summary:
+      extra.update(method.summary(state))
+    out.append(finalize(
+        wd, c, method=method, model=model, ds=ds, state=state, ev=ev,
+        prunable=prunable, dense_params=dense_params,
+        dense_accuracy=dense_acc, epochs=int(state.step) / spe,
+        wall_time_s=res.wall_time_s if len(runs) == 1 else
+        (time.time() - t0), log=log, extra=extra))
+  return out
+
+
+def epoch_first_batch(seed: int, n: int, batch_size: int) -> np.ndarray:
+  """The indices of the first training batch of a run (SNIP's minibatch)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 1000)
+  return data_lib.epoch_permutation(jax.random.fold_in(key, 0), n,
+                                    batch_size)[0]
+
+
+def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
+             dense_params, dense_accuracy, epochs, wall_time_s, log,
+             extra) -> dict:
+  """Writes what every pruning run leaves behind and returns the summary:
+  ``summary.json``, ``pruned/`` (params, BN stats, masks), ``report.md`` and
+  the PNG plots."""
+  export_model, variables = method.export_network(state, model)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  masks = base.masks_from_params(params, prunable)
+  flt = lambda path, leaf: _lookup(prunable, path)
+  rep = masks_lib.sparsity_report(params, prunable=flt)
+  in_shape = (1,) + tuple(ds.input_shape)
+  macs = report_lib.count_macs(export_model, variables, in_shape)
+  trace_path = os.path.join(workdir, "trace.jsonl")
+  trace = [json.loads(l) for l in open(trace_path)]
+  n_zero = round(config.target_sparsity * rep["prunable_params"])
+  summary = {
+      "method": method.name, "model": config.model,
+      "dataset": config.dataset, "seed": config.seed,
+      "target_sparsity": config.target_sparsity,
+      "sparsity": rep["sparsity"],
+      "reached_target": (rep["prunable_params"] - rep["prunable_nonzero"]
+                         >= n_zero),
+      "compression_ratio": rep["compression_ratio"],
+      "theoretical_speedup": macs["theoretical_speedup"],
+      "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+      "dense_test_accuracy": dense_accuracy,
+      "num_params": rep["num_params"], "num_nonzero": rep["num_nonzero"],
+      "prunable_params": rep["prunable_params"],
+      "prunable_nonzero": rep["prunable_nonzero"],
+      "macs_dense": macs["macs"], "macs_sparse": macs["macs_sparse"],
+      "epochs": epochs,
+      "pruned_layers": [l["name"] for l in rep["layers"] if l["prunable"]],
+      "wall_time_s": wall_time_s,
+      **engine.device_info(),
+      **extra,
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  engine.save_tree(os.path.join(workdir, "pruned"),
+                   {"params": params, "batch_stats": batch_stats,
+                    "masks": masks})
+  report_lib.write_report(workdir, summary, params, masks, macs, flt)
+  report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
+  report_lib.plot_weight_histograms(dense_params, params, os.path.join(
+      workdir, "weight_histograms.png"), flt)
+  report_lib.plot_layer_sparsity(params, os.path.join(
+      workdir, "layer_sparsity.png"), prunable=flt)
+  log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
+      f"{summary['test_accuracy']:.4f} (dense {dense_accuracy:.4f}), "
+      f"{summary['compression_ratio']:.1f}x fewer params, "
+      f"{summary['theoretical_speedup']:.1f}x fewer MACs; {workdir}/report.md")
+  return summary
+
+
+def _lookup(tree, path):
+  node = tree
+  for k in path:
+    node = node[getattr(k, "key", getattr(k, "idx", k))]
+  return node
+
+
+__all__ = ["RunInit", "LoopResult", "run_loop", "train", "prune",
+           "prune_runs", "method_of", "validate", "dense_config",
+           "load_dense", "budget_steps", "run_hparams", "finalize",
+           "make_state", "init_run", "evaluate_params", "VMAP_FIELDS",
+           "VMAP_METHOD_FIELDS"]

@@ -1,0 +1,353 @@
+"""Iterative Prox-NAG pruning (core paper, section 3, Fig. 5), as a Method.
+
+Starting from the trained dense model, rounds ``r = 0, 1, ...`` of
+
+1. **prune-train** with Prox-NAG at ``lambda_r`` under the mask of the weights
+   alive at the round's start (pruned weights stay exactly zero, so sparsity
+   never goes down between rounds). The sparse iterate ``w~`` is monitored
+   every ``monitor_every`` steps; prune-training stops at
+
+   * the target sparsity (an exact count of zeros), or
+   * a local maximum of the sparsity of ``w~`` (it fell ``drop_tol`` below
+     its best value, or made no new maximum for ``patience`` monitors), or
+   * a sharp rise of the training loss (its moving average exceeds
+     ``loss_rise`` times its value after ``loss_warmup_monitors`` monitors,
+     and by at least ``loss_rise_min``), or
+   * ``prune_max_epochs``;
+
+   and keeps ``w~`` (and the BN statistics) from the sparsest monitor: the
+   paper found the best model at the local maximum.
+2. **overshoot repair**: if that is sparser than the target, the weights
+   zeroed *in this round* with the largest magnitude at the round's start get
+   their round-start values back until exactly ``round(target * n)`` prunable
+   weights are zero.
+3. **fine-tune** with the mask fixed, ``finetune_epochs + r *
+   finetune_growth`` epochs (the last round at least
+   ``final_finetune_epochs``; with ``fill_budget`` the last fine-tune takes
+   what is left of the run's budget), with a cosine learning rate from
+   ``finetune_lr``;
+4. if the target is not reached, ``lambda_{r+1} = l1_init + (r + 1) l1_step``
+   and go to 1; stop after ``max_rounds``.
+
+All of it is method state plus a pure ``update`` run every step under jit:
+phase changes are ``lax.cond`` on device values. The optimizer is one
+transformation for both phases, ``with_masks(inject_hyperparams(chain(
+add_decayed_weights(wd), proxnag(lr, l1, momentum))))``: fine-tuning is
+Prox-NAG with ``l1 = 0``, which is exactly Nesterov SGD, and each phase starts
+from a fresh optimizer state (``w~_0 = w``), as a re-initialised optimizer
+would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxnag_jax import masks as masks_lib
+from proxnag_jax import transforms
+from proxnag_jax.methods import base
+from proxnag_jax.methods.base import Method
+
+PRUNE, FINETUNE, DONE = 0, 1, 2
+PHASE_NAMES = {PRUNE: "prune", FINETUNE: "finetune", DONE: "done"}
+STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
+              4: "max_epochs"}
+OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds"}
+
+
+def repair_overshoot(params, round_start, n_zero, prunable):
+  """Restores the largest weights zeroed this round until exactly ``n_zero``
+  prunable weights are zero (traceable).
+
+  Among prunable weights that are zero in ``params`` but were nonzero in
+  ``round_start``, the ones with the largest ``|round_start|`` get their
+  round-start values back. Returns ``(params, number_restored)``.
+  """
+  excess = jnp.maximum(base.count_zeros(params, prunable) - n_zero, 0)
+  treedef = jax.tree.structure(prunable)
+  leaves = treedef.flatten_up_to(params)
+  start = treedef.flatten_up_to(round_start)
+  idx = [i for i, w in enumerate(jax.tree.leaves(prunable)) if w]
+  cand = jnp.concatenate([
+      jnp.ravel(jnp.where((leaves[i] == 0) & (start[i] != 0),
+                          jnp.abs(start[i]).astype(jnp.float32), -1.0))
+      for i in idx])
+  restore = masks_lib.topk_mask(cand, excess) & (cand >= 0)
+  out, off = list(leaves), 0
+  for i in idx:
+    size = leaves[i].size
+    r = restore[off:off + size].reshape(leaves[i].shape)
+    out[i] = jnp.where(r, start[i], leaves[i])
+    off += size
+  return jax.tree.unflatten(treedef, out), restore.sum(dtype=jnp.int32)
+
+
+def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
+            max_rounds: int = 10, prune_lr: float = 0.01,
+            prune_weight_decay: float = 0.0, fista: bool = False,
+            prune_max_epochs: float = 2.0, monitor_every: int = 20,
+            drop_tol: float = 0.002, patience: int = 15,
+            loss_ema: float = 0.9, loss_warmup_monitors: int = 3,
+            loss_rise: float = 2.0, loss_rise_min: float = 0.05,
+            finetune_lr: float = 0.01, finetune_weight_decay: float = 5e-4,
+            finetune_epochs: float = 1.0, finetune_growth: float = 1.0,
+            final_finetune_epochs: float = 4.0,
+            fill_budget: bool = False) -> Method:
+  """Iterative Prox-NAG pruning; see the module docstring for the loop.
+
+  Per-run (vmappable) settings: ``l1_init``, ``l1_step``, ``prune_lr``,
+  ``finetune_lr``, ``prune_weight_decay``, ``finetune_weight_decay``.
+  """
+  if l1_init < 0 or l1_step < 0:
+    raise ValueError("proxnag: l1_init and l1_step must be non-negative.")
+  if l1_init == 0 and l1_step == 0:
+    raise ValueError("proxnag: l1_init = l1_step = 0: lambda never grows, so "
+                     "Prox-NAG cannot prune; set l1_init > 0 or l1_step > 0.")
+  if max_rounds < 1:
+    raise ValueError("proxnag: max_rounds must be >= 1.")
+  if monitor_every < 1:
+    raise ValueError("proxnag: monitor_every must be >= 1.")
+  if prune_max_epochs <= 0:
+    raise ValueError("proxnag: prune_max_epochs must be positive.")
+
+  def tx(hp, ctx):
+    def chain(learning_rate, l1, weight_decay):
+      return optax.chain(
+          optax.add_decayed_weights(weight_decay),
+          transforms.proxnag(learning_rate, l1, hp["momentum"], fista=fista,
+                             mask=ctx.prunable))
+    return transforms.with_masks(optax.inject_hyperparams(chain)(
+        learning_rate=hp["prune_lr"], l1=hp["l1_init"],
+        weight_decay=hp["prune_weight_decay"]))
+
+  def fresh_opt(hp, ctx, params, lr, l1, wd):
+    masks = base.masks_from_params(params, ctx.prunable)
+    opt = transforms.set_masks(tx(hp, ctx).init(params), masks)
+    return transforms.set_hyperparams(opt, learning_rate=lr, l1=l1,
+                                      weight_decay=wd)
+
+  def max_prune_steps(ctx):
+    return max(1, int(round(prune_max_epochs * ctx.steps_per_epoch)))
+
+  def finetune_len(ctx, round_, final, steps_done):
+    spe = ctx.steps_per_epoch
+    e = finetune_epochs + round_.astype(jnp.float32) * finetune_growth
+    e = jnp.where(final, jnp.maximum(e, final_finetune_epochs), e)
+    n = jnp.maximum(1, jnp.round(e * spe).astype(jnp.int32))
+    if fill_budget:
+      n = jnp.where(final, jnp.maximum(1, ctx.total_steps - steps_done), n)
+    return n
+
+  def prune_phase_state(state, round_, lam):
+    """Method state at the start of a prune-train phase."""
+    ms = state.method_state
+    f32 = jnp.float32
+    return {**ms, "phase": jnp.int32(PRUNE), "round": round_,
+            "phase_step": jnp.int32(0), "lam": f32(lam),
+            "round_start": state.params, "best_params": state.params,
+            "best_batch_stats": state.batch_stats,
+            "best_sparsity": f32(-1.0), "monitors_since_best": jnp.int32(0),
+            "n_monitor": jnp.int32(0), "loss_sum": f32(0.0),
+            "loss_count": jnp.int32(0), "loss_ema": f32(jnp.nan),
+            "loss_ref": f32(jnp.nan)}
+
+  def phase_start_event(emit, state, ctx, epochs=0.0, final=False):
+    ms = state.method_state
+    return base.event(emit, phase=ms["phase"], round=ms["round"],
+                      lam=ms["lam"],
+                      sparsity=base.sparsity_of(state.params, ctx.prunable),
+                      epochs=jnp.float32(epochs), final=final)
+
+  def init(key, state, ctx):
+    del key
+    hp = state.hp
+    opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], hp["l1_init"],
+                    hp["prune_weight_decay"])
+    f32 = jnp.float32
+    ms = {"phase": jnp.int32(PRUNE), "round": jnp.int32(0),
+          "phase_step": jnp.int32(0), "phase_len": jnp.int32(0),
+          "lam": f32(hp["l1_init"]), "final": jnp.bool_(False),
+          "outcome": jnp.int32(0), "restored": jnp.int32(0)}
+    state = state.replace(opt_state=opt, method_state=ms)
+    state = state.replace(method_state=prune_phase_state(
+        state, jnp.int32(0), hp["l1_init"]))
+    return state, {"phase_start": phase_start_event(True, state, ctx)}
+
+  # -- the pieces of update ---------------------------------------------------
+
+  def monitor(state, ctx):
+    ms = state.method_state
+    loss = ms["loss_sum"] / jnp.maximum(ms["loss_count"], 1)
+    n_mon = ms["n_monitor"] + 1
+    sp_params = transforms.sparse_params(state.opt_state)
+    zeros = base.count_zeros(sp_params, ctx.prunable)
+    s = zeros.astype(jnp.float32) / base.num_prunable(sp_params, ctx.prunable)
+    ema = jnp.where(jnp.isnan(ms["loss_ema"]), loss,
+                    loss_ema * ms["loss_ema"] + (1 - loss_ema) * loss)
+    ref = jnp.where(jnp.isnan(ms["loss_ref"]) &
+                    (n_mon >= loss_warmup_monitors), ema, ms["loss_ref"])
+    better = s > ms["best_sparsity"]
+    pick = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(better, a, b), new, old)
+    best = jnp.where(better, s, ms["best_sparsity"])
+    since = jnp.where(better, 0, ms["monitors_since_best"] + 1)
+    ms = {**ms, "best_params": pick(sp_params, ms["best_params"]),
+          "best_batch_stats": pick(state.batch_stats,
+                                   ms["best_batch_stats"]),
+          "best_sparsity": best, "monitors_since_best": since,
+          "loss_ema": ema, "loss_ref": ref, "n_monitor": n_mon,
+          "loss_sum": jnp.float32(0.0), "loss_count": jnp.int32(0)}
+    local_max = (best > 0) & ((s < best - drop_tol) |
+                              ((patience > 0) & (since >= patience)))
+    rise = ((loss_rise > 0) & jnp.isfinite(ref) & (best > 0) &
+            (ema > loss_rise * ref) & (ema - ref > loss_rise_min))
+    out_of_time = ms["phase_step"] >= max_prune_steps(ctx)
+    reason = jnp.select(
+        [zeros >= state.hp["n_zero"], local_max, rise, out_of_time],
+        [1, 2, 3, 4], 0).astype(jnp.int32)
+    ev = base.event(True, round=ms["round"], lam=ms["lam"], loss=loss,
+                    sparsity=s, best_sparsity=best, loss_ema=ema,
+                    loss_ref=ref, stop=reason)
+    return state.replace(method_state=ms), reason, ev
+
+  def leave_prune(state, ctx, reason):
+    ms, hp = state.method_state, state.hp
+    params, restored = repair_overshoot(ms["best_params"], ms["round_start"],
+                                        hp["n_zero"], ctx.prunable)
+    zeros = base.count_zeros(params, ctx.prunable)
+    final = zeros >= hp["n_zero"]
+    n_steps = finetune_len(ctx, ms["round"], final, state.step)
+    opt = fresh_opt(hp, ctx, params, hp["finetune_lr"], 0.0,
+                    hp["finetune_weight_decay"])
+    end = base.event(True, phase=jnp.int32(PRUNE), round=ms["round"],
+                     lam=ms["lam"], reason=reason,
+                     sparsity=base.sparsity_of(params, ctx.prunable),
+                     best_sparsity=ms["best_sparsity"], restored=restored)
+    ms = {**ms, "phase": jnp.int32(FINETUNE), "phase_step": jnp.int32(0),
+          "phase_len": n_steps, "final": final, "restored": restored}
+    state = state.replace(params=params, batch_stats=ms["best_batch_stats"],
+                          opt_state=opt, method_state=ms)
+    start = phase_start_event(True, state, ctx,
+                              n_steps.astype(jnp.float32) /
+                              ctx.steps_per_epoch, final)
+    return state, end, start
+
+  def leave_finetune(state, ctx):
+    ms, hp = state.method_state, state.hp
+    last_round = ms["round"] + 1 >= max_rounds
+    stop = ms["final"] | last_round
+    outcome = jnp.where(ms["final"], 1, 2).astype(jnp.int32)
+
+    def finish(state):
+      return state.replace(method_state={**state.method_state,
+                                         "phase": jnp.int32(DONE),
+                                         "outcome": outcome})
+
+    def next_round(state):
+      r = ms["round"] + 1
+      lam = hp["l1_init"] + r.astype(jnp.float32) * hp["l1_step"]
+      opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], lam,
+                      hp["prune_weight_decay"])
+      state = state.replace(opt_state=opt)
+      return state.replace(method_state=prune_phase_state(state, r, lam))
+
+    end = base.event(True, phase=jnp.int32(FINETUNE), round=ms["round"],
+                     lam=ms["lam"], reason=jnp.int32(0),
+                     sparsity=base.sparsity_of(state.params, ctx.prunable),
+                     best_sparsity=ms["best_sparsity"],
+                     restored=jnp.int32(0))
+    state = jax.lax.cond(stop, finish, next_round, state)
+    start = phase_start_event(~stop, state, ctx)
+    return state, end, start
+
+  def update(key, state, metrics, ctx):
+    del key
+    ms = state.method_state
+    active = ms["phase"] != DONE
+    in_prune = ms["phase"] == PRUNE
+    ms = {**ms, "phase_step": ms["phase_step"] + active.astype(jnp.int32),
+          "loss_sum": ms["loss_sum"] + jnp.where(in_prune, metrics["loss"],
+                                                 0.0),
+          "loss_count": ms["loss_count"] + in_prune.astype(jnp.int32)}
+    state = state.replace(method_state=ms)
+    k = ms["phase_step"]
+    monitor_now = in_prune & ((k % monitor_every == 0) |
+                              (k >= max_prune_steps(ctx)))
+
+    # Prune-train: monitor, and maybe end the phase.
+    ev_shape = jax.eval_shape(lambda s: monitor(s, ctx)[2], state)
+    no_ev = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ev_shape)
+    state, reason, mon_ev = jax.lax.cond(
+        monitor_now, lambda s: monitor(s, ctx),
+        lambda s: (s, jnp.int32(0), no_ev), state)
+    end_shape, start_shape = jax.eval_shape(
+        lambda s: leave_prune(s, ctx, reason)[1:], state)
+    zeros_like = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                        t)
+    state, end1, start1 = jax.lax.cond(
+        reason > 0, lambda s: leave_prune(s, ctx, reason),
+        lambda s: (s, zeros_like(end_shape), zeros_like(start_shape)), state)
+
+    # Fine-tune: the cosine learning rate of the next step; maybe end.
+    ms = state.method_state
+    in_ft = ms["phase"] == FINETUNE
+    frac = jnp.minimum(ms["phase_step"] / jnp.maximum(ms["phase_len"], 1), 1)
+    lr = state.hp["finetune_lr"] * 0.5 * (1 + jnp.cos(math.pi * frac))
+    opt = jax.lax.cond(
+        in_ft, lambda o: transforms.set_hyperparams(o, learning_rate=lr),
+        lambda o: o, state.opt_state)
+    state = state.replace(opt_state=opt)
+    ft_end = in_ft & (ms["phase_step"] >= ms["phase_len"])
+    state, end2, start2 = jax.lax.cond(
+        ft_end, lambda s: leave_finetune(s, ctx),
+        lambda s: (s, zeros_like(end_shape), zeros_like(start_shape)), state)
+
+    pick = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
+    events = {"monitor": mon_ev,
+              "phase_end": pick(reason > 0, end1, end2),
+              "phase_start": pick(reason > 0, start1, start2)}
+    return state, events
+
+  def eval_params(state):
+    in_prune = state.method_state["phase"] == PRUNE
+    sp = transforms.sparse_params(state.opt_state)
+    return jax.tree.map(lambda a, b: jnp.where(in_prune, a, b), sp,
+                        state.params)
+
+  def done(state, ctx):
+    del ctx
+    return state.method_state["phase"] == DONE
+
+  def max_steps(ctx):
+    spe = ctx.steps_per_epoch
+    n = 0
+    for r in range(max_rounds):
+      e = max(finetune_epochs + r * finetune_growth, final_finetune_epochs)
+      n += max_prune_steps(ctx) + max(1, int(round(e * spe)))
+    return n + (ctx.total_steps if fill_budget else 0)
+
+  def summary(state):
+    ms = state.method_state
+    return {"reached_target": int(ms["outcome"]) == 1,
+            "outcome": OUTCOME_NAMES[int(ms["outcome"])],
+            "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"])}
+
+  hparams = {"l1_init": float(l1_init), "l1_step": float(l1_step),
+             "prune_lr": float(prune_lr), "finetune_lr": float(finetune_lr),
+             "prune_weight_decay": float(prune_weight_decay),
+             "finetune_weight_decay": float(finetune_weight_decay)}
+  return Method("proxnag", init=init, tx=tx, update=update,
+                eval_params=eval_params, done=done, max_steps=max_steps,
+                summary=summary, start="dense", hparams=hparams,
+                labels={"phase": PHASE_NAMES, "stop": STOP_NAMES,
+                        "reason": STOP_NAMES},
+                description="iterative Prox-NAG: prune-train rounds with "
+                "raised lambda, each stopped at the target, a local maximum "
+                "of sparsity or a loss rise, then fine-tuning")
+
+
+__all__ = ["proxnag", "repair_overshoot", "PRUNE", "FINETUNE", "DONE",
+           "PHASE_NAMES", "STOP_NAMES"]

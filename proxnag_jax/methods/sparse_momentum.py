@@ -1,0 +1,89 @@
+"""Sparse Momentum (Dettmers & Zettlemoyer 2019): dynamic sparse training that
+regrows weights where the momentum is large."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from proxnag_jax import masks as masks_lib
+from proxnag_jax.methods import base
+from proxnag_jax.methods.base import Method
+from proxnag_jax.methods.magnitude import random as random_method
+
+
+def cosine_rate(epoch, total_epochs: int, start: float, end: float = 0.005):
+  """Cosine annealing of the prune rate from ``start`` to ``end``."""
+  frac = jnp.clip(jnp.asarray(epoch, jnp.float32) / max(total_epochs, 1),
+                  0.0, 1.0)
+  return end + 0.5 * (start - end) * (1 + jnp.cos(math.pi * frac))
+
+
+def sparse_momentum(prune_rate: float = 0.5,
+                    final_prune_rate: float = 0.005) -> Method:
+  """Sparse Momentum, from scratch, with random initial masks (uniform
+  per-layer sparsity).
+
+  At the end of every epoch but the last: in every layer remove the fraction
+  ``p_t`` of its nonzero weights with the smallest magnitude (``p_t``:
+  cosine decay from ``prune_rate`` to ``final_prune_rate``); redistribute the
+  removed count over layers in proportion to the mean momentum magnitude of
+  their weights; in each layer regrow that many positions with the largest
+  momentum magnitude. The number of nonzero weights never changes.
+  """
+  base_init = random_method().init
+
+  def init(key, state, ctx):
+    state, _ = base_init(key, state, ctx)
+    return state.replace(method_state={"prune_rate": jnp.float32(prune_rate)}), {}
+
+  def update(key, state, metrics, ctx):
+    del key, metrics
+    spe, t = ctx.steps_per_epoch, state.step
+    epochs = ctx.total_steps // spe
+    due = base.every(t, spe) & (t < ctx.total_steps)
+
+    def move(state):
+      p_t = cosine_rate(t // spe, epochs, prune_rate, final_prune_rate)
+      treedef = jax.tree.structure(ctx.prunable)
+      which = jax.tree.leaves(ctx.prunable)
+      idx = [i for i, w in enumerate(which) if w]
+      w_l = treedef.flatten_up_to(state.params)
+      m_l = treedef.flatten_up_to(base.masks_of(state.opt_state))
+      mo_l = treedef.flatten_up_to(base.momentum_of(state.opt_state))
+      keeps, removed, contrib, capacity = {}, [], [], []
+      for i in idx:
+        m = m_l[i]
+        alive = m.sum(dtype=jnp.int32)
+        k = jnp.floor(p_t * alive.astype(jnp.float32)).astype(jnp.int32)
+        scores = jnp.where(m, -jnp.abs(w_l[i]).astype(jnp.float32), -jnp.inf)
+        keep = m & ~masks_lib.topk_mask(scores, k)     # drop k smallest alive
+        keeps[i] = keep
+        removed.append(k)
+        contrib.append(jnp.sum(jnp.where(m, jnp.abs(mo_l[i]), 0.0))
+                       / jnp.maximum(alive, 1))
+        capacity.append(m.size - keep.sum(dtype=jnp.int32))
+      grow = base.allocate(sum(removed), jnp.stack(contrib),
+                           jnp.stack(capacity))
+      new = list(m_l)
+      for j, i in enumerate(idx):
+        scores = jnp.where(keeps[i], -1.0, jnp.abs(mo_l[i]).astype(
+            jnp.float32))
+        new[i] = keeps[i] | masks_lib.topk_mask(scores, grow[j])
+      state, _ = base.change_masks(state, jax.tree.unflatten(treedef, new))
+      return state.replace(method_state={"prune_rate": p_t})
+
+    state = jax.lax.cond(due, move, lambda s: s, state)
+    return state, {"regrow": base.event(
+        due, prune_rate=state.method_state["prune_rate"],
+        sparsity=base.sparsity_of(state.params, ctx.prunable))}
+
+  return Method("sparse_momentum", init=init, update=update, start="scratch",
+                description=f"Sparse Momentum: per-epoch magnitude prune at a "
+                f"cosine-decayed rate (from {prune_rate}), momentum "
+                "redistribution and momentum regrowth")
+
+
+__all__ = ["sparse_momentum", "cosine_rate"]
