@@ -31,3 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_s = 5.0
   c.chunk_steps = 100       # steps per scanned chunk: one host sync each
   return c
+
+
+def check_variant(arg: str, valid=("smoke",)) -> None:
+  """Refuses an unknown ``:variant`` of a config (``''`` is the full one)."""
+  if arg and arg not in valid:
+    raise ValueError(f"unknown config variant {arg!r}; valid: "
+                     f"{', '.join(repr(v) for v in ('',) + tuple(valid))}.")

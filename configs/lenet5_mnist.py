@@ -9,6 +9,7 @@ from configs import common
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg)
   c = common.base_config()
   c.model = "lenet5"
   c.dataset = "mnist"

@@ -41,6 +41,7 @@ def prune_defaults(c):
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg)
   c = common.base_config()
   c.model = "lenet5"
   c.dataset = "mnist"
@@ -69,6 +70,4 @@ def get_config(arg: str = ""):
     c.budget_epochs = 2.0
     c.gmp.every = 2
     c.dsr.every = 4
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; valid: '', 'smoke'.")
   return c

@@ -16,6 +16,7 @@ from configs import resnet20_cifar10
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg)
   c = common.base_config()
   c.model = "resnet20"
   c.dataset = "cifar10"

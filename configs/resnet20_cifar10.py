@@ -12,6 +12,7 @@ from configs import common
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg, ("smoke", "cpu_short"))
   c = common.base_config()
   c.model = "resnet20"
   c.dataset = "cifar10"

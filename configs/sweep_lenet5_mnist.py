@@ -10,6 +10,8 @@ final fine-tune fills what its rounds leave of the 3 epochs.
 
 import ml_collections
 
+from configs import common
+
 from configs import proxnag_lenet5_mnist
 
 METHODS = ("proxnag", "magnitude", "gmp", "l2", "snip", "sparse_momentum",
@@ -17,6 +19,7 @@ METHODS = ("proxnag", "magnitude", "gmp", "l2", "snip", "sparse_momentum",
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg)
   c = ml_collections.ConfigDict()
   c.data_dir = ""
   c.methods = METHODS

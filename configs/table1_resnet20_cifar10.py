@@ -10,6 +10,8 @@ scratch methods train 260 epochs.
 
 import ml_collections
 
+from configs import common
+
 from configs import proxnag_resnet20_cifar10
 
 # The paper's Table 1 (test accuracy %, pruning rate 40..90%).
@@ -24,6 +26,7 @@ PAPER = {
 
 
 def get_config(arg: str = ""):
+  common.check_variant(arg)
   c = ml_collections.ConfigDict()
   c.data_dir = ""
   c.methods = ("proxnag", "magnitude", "l2", "snip", "sparse_momentum", "dsr")

@@ -109,6 +109,18 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
+def constrain_batch(x, mesh: Mesh):
+  """Shards ``x`` along its first axis over ``'data'`` (multi-device only).
+
+  On one device the constraint is skipped: it changes nothing there, and
+  inside a ``lax.scan`` on XLA:CPU it made the ResNet-20 step 4x slower
+  (measured: 3.5 s vs 0.8 s per step).
+  """
+  if mesh.devices.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, batch_sharded(mesh))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -140,14 +152,12 @@ def make_step(model, method, ctx, *, mean, std, augment: bool,
   ``method.forward(params, method_state)``, applies ``method.tx`` (built from
   the run's ``hp``) and then ``method.update``.
   """
-  batch_sh = batch_sharded(mesh)
-
   def step(state, images, labels, idx):
     tx = method.tx(state.hp, ctx)
     key = jax.random.fold_in(state.key, state.step)
     k_aug, k_upd = jax.random.split(key)
-    x = jax.lax.with_sharding_constraint(images[idx], batch_sh)
-    y = jax.lax.with_sharding_constraint(labels[idx], batch_sh)
+    x = constrain_batch(images[idx], mesh)
+    y = constrain_batch(labels[idx], mesh)
     if augment:
       x = data_lib.augment(k_aug, x)
     x = data_lib.preprocess(x, mean, std)
@@ -226,7 +236,6 @@ def make_eval(model, method, *, mean, std, batch_size: int, mesh: Mesh,
   """
   ndev = mesh.devices.size
   batch_size = max(ndev, (batch_size // ndev) * ndev)
-  batch_sh = batch_sharded(mesh)
 
   def evaluate(state, images, labels):
     n = labels.shape[0]
@@ -241,7 +250,7 @@ def make_eval(model, method, *, mean, std, batch_size: int, mesh: Mesh,
 
     def body(carry, iw):
       i, w = iw
-      x = jax.lax.with_sharding_constraint(images[i], batch_sh)
+      x = constrain_batch(images[i], mesh)
       logits = model.apply(variables, data_lib.preprocess(x, mean, std),
                            train=False)
       y = labels[i]

@@ -47,10 +47,10 @@ def dense_dir(tmp_path_factory, npz_dir):
   """A finished dense LeNet-5 smoke run (real MNIST), shared by the pruning
   and method tests as their dense checkpoint."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path_factory.mktemp("dense"))
   c = lenet5_mnist.get_config("smoke")
   c.data_dir = npz_dir
   c.batch_size = 64
-  engine.train(c, wd, log=lambda *_: None)
+  loop.train(c, wd, log=lambda *_: None)
   return wd

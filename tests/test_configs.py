@@ -8,7 +8,7 @@ import os
 import pytest
 
 from proxnag_jax import engine
-from proxnag_jax import prune_run
+from proxnag_jax import loop
 from proxnag_jax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,11 +24,13 @@ def test_config_and_smoke_variant_validate(name):
     c = mod.get_config(arg)
     if "methods" in c:
       sweep.validate(c)
-      prune_run.validate(c.base)
+      loop.validate(c.base)
     elif "target_sparsity" in c:
-      prune_run.validate(c)
+      loop.validate(c)
     else:
       engine.validate_config(c)
+  with pytest.raises(ValueError, match="unknown config variant"):
+    mod.get_config("smok")
   full, smoke = mod.get_config(""), mod.get_config("smoke")
   if "methods" in full:
     full, smoke = full.base, smoke.base
@@ -39,7 +41,7 @@ def test_resnet20_prune_smoke(tmp_path, npz_dir):
   from configs import proxnag_resnet20_cifar10  # pylint: disable=g-import-not-at-top
   c = proxnag_resnet20_cifar10.get_config("smoke")
   c.data_dir = npz_dir
-  s = prune_run.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
+  s = loop.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
   assert s["num_params"] == 269_722
   assert abs(s["sparsity"] - 0.3) < 1e-3
   assert len(s["pruned_layers"]) == 20     # 19 convs + fc

@@ -151,7 +151,7 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
             "best_batch_stats": state.batch_stats,
             "best_sparsity": f32(-1.0), "monitors_since_best": jnp.int32(0),
             "n_monitor": jnp.int32(0), "loss_sum": f32(0.0),
-            "loss_count": jnp.int32(0), "loss_ema": f32(jnp.nan),
+            "acc_sum": f32(0.0), "loss_count": jnp.int32(0), "loss_ema": f32(jnp.nan),
             "loss_ref": f32(jnp.nan)}
 
   def phase_start_event(emit, state, ctx, epochs=0.0, final=False):
@@ -181,6 +181,7 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
   def monitor(state, ctx):
     ms = state.method_state
     loss = ms["loss_sum"] / jnp.maximum(ms["loss_count"], 1)
+    acc = ms["acc_sum"] / jnp.maximum(ms["loss_count"], 1)
     n_mon = ms["n_monitor"] + 1
     sp_params = transforms.sparse_params(state.opt_state)
     zeros = base.count_zeros(sp_params, ctx.prunable)
@@ -199,7 +200,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
                                    ms["best_batch_stats"]),
           "best_sparsity": best, "monitors_since_best": since,
           "loss_ema": ema, "loss_ref": ref, "n_monitor": n_mon,
-          "loss_sum": jnp.float32(0.0), "loss_count": jnp.int32(0)}
+          "loss_sum": jnp.float32(0.0), "acc_sum": jnp.float32(0.0),
+          "loss_count": jnp.int32(0)}
     local_max = (best > 0) & ((s < best - drop_tol) |
                               ((patience > 0) & (since >= patience)))
     rise = ((loss_rise > 0) & jnp.isfinite(ref) & (best > 0) &
@@ -208,7 +210,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     reason = jnp.select(
         [zeros >= state.hp["n_zero"], local_max, rise, out_of_time],
         [1, 2, 3, 4], 0).astype(jnp.int32)
-    ev = base.event(True, round=ms["round"], lam=ms["lam"], loss=loss,
+    ev = base.event(True, phase=jnp.int32(PRUNE), round=ms["round"],
+                    lam=ms["lam"], loss=loss, accuracy=acc,
                     sparsity=s, best_sparsity=best, loss_ema=ema,
                     loss_ref=ref, stop=reason)
     return state.replace(method_state=ms), reason, ev
@@ -271,6 +274,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     ms = {**ms, "phase_step": ms["phase_step"] + active.astype(jnp.int32),
           "loss_sum": ms["loss_sum"] + jnp.where(in_prune, metrics["loss"],
                                                  0.0),
+          "acc_sum": ms["acc_sum"] + jnp.where(in_prune, metrics["accuracy"],
+                                               0.0),
           "loss_count": ms["loss_count"] + in_prune.astype(jnp.int32)}
     state = state.replace(method_state=ms)
     k = ms["phase_step"]

@@ -14,8 +14,16 @@ ResNet-20 has 269,722 parameters with option A and 272,474 with option B
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from proxnag_jax.models import conv as conv_lib
+
+# Flax Conv with the CPU-fast gradients of models/conv.py (same values).
+Conv = functools.partial(nn.Conv,
+                         conv_general_dilated=conv_lib.conv_general_dilated)
 
 # He-normal (fan_in), as PyTorch's kaiming_normal_.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -30,11 +38,11 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool = True):
     norm = lambda name: nn.BatchNorm(use_running_average=not train,
                                      momentum=0.9, epsilon=1e-5, name=name)
-    y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride),
+    y = Conv(self.channels, (3, 3), (self.stride, self.stride),
                 padding=1, use_bias=False, kernel_init=conv_init,
                 name="conv1")(x)
     y = nn.relu(norm("bn1")(y))
-    y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
+    y = Conv(self.channels, (3, 3), padding=1, use_bias=False,
                 kernel_init=conv_init, name="conv2")(y)
     y = norm("bn2")(y)
     if self.stride != 1 or x.shape[-1] != self.channels:
@@ -43,7 +51,7 @@ class BasicBlock(nn.Module):
         pad = self.channels - x.shape[-1]
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
       else:
-        x = nn.Conv(self.channels, (1, 1), (self.stride, self.stride),
+        x = Conv(self.channels, (1, 1), (self.stride, self.stride),
                     use_bias=False, kernel_init=conv_init,
                     name="shortcut_conv")(x)
         x = norm("shortcut_bn")(x)
@@ -65,7 +73,7 @@ class CifarResNet(nn.Module):
     if self.shortcut not in ("A", "B"):
       raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}.")
     n = (self.depth - 2) // 6
-    x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
+    x = Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
                 kernel_init=conv_init, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                      epsilon=1e-5, name="bn1")(x)

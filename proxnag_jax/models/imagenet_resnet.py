@@ -7,10 +7,18 @@ shortcuts, global average pooling and a linear classifier.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from proxnag_jax.models.cifar_resnet import conv_init
+
+from proxnag_jax.models import conv as conv_lib
+
+# Flax Conv with the CPU-fast gradients of models/conv.py (same values).
+Conv = functools.partial(nn.Conv,
+                         conv_general_dilated=conv_lib.conv_general_dilated)
 
 
 def _bn(train, name, zero=False):
@@ -27,10 +35,10 @@ class Basic(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    y = nn.Conv(self.width, (3, 3), self.stride, padding=1, use_bias=False,
+    y = Conv(self.width, (3, 3), self.stride, padding=1, use_bias=False,
                 kernel_init=conv_init, name="conv1")(x)
     y = nn.relu(_bn(train, "bn1")(y))
-    y = nn.Conv(self.width, (3, 3), padding=1, use_bias=False,
+    y = Conv(self.width, (3, 3), padding=1, use_bias=False,
                 kernel_init=conv_init, name="conv2")(y)
     y = _bn(train, "bn2")(y)
     return nn.relu(y + _project(x, self.width, self.stride, train))
@@ -43,13 +51,13 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    y = nn.Conv(self.width, (1, 1), use_bias=False, kernel_init=conv_init,
+    y = Conv(self.width, (1, 1), use_bias=False, kernel_init=conv_init,
                 name="conv1")(x)
     y = nn.relu(_bn(train, "bn1")(y))
-    y = nn.Conv(self.width, (3, 3), self.stride, padding=1, use_bias=False,
+    y = Conv(self.width, (3, 3), self.stride, padding=1, use_bias=False,
                 kernel_init=conv_init, name="conv2")(y)
     y = nn.relu(_bn(train, "bn2")(y))
-    y = nn.Conv(self.width * 4, (1, 1), use_bias=False, kernel_init=conv_init,
+    y = Conv(self.width * 4, (1, 1), use_bias=False, kernel_init=conv_init,
                 name="conv3")(y)
     y = _bn(train, "bn3")(y)
     return nn.relu(y + _project(x, self.width * 4, self.stride, train))
@@ -58,7 +66,7 @@ class Bottleneck(nn.Module):
 def _project(x, channels, stride, train):
   if stride == 1 and x.shape[-1] == channels:
     return x
-  x = nn.Conv(channels, (1, 1), stride, use_bias=False, kernel_init=conv_init,
+  x = Conv(channels, (1, 1), stride, use_bias=False, kernel_init=conv_init,
               name="shortcut_conv")(x)
   return _bn(train, "shortcut_bn")(x)
 
@@ -75,7 +83,7 @@ class ImageNetResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     block, sizes = _STAGES[self.depth]
-    x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False,
+    x = Conv(64, (7, 7), 2, padding=3, use_bias=False,
                 kernel_init=conv_init, name="conv1")(x)
     x = nn.relu(_bn(train, "bn1")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))

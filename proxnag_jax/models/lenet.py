@@ -7,7 +7,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
+
+from proxnag_jax.models import conv as conv_lib
+
+# Flax Conv with the CPU-fast gradients of models/conv.py (same values).
+Conv = functools.partial(nn.Conv,
+                         conv_general_dilated=conv_lib.conv_general_dilated)
 
 
 class LeNet5(nn.Module):
@@ -16,9 +24,9 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
-    x = nn.Conv(20, (5, 5), padding="VALID", name="conv1")(x)
+    x = Conv(20, (5, 5), padding="VALID", name="conv1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.Conv(50, (5, 5), padding="VALID", name="conv2")(x)
+    x = Conv(50, (5, 5), padding="VALID", name="conv2")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(500, name="fc1")(x))

@@ -8,9 +8,17 @@ parameters for 10 classes).
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 
 from proxnag_jax.models.cifar_resnet import conv_init
+
+from proxnag_jax.models import conv as conv_lib
+
+# Flax Conv with the CPU-fast gradients of models/conv.py (same values).
+Conv = functools.partial(nn.Conv,
+                         conv_general_dilated=conv_lib.conv_general_dilated)
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512,
              "M", 512, 512, 512, "M")
@@ -27,7 +35,7 @@ class VGG(nn.Module):
       if v == "M":
         x = nn.max_pool(x, (2, 2), (2, 2))
       else:
-        x = nn.Conv(v, (3, 3), padding=1, kernel_init=conv_init,
+        x = Conv(v, (3, 3), padding=1, kernel_init=conv_init,
                     name=f"conv{i}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, name=f"bn{i}")(x)

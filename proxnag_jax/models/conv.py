@@ -1,0 +1,110 @@
+"""A drop-in ``lax.conv_general_dilated`` with a faster backward pass on CPU.
+
+Measured on the 2-core CPUs here (``python /tmp``-free numbers are in
+``docs/results.md``): for a 3x3, 16->16 conv on a 128x32x32 batch, XLA:CPU
+computes the forward pass in ~9 ms but the kernel gradient in ~60 ms, and
+inside a ``lax.scan`` (the loop's scanned chunks) the kernel gradient takes
+~620 ms and the input gradient ~45 ms. Written as
+
+* kernel gradient: for every tap ``(i, j)`` of the kernel, one matmul
+  ``x_shifted^T @ dy`` over the (strided) shifted input;
+* input gradient (stride 1): a plain forward convolution of ``dy`` with the
+  flipped, transposed kernel;
+
+the same gradients (to float32 rounding) take ~21 ms and ~4 ms inside a scan.
+Other configurations (dilations, groups, other layouts) fall back to
+``lax.conv_general_dilated`` and JAX's own gradient. Pass it to Flax as
+``nn.Conv(..., conv_general_dilated=conv_general_dilated)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain(x, w, strides, pads, precision):
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, _DN)
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn,
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, precision):
+  return _plain(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+  return _plain(x, w, strides, pads, precision), (x, w)
+
+
+def _conv_bwd(strides, pads, precision, res, dy):
+  x, w = res
+  kh, kw, c, o = w.shape
+  (pt, pb), (pl, pr) = pads
+  sh, sw = strides
+  n, ho, wo, _ = dy.shape
+  # Kernel gradient: one (C x NHW) @ (NHW x O) matmul per kernel tap.
+  xp = jnp.pad(x, ((0, 0), (max(pt, 0), max(pb, 0)),
+                   (max(pl, 0), max(pr, 0)), (0, 0)))
+  xp = xp[:, max(-pt, 0):xp.shape[1] - max(-pb, 0),
+          max(-pl, 0):xp.shape[2] - max(-pr, 0)]
+  dyf = dy.reshape(-1, o)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      xs = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+      taps.append(jnp.matmul(xs.reshape(-1, c).T, dyf, precision=precision))
+  dw = jnp.stack(taps).reshape(kh, kw, c, o)
+  # Input gradient.
+  if strides == (1, 1):
+    wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _plain(dy, wt, (1, 1), ((kh - 1 - pt, kh - 1 - pb),
+                                 (kw - 1 - pl, kw - 1 - pr)), precision)
+  else:
+    dx = jax.vjp(lambda x_: _plain(x_, w, strides, pads, precision), x)[1](
+        dy)[0]
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """``lax.conv_general_dilated`` (same arguments and result), with the
+  faster gradients above for 2-D NHWC/HWIO convolutions without dilation or
+  groups."""
+  kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                dimension_numbers=dimension_numbers,
+                feature_group_count=feature_group_count,
+                batch_group_count=batch_group_count, precision=precision,
+                preferred_element_type=preferred_element_type)
+  ones = (1,) * (lhs.ndim - 2)
+  supported = (
+      lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+      and tuple(lhs_dilation or ones) == ones
+      and tuple(rhs_dilation or ones) == ones
+      and preferred_element_type is None
+      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers
+                                     or _DN)
+      == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
+  if not supported:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                    **kwargs)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
+                                  window_strides, padding)
+  pads = tuple((int(a), int(b)) for a, b in padding)
+  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads,
+               precision)
+
+
+__all__ = ["conv_general_dilated"]
