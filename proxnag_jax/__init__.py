@@ -9,6 +9,10 @@ The public API, re-exported from its modules:
   ``sparse_params``, ``with_masks``, ``get_masks``, ``set_masks``;
 * masks as pytrees (:mod:`proxnag_jax.masks`): ``magnitude_masks``,
   ``apply_masks``, ``sparsity_report`` and friends.
+
+Pruning methods are values of one interface (:mod:`proxnag_jax.methods`,
+``get_method(name, **settings)``), all run by one jitted, scanned, resumable
+and vmappable loop (:mod:`proxnag_jax.loop`).
 """
 
 from proxnag_jax.masks import apply_masks
@@ -34,6 +38,7 @@ from proxnag_jax.transforms import prox_group_l1
 from proxnag_jax.transforms import prox_l1
 from proxnag_jax.transforms import ProxState
 from proxnag_jax.transforms import proxnag
+from proxnag_jax.transforms import set_hyperparams
 from proxnag_jax.transforms import set_masks
 from proxnag_jax.transforms import set_sparse_params
 from proxnag_jax.transforms import sparse_params
@@ -64,6 +69,7 @@ __all__ = [
     "prox_l1",
     "ProxState",
     "proxnag",
+    "set_hyperparams",
     "set_masks",
     "set_sparse_params",
     "sparse_params",
