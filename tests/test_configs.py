@@ -41,6 +41,7 @@ def test_resnet20_prune_smoke(tmp_path, npz_dir):
   from configs import proxnag_resnet20_cifar10  # pylint: disable=g-import-not-at-top
   c = proxnag_resnet20_cifar10.get_config("smoke")
   c.data_dir = npz_dir
+  c.dense.num_epochs = 1
   s = loop.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
   assert s["num_params"] == 269_722
   assert abs(s["sparsity"] - 0.3) < 1e-3

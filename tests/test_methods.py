@@ -60,8 +60,30 @@ DATA = _data()
 MODEL = Tiny()
 
 
+_SINGLE = {}     # (method, seed) -> uninterrupted run at target 0.75
+
+
 def _run(name, workdir, *, targets=(0.75,), seeds=(0,), stop_after=None,
          vmapped=False, chunk_steps=8):
+  """Runs ``name`` on the tiny task."""
+  out = _run_uncached(name, workdir, targets=targets, seeds=seeds,
+                      stop_after=stop_after, vmapped=vmapped,
+                      chunk_steps=chunk_steps)
+  if (stop_after is None and not vmapped and tuple(targets) == (0.75,)
+      and len(seeds) == 1):
+    _SINGLE[(name, seeds[0])] = out
+  return out
+
+
+def _single(name, seed, workdir):
+  """The uninterrupted single run (shared by the contract tests)."""
+  if (name, seed) not in _SINGLE:
+    _run(name, workdir, seeds=(seed,))
+  return _SINGLE[(name, seed)]
+
+
+def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
+                  chunk_steps):
   method = methods.get_method(name, **SETTINGS.get(name, {}))
   mesh = engine.make_mesh()
   params = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
@@ -161,17 +183,17 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
 
 @pytest.mark.parametrize("name", methods.METHOD_NAMES)
 def test_contract_vmapped_runs_equal_one_by_one(tmp_path, name):
-  """Two runs (different targets and seeds) as one vmapped program give the
+  """Two runs (different seeds) as one vmapped program give the
   per-run results of running them one by one, to float32 reassociation
   error: vmap batches the convolutions and reductions differently, and
   training amplifies last-bit differences, so the check is on the final
   accuracy (1 example in 64) and sparsity (exact), and params to 1e-3 of
   their scale."""
-  method, _, vm = _run(name, str(tmp_path / "vm"), targets=(0.5,),
+  method, _, vm = _run(name, str(tmp_path / "vm"), targets=(0.75,),
                        seeds=(0, 1), vmapped=True)
   for k, seed in enumerate((0, 1)):
-    _, _, one = _run(name, str(tmp_path / f"one{seed}"), targets=(0.5,),
-                     seeds=(seed,))
+    # Seed 0's single run is the contract test's uninterrupted run.
+    _, _, one = _single(name, seed, str(tmp_path / f"one{seed}"))
     a, b = one.states[0], vm.states[k]
     assert int(a.step) == int(b.step)
     pa, pb = _final_params(method, a), _final_params(method, b)

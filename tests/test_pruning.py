@@ -137,7 +137,9 @@ def test_which_layers_are_pruned_is_configurable(tmp_path, npz_dir, dense_dir):
   assert "conv2/kernel" in open(str(tmp_path / "p" / "report.md")).read()
 
 
-@pytest.mark.parametrize("name", ["sparse_momentum", "gmp", "snip"])
+# Every method's resume and exact target are in tests/test_methods.py (tiny
+# model); here one baseline goes through the command on real data.
+@pytest.mark.parametrize("name", ["sparse_momentum"])
 def test_baselines_reach_target_and_resume(tmp_path, npz_dir, dense_dir,
                                            name):
   c = _cfg(npz_dir, dense_dir, method=name)
