@@ -317,8 +317,9 @@ class Progress:
     pct = 100.0 * self.done / max(1, self.total)
     extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in metrics.items())
-    return (f"{self.desc} {self.done}/{self.total} ({pct:.0f}%) | "
-            f"{ips:,.0f} img/s | ETA {_fmt_time(left)} | {extra}")
+    rate = (f"{ips:,.0f} img/s | ETA {_fmt_time(left)}" if ips else
+            "img/s and ETA after the first (compiling) chunk")
+    return f"{self.desc} {self.done}/{self.total} ({pct:.0f}%) | {rate} | {extra}"
 
   def close(self):
     if self.tty:

@@ -33,9 +33,15 @@ def _cfg(npz_dir, dense_dir, **over):
   return c
 
 
-def test_prune_end_to_end(tmp_path, npz_dir, dense_dir):
-  wd = str(tmp_path / "p")
-  s = loop.prune(_cfg(npz_dir, dense_dir), wd, **QUIET)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, npz_dir, dense_dir):
+  """One uninterrupted Prox-NAG smoke run, shared by the tests below."""
+  wd = str(tmp_path_factory.mktemp("proxnag") / "p")
+  return wd, loop.prune(_cfg(npz_dir, dense_dir), wd, **QUIET)
+
+
+def test_prune_end_to_end(smoke_run):
+  wd, s = smoke_run
   for key in ("method", "model", "dataset", "seed", "target_sparsity",
               "sparsity", "compression_ratio", "theoretical_speedup",
               "test_accuracy", "dense_test_accuracy", "num_params",
@@ -71,11 +77,11 @@ def test_prune_end_to_end(tmp_path, npz_dir, dense_dir):
   assert "| conv1/kernel |" in open(os.path.join(wd, "report.md")).read()
 
 
-def test_killed_mid_round_resumes_to_the_same_result(tmp_path, npz_dir,
+def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
+                                                     npz_dir,
                                                      dense_dir):
   cfg = _cfg(npz_dir, dense_dir)
-  full = str(tmp_path / "full")
-  a = loop.prune(cfg, full, **QUIET)
+  full, a = smoke_run
   part = str(tmp_path / "part")
   out = loop.prune(cfg, part, stop_after_steps=6, **QUIET)
   assert out == {"stopped_at_step": 6}     # inside round 0's prune-train
