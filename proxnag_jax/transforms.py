@@ -474,6 +474,8 @@ def _as_bool_masks(masks: PyTree, params: PyTree, who: str) -> PyTree:
 def with_masks(
     inner: optax.GradientTransformation,
     masks: MaskOrFn = None,
+    *,
+    dense_grads: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps any optimizer so that pruned weights stay exactly zero.
 
@@ -492,6 +494,10 @@ def with_masks(
     inner: any Optax transformation.
     masks: a pytree of bools / 0-1 arrays matching params, a callable of
       params, or ``None`` for "keep the current zeros" (``params != 0``).
+    dense_grads: pass the gradients of pruned weights to the inner
+      optimizer too (``g' = g``), so its momentum is dense, as Sparse
+      Momentum needs to regrow where the momentum is large; the weights are
+      still held at exactly zero.
 
   Example:
     >>> tx = with_masks(optax.chain(optax.add_decayed_weights(5e-4),
@@ -510,8 +516,8 @@ def with_masks(
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "with_masks")
     m = state.masks
-    grads = jax.tree.map(lambda g, k: jnp.where(k, g, jnp.zeros_like(g)),
-                         updates, m)
+    grads = updates if dense_grads else jax.tree.map(
+        lambda g, k: jnp.where(k, g, jnp.zeros_like(g)), updates, m)
     new_updates, inner_state = inner.update(
         grads, state.inner_state, params, **extra_args
     )

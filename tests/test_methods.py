@@ -340,3 +340,20 @@ def test_change_masks_resets_grown_momentum():
   assert float(trace["l1"]["kernel"][0, 0]) == 0.0      # grown: reset
   assert float(trace["l1"]["kernel"][2, 0]) == 1.0      # kept: untouched
   assert float(st2.params["l1"]["kernel"][1, 0]) == 0.0  # pruned: zero
+
+
+def test_sparse_momentum_momentum_is_dense_at_pruned_positions(tmp_path):
+  """Regrowth ranks momentum: with the real optimizer in the loop, pruned
+  positions must accumulate momentum (dense gradients) while their weights
+  stay exactly zero."""
+  _, _, res = _run("sparse_momentum", str(tmp_path / "sm"))
+  state = res.states[0]
+  masks = base.masks_of(state.opt_state)
+  mom = base.momentum_of(state.opt_state)
+  k_m = np.concatenate([np.ravel(masks[n]["kernel"]) for n in ("conv", "fc")])
+  k_mom = np.concatenate([np.ravel(mom[n]["kernel"]) for n in ("conv", "fc")])
+  k_p = np.concatenate([np.ravel(state.params[n]["kernel"])
+                        for n in ("conv", "fc")])
+  assert (~k_m).sum() > 0
+  assert np.mean(k_mom[~k_m] != 0) > 0.5      # masked grads gave exactly 0
+  assert np.all(k_p[~k_m] == 0)

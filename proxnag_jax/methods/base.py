@@ -99,7 +99,8 @@ class Context(NamedTuple):
 # ---------------------------------------------------------------------------
 
 
-def masked_sgd(hp, ctx) -> optax.GradientTransformation:
+def masked_sgd(hp, ctx, dense_grads: bool = False
+               ) -> optax.GradientTransformation:
   """The default training optimizer of a masked method.
 
   ``with_masks(chain(add_decayed_weights(wd), sgd(schedule(lr), momentum,
@@ -109,7 +110,7 @@ def masked_sgd(hp, ctx) -> optax.GradientTransformation:
   return transforms.with_masks(optax.chain(
       optax.add_decayed_weights(hp["weight_decay"]),
       optax.sgd(ctx.schedule(hp["lr"]), momentum=hp["momentum"],
-                nesterov=True)))
+                nesterov=True)), dense_grads=dense_grads)
 
 
 def no_init(key, state, ctx):

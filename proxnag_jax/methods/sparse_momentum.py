@@ -31,12 +31,22 @@ def sparse_momentum(prune_rate: float = 0.5,
   cosine decay from ``prune_rate`` to ``final_prune_rate``); redistribute the
   removed count over layers in proportion to the mean momentum magnitude of
   their weights; in each layer regrow that many positions with the largest
-  momentum magnitude. The number of nonzero weights never changes.
+  momentum magnitude. The number of nonzero weights never changes. The
+  optimizer steps on dense gradients (only the weights are masked), so the
+  momentum at pruned positions is what regrowth ranks.
   """
   base_init = random_method().init
 
+  def tx(hp, ctx):
+    # As the reference (sparse_learning: optimizer.step on dense gradients,
+    # then the mask on the weights): the momentum of pruned weights keeps
+    # accumulating, which is what growth ranks.
+    return base.masked_sgd(hp, ctx, dense_grads=True)
+
   def init(key, state, ctx):
     state, _ = base_init(key, state, ctx)
+    state = base.start_with_masks(state, base.masks_of(state.opt_state),
+                                  tx(state.hp, ctx))
     return state.replace(method_state={"prune_rate": jnp.float32(prune_rate)}), {}
 
   def update(key, state, metrics, ctx):
@@ -80,7 +90,8 @@ def sparse_momentum(prune_rate: float = 0.5,
         due, prune_rate=state.method_state["prune_rate"],
         sparsity=base.sparsity_of(state.params, ctx.prunable))}
 
-  return Method("sparse_momentum", init=init, update=update, start="scratch",
+  return Method("sparse_momentum", init=init, tx=tx, update=update,
+                start="scratch",
                 description=f"Sparse Momentum: per-epoch magnitude prune at a "
                 f"cosine-decayed rate (from {prune_rate}), momentum "
                 "redistribution and momentum regrowth")
