@@ -40,6 +40,20 @@ def prune_defaults(c):
   return c
 
 
+def smoke_proxnag(p, l1: float, max_rounds: int):
+  """Prox-NAG settings for a seconds-long smoke run: big lambda steps,
+  monitors every 2 steps, one-epoch phases."""
+  p.l1_init = l1
+  p.l1_step = l1
+  p.max_rounds = max_rounds
+  p.prune_max_epochs = 2.0
+  p.monitor_every = 2
+  p.patience = 4
+  p.finetune_epochs = 1.0
+  p.finetune_growth = 0.0
+  p.final_finetune_epochs = 1.0
+
+
 def get_config(arg: str = ""):
   common.check_variant(arg)
   c = common.base_config()
@@ -54,16 +68,7 @@ def get_config(arg: str = ""):
     c.train_subset = 512
     c.test_subset = 500
     c.target_sparsity = 0.5
-    p = c.proxnag
-    p.l1_init = 0.02
-    p.l1_step = 0.02
-    p.max_rounds = 4
-    p.prune_max_epochs = 2.0
-    p.monitor_every = 2
-    p.patience = 4
-    p.finetune_epochs = 1.0
-    p.finetune_growth = 0.0
-    p.final_finetune_epochs = 1.0
+    smoke_proxnag(c.proxnag, l1=0.02, max_rounds=4)
     c.chunk_steps = 4
     c.checkpoint_every_steps = 4
     c.log_every_s = 30.0

@@ -43,15 +43,7 @@ def get_config(arg: str = ""):
     c.train_subset = 256
     c.test_subset = 256
     c.target_sparsity = 0.3
-    p.l1_init = 0.05
-    p.l1_step = 0.05
-    p.max_rounds = 3
-    p.prune_max_epochs = 2.0
-    p.monitor_every = 2
-    p.patience = 4
-    p.finetune_epochs = 1.0
-    p.finetune_growth = 0.0
-    p.final_finetune_epochs = 1.0
+    proxnag_lenet5_mnist.smoke_proxnag(p, l1=0.05, max_rounds=3)
     c.chunk_steps = 8
     c.checkpoint_every_steps = 8
     c.log_every_s = 30.0

@@ -94,9 +94,10 @@ def _event_lines(events: dict, labels: dict, step: int, select=None) -> list:
   """Trace records of the events whose ``emit`` flag is set."""
   lines = []
   for kind, ev in events.items():
-    ev = ev if select is None else {k: v[select] for k, v in ev.items()}
-    if not bool(ev["emit"]):
+    emit = ev["emit"] if select is None else ev["emit"][select]
+    if not bool(emit):
       continue
+    ev = ev if select is None else {k: v[select] for k, v in ev.items()}
     rec = {"kind": kind, "step": step}
     for k, v in ev.items():
       if k == "emit":
@@ -198,6 +199,15 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                             "wall_time_s": wall_before + time.time()
                             - t_start})
 
+  def evaluate_all():
+    """Test loss/accuracy and sparsity of every run's eval params."""
+    ev, sp = jax.device_get((evaluate(state, arrays["test_x"],
+                                      arrays["test_y"]), sparsity_fn(state)))
+    col = lambda v: np.asarray(v).reshape(n_runs)
+    return [{"loss": float(col(ev["loss"])[k]),
+             "accuracy": float(col(ev["accuracy"])[k]),
+             "sparsity": float(col(sp)[k])} for k in range(n_runs)]
+
   def index_batches(t0, n):
     """Batch indices of loop steps [t0, t0 + n): (n, [runs,] batch)."""
     out = np.empty((n, n_runs, batch_size), np.int32)
@@ -269,13 +279,9 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
     progress.update(n, **({"loss": float(np.mean(loss[active]))}
                           if active.any() else {}))
     if t % eval_every == 0 or done or t >= max_steps:
-      ev = jax.device_get(evaluate(state, arrays["test_x"], arrays["test_y"]))
-      sp = np.asarray(jax.device_get(sparsity_fn(state))).reshape(n_runs)
+      last_evals = evaluate_all()
       for k, r in enumerate(runs):
-        e = {"loss": float(np.asarray(ev["loss"]).reshape(n_runs)[k]),
-             "accuracy": float(np.asarray(ev["accuracy"]).reshape(
-                 n_runs)[k]), "sparsity": float(sp[k])}
-        last_evals[k] = e
+        e = last_evals[k]
         if not window[k]:
           continue
         w = np.asarray(window[k], np.float64)
@@ -313,12 +319,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                         time.time() - t_run, progress.images_per_s())
   progress.close()
   if any(e is None for e in last_evals):   # finished in an earlier session
-    ev = jax.device_get(evaluate(state, arrays["test_x"], arrays["test_y"]))
-    sp = np.asarray(jax.device_get(sparsity_fn(state))).reshape(n_runs)
-    last_evals = [{"loss": float(np.asarray(ev["loss"]).reshape(n_runs)[k]),
-                   "accuracy": float(np.asarray(ev["accuracy"]).reshape(
-                       n_runs)[k]), "sparsity": float(sp[k])}
-                  for k in range(n_runs)]
+    last_evals = evaluate_all()
   if ckpt.latest_step() != t:
     save(t)
   ckpt.close()
@@ -341,7 +342,8 @@ def make_state(params, batch_stats, tx, hp: dict, seed: int) -> base.RunState:
       key=jax.random.fold_in(jax.random.PRNGKey(seed), 7))
 
 
-def _hp(values: dict) -> dict:
+def make_hp(values: dict) -> dict:
+  """Per-run hyperparameters as arrays: ``n_zero`` int32, the rest float32."""
   return {k: (jnp.int32(v) if k == "n_zero" else jnp.float32(v))
           for k, v in values.items()}
 
@@ -413,7 +415,7 @@ def train(config, workdir: str, *, overwrite: bool = False,
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
                      total_steps=int(config.num_epochs * spe),
                      schedule=engine.schedule_fn(config, spe))
-  hp = _hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
+  hp = make_hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
             "weight_decay": config.get("weight_decay", 0.0),
             "momentum": config.get("momentum", 0.9), **method.hparams})
   state, events = init_run(method, ctx, params, batch_stats, hp, config.seed)
@@ -560,7 +562,7 @@ def run_hparams(config, method, n_prunable: int) -> dict:
   sub = config.get(method.name, None) or {}
   for k, v in method.hparams.items():
     hp[k] = sub.get(k, v)
-  return _hp(hp)
+  return make_hp(hp)
 
 
 def _static_view(config, method_name):
@@ -701,7 +703,7 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   masks = base.masks_from_params(params, prunable)
-  flt = lambda path, leaf: _lookup(prunable, path)
+  flt = masks_lib.filter_from_tree(prunable)
   rep = masks_lib.sparsity_report(params, prunable=flt)
   in_shape = (1,) + tuple(ds.input_shape)
   macs = report_lib.count_macs(export_model, variables, in_shape)
@@ -747,15 +749,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   return summary
 
 
-def _lookup(tree, path):
-  node = tree
-  for k in path:
-    node = node[getattr(k, "key", getattr(k, "idx", k))]
-  return node
-
-
 __all__ = ["RunInit", "LoopResult", "run_loop", "train", "prune",
            "prune_runs", "method_of", "validate", "dense_config",
            "load_dense", "budget_steps", "run_hparams", "finalize",
-           "make_state", "init_run", "evaluate_params", "VMAP_FIELDS",
+           "make_state", "make_hp", "init_run", "evaluate_params", "VMAP_FIELDS",
            "VMAP_METHOD_FIELDS"]

@@ -34,6 +34,10 @@ __all__ = [
     "apply_masks",
     "magnitude_masks",
     "topk_mask",
+    "global_topk_masks",
+    "concat_selected",
+    "split_selected",
+    "filter_from_tree",
     "sparsity",
     "sparsity_report",
 ]
@@ -193,18 +197,56 @@ def magnitude_masks(
       out.append(topk_mask(s, p.size - _num_removed(sparsity, p.size)))
     return jax.tree.unflatten(treedef, out)
 
-  idx = [i for i, w in enumerate(wleaves) if w]
-  if not idx:
+  if not any(wleaves):
     return ones_masks(params)
-  flat = jnp.concatenate([jnp.ravel(sleaves[i]) for i in idx])
-  keep = topk_mask(flat, flat.size - _num_removed(sparsity, flat.size))
-  out = [jnp.ones(p.shape, bool) for p in leaves]
-  offset = 0
-  for i in idx:
-    size = leaves[i].size
-    out[i] = keep[offset:offset + size].reshape(leaves[i].shape)
-    offset += size
-  return jax.tree.unflatten(treedef, out)
+  n = sum(p.size for p, w in zip(leaves, wleaves) if w)
+  return global_topk_masks(scores, which, n - _num_removed(sparsity, n))
+
+
+def concat_selected(leaves: list, which: list) -> jax.Array:
+  """The ``which``-selected leaves, raveled into one float32 vector."""
+  return jnp.concatenate([jnp.ravel(x).astype(jnp.float32)
+                          for x, w in zip(leaves, which) if w])
+
+
+def split_selected(flat: jax.Array, leaves: list, which: list,
+                   fill) -> list:
+  """The inverse of :func:`concat_selected`: ``flat`` cut back into the
+  shapes of the selected leaves; other leaves become ``fill(leaf)``."""
+  out, off = [], 0
+  for x, w in zip(leaves, which):
+    if w:
+      out.append(flat[off:off + x.size].reshape(x.shape))
+      off += x.size
+    else:
+      out.append(fill(x))
+  return out
+
+
+def global_topk_masks(scores: PyTree, which: PyTree, n_keep) -> PyTree:
+  """Keeps the ``n_keep`` highest scores over all leaves marked True in
+  ``which`` (a tree of Python bools), with one threshold; ``n_keep`` may be
+  traced. Unmarked leaves get all-True masks."""
+  treedef = jax.tree.structure(which)
+  leaves = treedef.flatten_up_to(scores)
+  w = jax.tree.leaves(which)
+  keep = topk_mask(concat_selected(leaves, w), n_keep)
+  return jax.tree.unflatten(treedef, split_selected(
+      keep, leaves, w, lambda x: jnp.ones(x.shape, bool)))
+
+
+def filter_from_tree(which: PyTree) -> Filter:
+  """A ``(path, leaf) -> bool`` filter reading a tree of Python bools (the
+  form :func:`prunable_tree` returns), for functions that take a filter."""
+
+  def flt(path, leaf):
+    del leaf
+    node = which
+    for k in path:
+      node = node[getattr(k, "key", getattr(k, "idx", k))]
+    return bool(node)
+
+  return flt
 
 
 def sparsity(params: PyTree, prunable: Optional[Filter] = None) -> jax.Array:

@@ -150,7 +150,7 @@ for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
   method = loop.dense_method(c)
   ctx = base.Context(masks.prunable_tree(params), 8, 8,
                      engine.schedule_fn(c, 8))
-  hp = loop._hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
+  hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
                      weight_decay=c.weight_decay, momentum=0.9))
   state, _ = loop.init_run(method, ctx, params, bs, hp, 0)
   state = engine.put_replicated(state, mesh)

@@ -100,7 +100,7 @@ def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
     for target in targets:
       p = MODEL.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))[
           "params"]
-      hp = loop._hp({"target": target, "n_zero": round(target * n),
+      hp = loop.make_hp({"target": target, "n_zero": round(target * n),
                      "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
                      **method.hparams})
       x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
@@ -217,7 +217,7 @@ def test_contract_update_is_pure_under_jit_and_vmap(name):
   n = base.num_prunable(params, ctx.prunable)
   states = []
   for t in (0.5, 0.8):
-    hp = loop._hp({"target": t, "n_zero": round(t * n), "lr": 0.1,
+    hp = loop.make_hp({"target": t, "n_zero": round(t * n), "lr": 0.1,
                    "weight_decay": 0.0, "momentum": 0.9, **method.hparams})
     states.append(loop.init_run(method, ctx, params, {}, hp, 0)[0])
   stacked = loop._stack(states)
@@ -314,7 +314,7 @@ def test_snip_ranks_connection_sensitivity():
   m = methods.get_method("snip")
   ctx = base.Context(prunable=pj.prunable_tree(p), steps_per_epoch=1,
                      total_steps=1, grad_fn=lambda q: g)
-  hp = loop._hp({"target": 0.5, "n_zero": 400, "lr": 0.1,
+  hp = loop.make_hp({"target": 0.5, "n_zero": 400, "lr": 0.1,
                  "weight_decay": 0.0, "momentum": 0.9})
   state, _ = loop.init_run(m, ctx, p, {}, hp, 0)
   masks = base.masks_of(state.opt_state)

@@ -243,33 +243,13 @@ def ones_like_masks(params: PyTree) -> PyTree:
 def layer_topk_masks(scores: PyTree, prunable: PyTree, sparsity) -> PyTree:
   """In every prunable leaf keep all but ``round(sparsity * size)`` of the
   highest scores; ``sparsity`` may be traced. Other leaves all True."""
-
-  def leaf(s, w):
-    if not w:
-      return jnp.ones(s.shape, bool)
-    k_drop = jnp.round(jnp.asarray(sparsity, jnp.float32) * s.size)
-    return masks_lib.topk_mask(s, s.size - k_drop.astype(jnp.int32))
-
-  return jax.tree.map(leaf, scores, prunable)
+  return masks_lib.magnitude_masks(
+      scores, sparsity, scope="layer",
+      prunable=masks_lib.filter_from_tree(prunable), scores=scores)
 
 
-def global_topk_masks(scores: PyTree, prunable: PyTree, n_keep) -> PyTree:
-  """Keep the ``n_keep`` highest scores over all prunable leaves together
-  (one threshold); ``n_keep`` may be traced. Other leaves all True."""
-  treedef = jax.tree.structure(prunable)
-  s_leaves = treedef.flatten_up_to(scores)
-  which = jax.tree.leaves(prunable)
-  idx = [i for i, w in enumerate(which) if w]
-  flat = jnp.concatenate([jnp.ravel(s_leaves[i]).astype(jnp.float32)
-                          for i in idx])
-  keep = masks_lib.topk_mask(flat, n_keep)
-  out = [jnp.ones(s.shape, bool) for s in s_leaves]
-  off = 0
-  for i in idx:
-    size = s_leaves[i].size
-    out[i] = keep[off:off + size].reshape(s_leaves[i].shape)
-    off += size
-  return jax.tree.unflatten(treedef, out)
+# Keep the ``n_keep`` highest scores over all prunable leaves (one threshold).
+global_topk_masks = masks_lib.global_topk_masks
 
 
 def n_keep(params: PyTree, hp, ctx) -> jax.Array:

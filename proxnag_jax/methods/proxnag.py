@@ -70,18 +70,14 @@ def repair_overshoot(params, round_start, n_zero, prunable):
   treedef = jax.tree.structure(prunable)
   leaves = treedef.flatten_up_to(params)
   start = treedef.flatten_up_to(round_start)
-  idx = [i for i, w in enumerate(jax.tree.leaves(prunable)) if w]
-  cand = jnp.concatenate([
-      jnp.ravel(jnp.where((leaves[i] == 0) & (start[i] != 0),
-                          jnp.abs(start[i]).astype(jnp.float32), -1.0))
-      for i in idx])
+  which = jax.tree.leaves(prunable)
+  cand = masks_lib.concat_selected(
+      [jnp.where((p == 0) & (s != 0), jnp.abs(s), -1.0)
+       for p, s in zip(leaves, start)], which)
   restore = masks_lib.topk_mask(cand, excess) & (cand >= 0)
-  out, off = list(leaves), 0
-  for i in idx:
-    size = leaves[i].size
-    r = restore[off:off + size].reshape(leaves[i].shape)
-    out[i] = jnp.where(r, start[i], leaves[i])
-    off += size
+  back = masks_lib.split_selected(restore, leaves, which,
+                                  lambda x: jnp.zeros(x.shape, bool))
+  out = [jnp.where(r, s, p) for r, s, p in zip(back, start, leaves)]
   return jax.tree.unflatten(treedef, out), restore.sum(dtype=jnp.int32)
 
 

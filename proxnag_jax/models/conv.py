@@ -1,7 +1,6 @@
 """A drop-in ``lax.conv_general_dilated`` with a faster backward pass on CPU.
 
-Measured on the 2-core CPUs here (``python /tmp``-free numbers are in
-``docs/results.md``): for a 3x3, 16->16 conv on a 128x32x32 batch, XLA:CPU
+Measured on the 2-core CPUs here (see ``docs/results.md``): for a 3x3, 16->16 conv on a 128x32x32 batch, XLA:CPU
 computes the forward pass in ~9 ms but the kernel gradient in ~60 ms, and
 inside a ``lax.scan`` (the loop's scanned chunks) the kernel gradient takes
 ~620 ms and the input gradient ~45 ms. Written as
