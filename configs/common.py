@@ -12,6 +12,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.train_subset = 0        # > 0: use only the first N training examples
   c.test_subset = 0
+  # Training examples held out as a validation split (fixed by val_seed, the
+  # same for every run seed): every tuning decision is made on it, the test
+  # set is only reported. 0: train on all of them (no validation split).
+  c.val_size = 5000
+  c.val_seed = 0
   c.seed = 0
   c.num_epochs = 10
   c.batch_size = 128
@@ -31,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_s = 5.0
   c.chunk_steps = 100       # steps per scanned chunk: one host sync each
   return c
+
+
+SMOKE_VAL_SIZE = 64   # the smoke variants' validation split (of 256-512)
 
 
 def check_variant(arg: str, valid=("smoke",)) -> None:

@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
     c.batch_size = 64
     c.warmup_epochs = 0.0
     c.train_subset = 512
+    c.val_size = common.SMOKE_VAL_SIZE
     c.test_subset = 500
     c.log_every_s = 30.0
   return c

@@ -62,17 +62,23 @@ def get_config(arg: str = ""):
   c.batch_size = 128
   c.dense = lenet5_mnist.get_config()
   prune_defaults(c)
+  # Prox-NAG's rounds need room: 5 rounds to 90% took 16.6 epochs (docs).
+  c.budget_epochs = 20.0
+  # DSR keeps the first conv and the classifier dense, as its reference.
+  c.dsr.dense = ("^conv1/", "^fc2/")
   if arg == "smoke":
     c.dense = lenet5_mnist.get_config("smoke")
     c.batch_size = 64
     c.train_subset = 512
+    c.val_size = common.SMOKE_VAL_SIZE
     c.test_subset = 500
     c.target_sparsity = 0.5
     smoke_proxnag(c.proxnag, l1=0.02, max_rounds=4)
     c.chunk_steps = 4
     c.checkpoint_every_steps = 4
     c.log_every_s = 30.0
-    c.budget_epochs = 2.0
+    c.budget_epochs = 8.0   # the smoke rounds reach 50% in about 7.4
     c.gmp.every = 2
-    c.dsr.every = 4
+    c.dsr.periods = (4, 8)
+    c.dsr.period_starts = (0.0, 0.5)
   return c

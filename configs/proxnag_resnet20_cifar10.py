@@ -36,11 +36,17 @@ def get_config(arg: str = ""):
   p.finetune_growth = 2.0
   p.final_finetune_epochs = 40.0
   c.checkpoint_every_steps = 1000
+  # Rounds of 5 + (4 + 2r) epochs and a 40-epoch final fine-tune.
+  c.budget_epochs = 100.0
+  # DSR keeps the first conv, the shortcut convs and the classifier dense,
+  # as its reference.
+  c.dsr.dense = ("^conv1/", "shortcut", "^fc/")
   if arg == "smoke":
     c.dense = resnet20_cifar10.get_config("smoke")
     c.batch_size = 32
     c.eval_batch_size = 128
     c.train_subset = 256
+    c.val_size = common.SMOKE_VAL_SIZE
     c.test_subset = 256
     c.target_sparsity = 0.3
     proxnag_lenet5_mnist.smoke_proxnag(p, l1=0.05, max_rounds=3)

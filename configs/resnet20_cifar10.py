@@ -25,11 +25,13 @@ def get_config(arg: str = ""):
     c.num_epochs = 2
     c.batch_size = 32
     c.train_subset = 256
+    c.val_size = common.SMOKE_VAL_SIZE
     c.test_subset = 256
     c.eval_batch_size = 128
     c.log_every_s = 30.0
   elif arg == "cpu_short":  # one epoch on one shard: minutes on a 2-core CPU
     c.num_epochs = 1
     c.train_subset = 10000
+    c.val_size = 1000
     c.test_subset = 2000
   return c

@@ -65,6 +65,10 @@ class Dataset:
   test_labels: np.ndarray
   source: str   # 'tfds' or 'npz'
   path: str
+  # A validation split held out of the training set (split_validation);
+  # empty when none.
+  val_images: Optional[np.ndarray] = None
+  val_labels: Optional[np.ndarray] = None
 
   @property
   def input_shape(self):
@@ -191,9 +195,38 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
                  source, path)
 
 
+def split_validation(ds: Dataset, val_size: int, seed: int = 0) -> Dataset:
+  """Holds ``val_size`` training examples out as a validation split.
+
+  The held-out examples are a random subset fixed by ``seed`` alone (not by
+  the run's seed), so every run with the same ``(val_size, seed)`` trains on
+  the same images and tunes on the same validation set; the test set is not
+  touched. ``val_size = 0`` returns ``ds`` unchanged.
+
+  >>> ds = split_validation(load_dataset("mnist", "../shared/data"), 5000)
+  >>> len(ds.train_labels), len(ds.val_labels)
+  (55000, 5000)
+  """
+  if not val_size:
+    return ds
+  n = len(ds.train_labels)
+  if not 0 < val_size < n:
+    raise DataError(f"val_size {val_size} must be in [0, {n}) (the "
+                    f"{n} training examples of {ds.name}).")
+  perm = np.asarray(jax.random.permutation(
+      jax.random.fold_in(jax.random.PRNGKey(seed), 77), n))
+  val, train = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+  return dataclasses.replace(
+      ds, train_images=ds.train_images[train],
+      train_labels=ds.train_labels[train], val_images=ds.train_images[val],
+      val_labels=ds.train_labels[val])
+
+
 def describe(ds: Dataset) -> str:
+  val = (f", validation {len(ds.val_labels)} (held out of train)"
+         if ds.val_labels is not None else "")
   return (f"{ds.name} from {ds.source} at {ds.path}: train "
-          f"{len(ds.train_labels)}, test {len(ds.test_labels)} examples")
+          f"{len(ds.train_labels)}{val}, test {len(ds.test_labels)} examples")
 
 
 # ---------------------------------------------------------------------------

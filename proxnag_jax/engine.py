@@ -468,6 +468,8 @@ def setup(config, mesh: Mesh, log=print):
   ds = data_lib.load_dataset(config.dataset, config.get("data_dir", ""),
                              config.get("train_subset", 0),
                              config.get("test_subset", 0))
+  ds = data_lib.split_validation(ds, config.get("val_size", 0),
+                                 config.get("val_seed", 0))
   log(f"data: {data_lib.describe(ds)}")
   if len(ds.train_labels) < config.batch_size:
     raise ValueError(f"batch_size {config.batch_size} exceeds the "
@@ -483,6 +485,9 @@ def setup(config, mesh: Mesh, log=print):
       "test_x": jax.device_put(ds.test_images, rep),
       "test_y": jax.device_put(ds.test_labels, rep),
   }
+  if ds.val_labels is not None:
+    arrays["val_x"] = jax.device_put(ds.val_images, rep)
+    arrays["val_y"] = jax.device_put(ds.val_labels, rep)
   return ds, model, arrays
 
 

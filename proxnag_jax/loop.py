@@ -200,13 +200,22 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                             - t_start})
 
   def evaluate_all():
-    """Test loss/accuracy and sparsity of every run's eval params."""
-    ev, sp = jax.device_get((evaluate(state, arrays["test_x"],
-                                      arrays["test_y"]), sparsity_fn(state)))
+    """Test (and validation) loss/accuracy and sparsity of every run's eval
+    params."""
+    has_val = "val_x" in arrays
+    ev, val, sp = jax.device_get((
+        evaluate(state, arrays["test_x"], arrays["test_y"]),
+        evaluate(state, arrays["val_x"], arrays["val_y"]) if has_val else {},
+        sparsity_fn(state)))
     col = lambda v: np.asarray(v).reshape(n_runs)
-    return [{"loss": float(col(ev["loss"])[k]),
-             "accuracy": float(col(ev["accuracy"])[k]),
-             "sparsity": float(col(sp)[k])} for k in range(n_runs)]
+    out = [{"loss": float(col(ev["loss"])[k]),
+            "accuracy": float(col(ev["accuracy"])[k]),
+            "sparsity": float(col(sp)[k])} for k in range(n_runs)]
+    if has_val:
+      for k, o in enumerate(out):
+        o["val_loss"] = float(col(val["loss"])[k])
+        o["val_accuracy"] = float(col(val["accuracy"])[k])
+    return out
 
   def index_batches(t0, n):
     """Batch indices of loop steps [t0, t0 + n): (n, [runs,] batch)."""
@@ -289,6 +298,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                "loss": float(w[:, 0].mean()),
                "accuracy": float(w[:, 1].mean()),
                "test_loss": e["loss"], "test_accuracy": e["accuracy"],
+               **{k: e[k] for k in ("val_loss", "val_accuracy") if k in e},
                "sparsity": e["sparsity"],
                "images_per_s": progress.images_per_s(),
                "wall_time_s": wall_before + time.time() - t_start}
@@ -299,12 +309,16 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
               "epoch": round(t / spe, 4), "step": t,
               "train_loss": rec["loss"], "train_accuracy": rec["accuracy"],
               "test_loss": e["loss"], "test_accuracy": e["accuracy"],
+              **{k: e[k] for k in ("val_loss", "val_accuracy") if k in e},
               "sparsity": e["sparsity"],
               "images_per_s": rec["images_per_s"],
               "wall_time_s": rec["wall_time_s"]})
         log(f"{desc}{f' [{k}]' if vmapped else ''} epoch {t / spe:.4g}/"
             f"{max_steps / spe:.4g}: loss {rec['loss']:.4f} acc "
-            f"{rec['accuracy']:.4f} | test loss {e['loss']:.4f} acc "
+            f"{rec['accuracy']:.4f} | "
+            + (f"val acc {e['val_accuracy']:.4f} | " if "val_accuracy" in e
+               else "")
+            + f"test loss {e['loss']:.4f} acc "
             f"{e['accuracy']:.4f} | sparsity {e['sparsity']:.4f}")
         window[k] = []
       save(t)
@@ -374,13 +388,27 @@ def evaluate_params(model, params, batch_stats, arrays, mean, std, mesh,
   st = base.RunState(step=jnp.int32(0), params=params,
                      batch_stats=batch_stats, opt_state=(), method_state=(),
                      hp={}, key=jax.random.PRNGKey(0))
-  out = jax.device_get(ev(st, arrays["test_x"], arrays["test_y"]))
-  return {k: float(v) for k, v in out.items()}
+  out = {k: float(v) for k, v in jax.device_get(
+      ev(st, arrays["test_x"], arrays["test_y"])).items()}
+  if "val_x" in arrays:
+    val = jax.device_get(ev(st, arrays["val_x"], arrays["val_y"]))
+    out.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
+  return out
 
 
 # ---------------------------------------------------------------------------
 # Dense training: `python -m train.train`.
 # ---------------------------------------------------------------------------
+
+
+def _val_fields(ev: dict) -> dict:
+  """``val_accuracy``/``val_loss`` of an evaluation (None without a split)."""
+  return {"val_accuracy": ev.get("val_accuracy"),
+          "val_loss": ev.get("val_loss")}
+
+
+def _n_val(ds) -> int:
+  return 0 if ds.val_labels is None else int(len(ds.val_labels))
 
 
 def dense_method(config) -> base.Method:
@@ -443,6 +471,7 @@ def train(config, workdir: str, *, overwrite: bool = False,
   summary = {
       "model": config.model, "dataset": config.dataset, "seed": config.seed,
       "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+      **_val_fields(ev),
       "train_loss": last["train_loss"], "epochs": config.num_epochs,
       "steps": res.steps,
       "final_learning_rate": float(sched(max(res.steps - 1, 0))),
@@ -453,6 +482,7 @@ def train(config, workdir: str, *, overwrite: bool = False,
       **engine.device_info(),
       "data": {"source": ds.source, "path": ds.path,
                "train_examples": int(len(ds.train_labels)),
+               "val_examples": _n_val(ds),
                "test_examples": int(len(ds.test_labels))},
       "config": json.loads(config.to_json_best_effort()),
   }
@@ -499,14 +529,43 @@ def validate(config) -> base.Method:
   return method
 
 
+# Fields a pruning run shares with its dense run (the same data, model, seed
+# and validation split).
+SHARED_WITH_DENSE = ("model", "dataset", "data_dir", "seed", "train_subset",
+                     "test_subset", "val_size", "val_seed", "batch_size",
+                     "eval_batch_size")
+
+
 def dense_config(config):
   """The dense-training config, sharing data, model and seed with pruning."""
   d = copy.deepcopy(config.dense)
   with d.unlocked():
-    for k in ("model", "dataset", "data_dir", "seed", "train_subset",
-              "test_subset", "batch_size", "eval_batch_size"):
+    for k in SHARED_WITH_DENSE:
       d[k] = config[k]
   return d
+
+
+def check_dense_split(config, path: str) -> None:
+  """Refuses a dense checkpoint trained on other data than the pruning run
+  (e.g. on the images this run holds out for validation)."""
+  f = os.path.join(path, "summary.json")
+  if not os.path.exists(f):
+    return
+  with open(f) as fh:
+    got = json.load(fh).get("config", {})
+  keys = ("dataset", "train_subset", "val_size", "val_seed")
+  old = {k: got.get(k, 0) for k in keys}
+  new = {k: config.get(k, 0) for k in keys}
+  if old != new:
+    diff = ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in keys
+                     if old[k] != new[k])
+    raise ValueError(
+        f"dense_checkpoint {path!r} was trained on other data than this run "
+        f"({diff}); with a different validation split its training images "
+        "include this run's validation images. Train the dense model with "
+        "the same data settings (or pass them here, e.g. "
+        f"--config.val_size={old['val_size']}), or leave dense_checkpoint "
+        "empty to train one here.")
 
 
 def load_dense(config, workdir, model, input_shape, log):
@@ -518,6 +577,7 @@ def load_dense(config, workdir, model, input_shape, log):
         f"in {workdir}/dense")
     train(dense_config(config), os.path.join(workdir, "dense"), log=log)
     path = os.path.join(workdir, "dense")
+  check_dense_split(config, path)
   want_p, want_bs = engine.init_variables(model, config, input_shape)
   try:
     loaded = engine.load_final(path)
@@ -637,7 +697,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
     dense_params, dense_bs, dense_path = load_dense(c, wd, model,
                                                     ds.input_shape, log)
     dense_acc = evaluate_params(model, dense_params, dense_bs, arrays, mean,
-                                std, mesh, c.eval_batch_size)["accuracy"]
+                                std, mesh, c.eval_batch_size)
     dense_info.append((dense_params, dense_acc, dense_path))
     if method.start == "dense":
       params, bs = dense_params, dense_bs
@@ -680,7 +740,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
     out.append(finalize(
         wd, c, method=method, model=model, ds=ds, state=state, ev=ev,
         prunable=prunable, dense_params=dense_params,
-        dense_accuracy=dense_acc, epochs=int(state.step) / spe,
+        dense_eval=dense_acc, epochs=int(state.step) / spe,
         wall_time_s=res.wall_time_s if len(runs) == 1 else
         (time.time() - t0), log=log, extra=extra))
   return out
@@ -693,8 +753,36 @@ def epoch_first_batch(seed: int, n: int, batch_size: int) -> np.ndarray:
                                     batch_size)[0]
 
 
+def mask_counts(state: base.RunState, prunable) -> dict:
+  """Sparsity by the method's masks next to the exact zeros of its weights.
+
+  ``mask_sparsity``: the fraction of prunable positions the masks switch
+  off; ``kept_but_zero``: prunable weights the masks keep that are exactly
+  zero (they count as pruned in ``sparsity``, which counts exact zeros). Both
+  None for a method without masks in its optimizer state.
+  """
+  try:
+    masks = base.masks_of(state.opt_state)
+  except ValueError:
+    return {"mask_sparsity": None, "kept_but_zero": None}
+  treedef = jax.tree.structure(prunable)
+  which = jax.tree.leaves(prunable)
+  m_l = treedef.flatten_up_to(jax.device_get(masks))
+  w_l = treedef.flatten_up_to(jax.device_get(state.params))
+  n = off = kept_zero = 0
+  for w, m, p in zip(which, m_l, w_l):
+    if not w:
+      continue
+    m = np.broadcast_to(np.asarray(m, bool), np.shape(p))
+    n += m.size
+    off += int((~m).sum())
+    kept_zero += int((m & (np.asarray(p) == 0)).sum())
+  return {"mask_sparsity": off / n if n else 0.0,
+          "kept_but_zero": kept_zero}
+
+
 def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
-             dense_params, dense_accuracy, epochs, wall_time_s, log,
+             dense_params, dense_eval, epochs, wall_time_s, log,
              extra) -> dict:
   """Writes what every pruning run leaves behind and returns the summary:
   ``summary.json``, ``pruned/`` (params, BN stats, masks), ``report.md`` and
@@ -710,17 +798,27 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   trace_path = os.path.join(workdir, "trace.jsonl")
   trace = [json.loads(l) for l in open(trace_path)]
   n_zero = round(config.target_sparsity * rep["prunable_params"])
+  counts = mask_counts(state, prunable)
+  if counts.get("kept_but_zero"):
+    log(f"note: {counts['kept_but_zero']} prunable weights are kept by the "
+        "masks but exactly zero (e.g. regrown at zero and not moved since); "
+        f"mask sparsity {counts['mask_sparsity']:.4%}, exact-zero sparsity "
+        f"{rep['sparsity']:.4%}.")
   summary = {
       "method": method.name, "model": config.model,
       "dataset": config.dataset, "seed": config.seed,
       "target_sparsity": config.target_sparsity,
       "sparsity": rep["sparsity"],
+      **counts,
       "reached_target": (rep["prunable_params"] - rep["prunable_nonzero"]
                          >= n_zero),
       "compression_ratio": rep["compression_ratio"],
+      "stored_params": rep["stored_params"],
       "theoretical_speedup": macs["theoretical_speedup"],
       "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
-      "dense_test_accuracy": dense_accuracy,
+      **_val_fields(ev),
+      "dense_test_accuracy": dense_eval["accuracy"],
+      "dense_val_accuracy": dense_eval.get("val_accuracy"),
       "num_params": rep["num_params"], "num_nonzero": rep["num_nonzero"],
       "prunable_params": rep["prunable_params"],
       "prunable_nonzero": rep["prunable_nonzero"],
@@ -743,7 +841,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   report_lib.plot_layer_sparsity(params, os.path.join(
       workdir, "layer_sparsity.png"), prunable=flt)
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
-      f"{summary['test_accuracy']:.4f} (dense {dense_accuracy:.4f}), "
+      f"{summary['test_accuracy']:.4f} (dense "
+      f"{summary['dense_test_accuracy']:.4f}), "
       f"{summary['compression_ratio']:.1f}x fewer params, "
       f"{summary['theoretical_speedup']:.1f}x fewer MACs; {workdir}/report.md")
   return summary

@@ -274,8 +274,12 @@ def sparsity_report(
     ``{'layers': [{'name', 'shape', 'prunable', 'params', 'nonzero',
     'sparsity'}, ...], 'num_params', 'num_nonzero', 'prunable_params',
     'prunable_nonzero', 'sparsity', 'compression_ratio'}`` where
-    ``sparsity`` is the fraction of zeros among prunable weights and
-    ``compression_ratio = num_params / num_nonzero``.
+    ``sparsity`` is the fraction of zeros among prunable weights,
+    ``stored_params = prunable_nonzero + (num_params - prunable_params)``
+    (non-prunable leaves, e.g. biases and norm scales, are stored whatever
+    their values: a bias that training left at zero is not a pruned weight)
+    and ``compression_ratio = num_params / stored_params``. ``num_nonzero``
+    is the plain count of nonzero entries over all leaves.
 
   Example:
     >>> r = sparsity_report(params)
@@ -316,6 +320,8 @@ def sparsity_report(
       "num_nonzero": nz,
       "prunable_params": ptot,
       "prunable_nonzero": pnz,
+      "stored_params": pnz + (tot - ptot),
       "sparsity": 1.0 - pnz / ptot if ptot else 0.0,
-      "compression_ratio": tot / nz if nz else float("inf"),
+      "compression_ratio": (tot / (pnz + tot - ptot) if pnz + tot - ptot
+                            else float("inf")),
   }

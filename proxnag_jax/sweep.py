@@ -30,9 +30,11 @@ from proxnag_jax import engine
 from proxnag_jax import loop
 from proxnag_jax import methods as methods_lib
 
-CSV_FIELDS = ("method", "target_sparsity", "seed", "sparsity", "test_accuracy",
-              "dense_test_accuracy", "compression_ratio",
-              "theoretical_speedup", "num_params", "num_nonzero", "epochs",
+CSV_FIELDS = ("method", "target_sparsity", "seed", "sparsity",
+              "mask_sparsity", "kept_but_zero", "val_accuracy",
+              "test_accuracy", "dense_val_accuracy", "dense_test_accuracy",
+              "compression_ratio", "theoretical_speedup", "num_params",
+              "stored_params", "num_nonzero", "epochs", "budget_epochs",
               "total_epochs_with_dense", "wall_time_s", "reached_target",
               "model", "dataset", "workdir")
 
@@ -146,22 +148,51 @@ def write_outputs(config, workdir, rows, note) -> None:
                 title=f"{config.base.model} on {config.base.dataset}")
 
 
-def _stats(rows, method, s, key="test_accuracy"):
-  v = [100 * r[key] for r in rows if r["method"] == method and
-       abs(r["target_sparsity"] - s) < 1e-9]
-  return (float(np.mean(v)), float(np.std(v)), len(v)) if v else None
+def _stats(rows, method, s, key="test_accuracy", scale=100.0):
+  v = [scale * r[key] for r in rows if r["method"] == method and
+       abs(r["target_sparsity"] - s) < 1e-9 and r.get(key) is not None]
+  # Sample std (ddof=1) over seeds: the spread a reader would estimate.
+  return ((float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1
+           else None, len(v)) if v else None)
+
+
+def fmt_stat(st, digits=2) -> str:
+  """``mean ± std`` over seeds; a single seed shows its value alone."""
+  if st is None:
+    return ""
+  mean, std, _ = st
+  return f"{mean:.{digits}f}" if std is None else (
+      f"{mean:.{digits}f} ± {std:.{digits}f}")
+
+
+def _missed(rows, method, s) -> int:
+  return sum(1 for r in rows if r["method"] == method and
+             abs(r["target_sparsity"] - s) < 1e-9 and
+             not r.get("reached_target", True))
 
 
 def table_md(config, rows, note) -> str:
   sps = list(config.sparsities)
   head = "| method | " + " | ".join(f"{100 * s:g}%" for s in sps) + " |"
   sep = "|---|" + "---:|" * len(sps)
-  dense = [100 * r["dense_test_accuracy"] for r in rows]
+  # One dense model per seed: its accuracy once per seed.
+  by_seed = {r["seed"]: r for r in rows}
+  dense = [100 * r["dense_test_accuracy"] for r in by_seed.values()]
+  dense_st = (float(np.mean(dense)), float(np.std(dense, ddof=1))
+              if len(dense) > 1 else None, len(dense))
+  seeds = list(config.seeds)
+  spread = (f"Mean ± sample std over {len(seeds)} seeds {seeds}"
+            if len(seeds) > 1 else
+            f"One seed ({seeds[0]}): no spread, so differences of a few "
+            "tenths are not resolved")
   lines = [f"# {config.base.model} on {config.base.dataset}: test accuracy "
            "(%) after pruning", "",
-           f"Mean ± std over seeds {list(config.seeds)}. {note}", "",
+           f"{spread}. Final (not best) accuracies; hyperparameters are "
+           f"the config's, not chosen on the test set. {note}", "",
+           "A `*` marks a cell where a run did not reach its target "
+           "sparsity (see the sparsity table).", "",
            head, sep,
-           f"| dense baseline | {np.mean(dense):.2f} ± {np.std(dense):.2f} |"
+           f"| dense baseline | {fmt_stat(dense_st)} |"
            + " |" * (len(sps) - 1)]
   if config.get("paper_dense", None):
     lines.append(f"| dense baseline (paper) | {config.paper_dense:.2f} |"
@@ -171,22 +202,39 @@ def table_md(config, rows, note) -> str:
   for m in config.methods:
     cells = []
     for s in sps:
-      st = _stats(rows, m, s)
-      cells.append("" if st is None else f"{st[0]:.2f} ± {st[1]:.2f}")
+      cells.append(fmt_stat(_stats(rows, m, s))
+                   + ("*" if _missed(rows, m, s) else ""))
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if m in paper:
       vals = dict(zip([round(x, 6) for x in paper_sps], paper[m]))
       lines.append(f"| {m} (paper) | " + " | ".join(
           f"{vals[round(s, 6)]:.2f}" if round(s, 6) in vals else ""
           for s in sps) + " |")
-  lines += ["", "Achieved sparsity of the prunable weights (mean):", "",
-            head, sep]
-  for m in config.methods:
-    cells = []
-    for s in sps:
-      st = _stats(rows, m, s, "sparsity")
-      cells.append("" if st is None else f"{st[0]:.2f}")
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  def table(title, key, digits=2, scale=100.0, fmt=None):
+    out = ["", title, "", head, sep]
+    for m in config.methods:
+      cells = []
+      for s in sps:
+        st = _stats(rows, m, s, key, scale)
+        cells.append(fmt(st) if fmt and st else fmt_stat(st, digits))
+      out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+  if any(r.get("val_accuracy") is not None for r in rows):
+    lines += table("Validation accuracy (%), the split held out of the "
+                   "training set (what tuning may look at):", "val_accuracy")
+  mean_only = lambda st, d=2: f"{st[0]:.{d}f}"
+  lines += table("Achieved sparsity of the prunable weights, exact zeros "
+                 "(mean):", "sparsity", fmt=mean_only)
+  if any(r.get("mask_sparsity") is not None for r in rows):
+    lines += table("Sparsity by the methods' masks (mean; differs from the "
+                   "exact zeros where kept weights are exactly zero):",
+                   "mask_sparsity", fmt=mean_only)
+  budget = config.base.budget_epochs
+  lines += table(f"Epochs trained (mean) against the budget ({budget:g} "
+                 "epochs after the dense run for dense-start methods, "
+                 f"{budget + config.base.dense.num_epochs:g} from scratch):",
+                 "epochs", scale=1.0, fmt=mean_only)
   return "\n".join(lines) + "\n"
 
 
@@ -199,9 +247,11 @@ def plot_accuracy(rows, path, title="") -> None:
     sps = sorted({r["target_sparsity"] for r in rows if r["method"] == m})
     st = [_stats(rows, m, s) for s in sps]
     ax.errorbar([100 * s for s in sps], [x[0] for x in st],
-                yerr=[x[1] for x in st], marker="o", capsize=3, label=m,
+                yerr=[x[1] or 0.0 for x in st], marker="o", capsize=3,
+                label=m,
                 lw=2.5 if m == "proxnag" else 1.2)
-  dense = np.mean([100 * r["dense_test_accuracy"] for r in rows])
+  dense = np.mean([100 * r["dense_test_accuracy"]
+                   for r in {r["seed"]: r for r in rows}.values()])
   ax.axhline(dense, color="k", ls="--", lw=0.8, label="dense")
   ax.set_xlabel("pruning rate (%)")
   ax.set_ylabel("test accuracy (%)")

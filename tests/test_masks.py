@@ -82,10 +82,14 @@ def test_apply_masks_and_report():
   assert r["prunable_params"] == 296
   assert r["prunable_nonzero"] == 296 - removed
   assert r["sparsity"] == pytest.approx(removed / 296)
-  # BN bias and dense bias are zeros: they count as zeros in the total.
+  # BN bias and dense bias are zeros: plain nonzero counts skip them, but
+  # compression counts every non-prunable leaf as stored (they are not
+  # pruned weights, whatever their values).
   nonzero = 296 - removed + 8 + 8  # conv bias + BN scale
   assert r["num_nonzero"] == nonzero
-  assert r["compression_ratio"] == pytest.approx(total / nonzero)
+  assert r["stored_params"] == 296 - removed + (total - 296)
+  assert r["compression_ratio"] == pytest.approx(
+      total / (296 - removed + total - 296))
   names = [l["name"] for l in r["layers"]]
   assert "Conv_0/kernel" in names
   # The mask argument counts masked-out weights as zeros even if nonzero.

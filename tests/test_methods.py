@@ -41,7 +41,7 @@ SETTINGS = {
                     patience=3, finetune_epochs=0.25, finetune_growth=0.0,
                     final_finetune_epochs=0.5, fill_budget=True),
     "gmp": dict(every=2),
-    "dsr": dict(every=4),
+    "dsr": dict(periods=(4, 8), period_starts=(0.0, 0.5)),
     "dense": {},
 }
 

@@ -316,13 +316,15 @@ def start_with_masks(state: RunState, masks: PyTree, tx) -> RunState:
   return state.replace(params=params, opt_state=opt)
 
 
-def change_masks(state: RunState, new_masks: PyTree) -> tuple[RunState,
-                                                              jax.Array]:
+def change_masks(state: RunState, new_masks: PyTree, *,
+                 reset_grown: bool = True) -> tuple[RunState, jax.Array]:
   """Swaps the masks of a masked method's optimizer state (traceable).
 
-  Newly pruned weights become zero now; grown weights start at zero and
-  their optimizer buffers (momentum, Adam moments) are reset. Returns the new
-  state and the number of grown weights.
+  Newly pruned weights become zero now; grown weights (off before, on now)
+  start at zero, and with ``reset_grown`` their optimizer buffers (momentum,
+  Adam moments) are reset; without it they keep what the buffers hold (as
+  Sparse Momentum's reference does). A weight on in both masks keeps its
+  value. Returns the new state and the number of grown weights.
   """
   old = masks_of(state.opt_state)
   new_masks = jax.tree.map(lambda m: m.astype(bool), new_masks)
@@ -330,7 +332,8 @@ def change_masks(state: RunState, new_masks: PyTree) -> tuple[RunState,
   params = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)),
                         state.params, new_masks)
   opt = transforms.set_masks(state.opt_state, new_masks)
-  opt = reset_where(opt, grown)
+  if reset_grown:
+    opt = reset_where(opt, grown)
   n_grown = sum((jnp.sum(g, dtype=jnp.int32) for g in jax.tree.leaves(grown)),
                 jnp.int32(0))
   return state.replace(params=params, opt_state=opt), n_grown

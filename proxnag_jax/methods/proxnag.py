@@ -13,7 +13,10 @@ Starting from the trained dense model, rounds ``r = 0, 1, ...`` of
    * a sharp rise of the training loss (its moving average exceeds
      ``loss_rise`` times its value after ``loss_warmup_monitors`` monitors,
      and by at least ``loss_rise_min``), or
-   * ``prune_max_epochs``;
+   * ``prune_max_epochs``, or
+   * the budget: only the final fine-tune's reserve
+     (``final_finetune_epochs``, at least one step) is left of the run's
+     ``ctx.total_steps``;
 
    and keeps ``w~`` (and the BN statistics) from the sparsest monitor: the
    paper found the best model at the local maximum.
@@ -28,6 +31,13 @@ Starting from the trained dense model, rounds ``r = 0, 1, ...`` of
    ``finetune_lr``;
 4. if the target is not reached, ``lambda_{r+1} = l1_init + (r + 1) l1_step``
    and go to 1; stop after ``max_rounds``.
+
+**Budget.** The run never takes more than ``ctx.total_steps`` steps (the
+config's ``budget_epochs``): every phase is capped by what is left, an
+intermediate fine-tune leaves the final fine-tune's reserve, and a run whose
+rounds reach the reserve before the target goes straight to its final
+fine-tune and ends with outcome ``'budget exhausted'`` and
+``reached_target = False`` (its sparsity is below the target).
 
 All of it is method state plus a pure ``update`` run every step under jit:
 phase changes are ``lax.cond`` on device values. The optimizer is one
@@ -54,8 +64,9 @@ from proxnag_jax.methods.base import Method
 PRUNE, FINETUNE, DONE = 0, 1, 2
 PHASE_NAMES = {PRUNE: "prune", FINETUNE: "finetune", DONE: "done"}
 STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
-              4: "max_epochs"}
-OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds"}
+              4: "max_epochs", 5: "budget"}
+OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
+                 3: "budget exhausted"}
 
 
 def repair_overshoot(params, round_start, n_zero, prunable):
@@ -128,14 +139,34 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
   def max_prune_steps(ctx):
     return max(1, int(round(prune_max_epochs * ctx.steps_per_epoch)))
 
+  def reserve_steps(ctx):
+    """Steps kept back for the final fine-tune (at least one)."""
+    return max(1, int(round(final_finetune_epochs * ctx.steps_per_epoch)))
+
+  def check_budget(ctx):
+    if reserve_steps(ctx) >= ctx.total_steps:
+      raise ValueError(
+          f"proxnag: final_finetune_epochs={final_finetune_epochs} "
+          f"({reserve_steps(ctx)} steps) leaves nothing of the budget "
+          f"({ctx.total_steps} steps, {ctx.total_steps / ctx.steps_per_epoch:g}"
+          " epochs) for pruning: raise budget_epochs or lower "
+          "proxnag.final_finetune_epochs.")
+
+  def over_budget(state, ctx):
+    return state.step >= ctx.total_steps - reserve_steps(ctx)
+
   def finetune_len(ctx, round_, final, steps_done):
     spe = ctx.steps_per_epoch
     e = finetune_epochs + round_.astype(jnp.float32) * finetune_growth
     e = jnp.where(final, jnp.maximum(e, final_finetune_epochs), e)
     n = jnp.maximum(1, jnp.round(e * spe).astype(jnp.int32))
+    left = ctx.total_steps - steps_done
     if fill_budget:
-      n = jnp.where(final, jnp.maximum(1, ctx.total_steps - steps_done), n)
-    return n
+      n = jnp.where(final, left, n)
+    # The final fine-tune takes at most what is left; an intermediate one
+    # leaves the reserve plus a step for the next prune-train.
+    return jnp.where(final, jnp.minimum(n, left),
+                     jnp.clip(left - reserve_steps(ctx) - 1, 1, n))
 
   def prune_phase_state(state, round_, lam):
     """Method state at the start of a prune-train phase."""
@@ -159,6 +190,7 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
 
   def init(key, state, ctx):
     del key
+    check_budget(ctx)
     hp = state.hp
     opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], hp["l1_init"],
                     hp["prune_weight_decay"])
@@ -166,7 +198,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     ms = {"phase": jnp.int32(PRUNE), "round": jnp.int32(0),
           "phase_step": jnp.int32(0), "phase_len": jnp.int32(0),
           "lam": f32(hp["l1_init"]), "final": jnp.bool_(False),
-          "outcome": jnp.int32(0), "restored": jnp.int32(0)}
+          "reached": jnp.bool_(False), "outcome": jnp.int32(0),
+          "restored": jnp.int32(0)}
     state = state.replace(opt_state=opt, method_state=ms)
     state = state.replace(method_state=prune_phase_state(
         state, jnp.int32(0), hp["l1_init"]))
@@ -204,8 +237,9 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
             (ema > loss_rise * ref) & (ema - ref > loss_rise_min))
     out_of_time = ms["phase_step"] >= max_prune_steps(ctx)
     reason = jnp.select(
-        [zeros >= state.hp["n_zero"], local_max, rise, out_of_time],
-        [1, 2, 3, 4], 0).astype(jnp.int32)
+        [zeros >= state.hp["n_zero"], local_max, rise, out_of_time,
+         over_budget(state, ctx)],
+        [1, 2, 3, 4, 5], 0).astype(jnp.int32)
     ev = base.event(True, phase=jnp.int32(PRUNE), round=ms["round"],
                     lam=ms["lam"], loss=loss, accuracy=acc,
                     sparsity=s, best_sparsity=best, loss_ema=ema,
@@ -217,7 +251,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     params, restored = repair_overshoot(ms["best_params"], ms["round_start"],
                                         hp["n_zero"], ctx.prunable)
     zeros = base.count_zeros(params, ctx.prunable)
-    final = zeros >= hp["n_zero"]
+    reached = zeros >= hp["n_zero"]
+    final = reached | over_budget(state, ctx)
     n_steps = finetune_len(ctx, ms["round"], final, state.step)
     opt = fresh_opt(hp, ctx, params, hp["finetune_lr"], 0.0,
                     hp["finetune_weight_decay"])
@@ -226,7 +261,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
                      sparsity=base.sparsity_of(params, ctx.prunable),
                      best_sparsity=ms["best_sparsity"], restored=restored)
     ms = {**ms, "phase": jnp.int32(FINETUNE), "phase_step": jnp.int32(0),
-          "phase_len": n_steps, "final": final, "restored": restored}
+          "phase_len": n_steps, "final": final, "reached": reached,
+          "restored": restored}
     state = state.replace(params=params, batch_stats=ms["best_batch_stats"],
                           opt_state=opt, method_state=ms)
     start = phase_start_event(True, state, ctx,
@@ -238,7 +274,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     ms, hp = state.method_state, state.hp
     last_round = ms["round"] + 1 >= max_rounds
     stop = ms["final"] | last_round
-    outcome = jnp.where(ms["final"], 1, 2).astype(jnp.int32)
+    outcome = jnp.select([ms["reached"], ms["final"]], [1, 3], 2).astype(
+        jnp.int32)
 
     def finish(state):
       return state.replace(method_state={**state.method_state,
@@ -276,7 +313,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     state = state.replace(method_state=ms)
     k = ms["phase_step"]
     monitor_now = in_prune & ((k % monitor_every == 0) |
-                              (k >= max_prune_steps(ctx)))
+                              (k >= max_prune_steps(ctx)) |
+                              over_budget(state, ctx))
 
     # Prune-train: monitor, and maybe end the phase.
     ev_shape = jax.eval_shape(lambda s: monitor(s, ctx)[2], state)
@@ -306,6 +344,15 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
         ft_end, lambda s: leave_finetune(s, ctx),
         lambda s: (s, zeros_like(end_shape), zeros_like(start_shape)), state)
 
+    # The budget is spent: stop here whatever the phase (a final fine-tune
+    # ends exactly here; nothing else should, but nothing may overrun).
+    ms = state.method_state
+    spent = (state.step >= ctx.total_steps) & (ms["phase"] != DONE)
+    state = state.replace(method_state={
+        **ms, "phase": jnp.where(spent, DONE, ms["phase"]).astype(jnp.int32),
+        "outcome": jnp.where(spent, jnp.where(ms["reached"], 1, 3),
+                             ms["outcome"]).astype(jnp.int32)})
+
     pick = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
     events = {"monitor": mon_ev,
               "phase_end": pick(reason > 0, end1, end2),
@@ -323,17 +370,13 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     return state.method_state["phase"] == DONE
 
   def max_steps(ctx):
-    spe = ctx.steps_per_epoch
-    n = 0
-    for r in range(max_rounds):
-      e = max(finetune_epochs + r * finetune_growth, final_finetune_epochs)
-      n += max_prune_steps(ctx) + max(1, int(round(e * spe)))
-    return n + (ctx.total_steps if fill_budget else 0)
+    return ctx.total_steps
 
   def summary(state):
     ms = state.method_state
     return {"reached_target": int(ms["outcome"]) == 1,
             "outcome": OUTCOME_NAMES[int(ms["outcome"])],
+            "budget_exhausted": int(ms["outcome"]) == 3,
             "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"])}
 
   hparams = {"l1_init": float(l1_init), "l1_step": float(l1_step),

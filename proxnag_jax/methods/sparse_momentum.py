@@ -26,14 +26,32 @@ def sparse_momentum(prune_rate: float = 0.5,
   """Sparse Momentum, from scratch, with random initial masks (uniform
   per-layer sparsity).
 
-  At the end of every epoch but the last: in every layer remove the fraction
-  ``p_t`` of its nonzero weights with the smallest magnitude (``p_t``:
-  cosine decay from ``prune_rate`` to ``final_prune_rate``); redistribute the
-  removed count over layers in proportion to the mean momentum magnitude of
-  their weights; in each layer regrow that many positions with the largest
-  momentum magnitude. The number of nonzero weights never changes. The
-  optimizer steps on dense gradients (only the weights are masked), so the
-  momentum at pruned positions is what regrowth ranks.
+  At the end of every epoch but the last, with ``p_t`` the prune rate
+  (cosine decay from ``prune_rate`` to ``final_prune_rate``) and ``s_l`` the
+  momentum share of layer ``l`` (mean ``|momentum|`` over its alive weights,
+  normalised to sum to one over the ``L`` layers):
+
+  1. in every layer remove the ``ceil(p_l * alive_l)`` alive weights with
+     the smallest magnitude, where ``p_l = min(p_t, 1 - density_l)`` for a
+     nearly dense layer (density > 0.8) whose share ``s_l > 1 / L``, and
+     ``p_l = p_t`` otherwise;
+  2. split the removed count over layers in proportion to ``s_l`` (capped by
+     each layer's free positions, the rest to the others: exact, so the
+     number of nonzero weights never changes);
+  3. in each layer regrow that many positions, among those off after step 1
+     (including the ones just removed), with the largest ``|momentum|``.
+
+  The optimizer steps on dense gradients (only the weights are masked), so
+  pruned positions keep accumulating momentum, which is what growth ranks;
+  grown weights start at zero with the momentum they have (not reset), and a
+  weight removed and regrown in the same round keeps its value.
+
+  Differences from the reference (TimDettmers/sparse_learning), on purpose:
+  the regrowth split is exact (the reference rounds with ceil/floor, caps a
+  layer at 99% of its free slots and corrects the nonzero count over later
+  rounds), the initial masks have an exact count per layer (the reference
+  draws Bernoulli masks), and ties in the magnitude/momentum ranking go to
+  the lowest index (the reference's sort order is unspecified).
   """
   base_init = random_method().init
 
@@ -63,26 +81,32 @@ def sparse_momentum(prune_rate: float = 0.5,
       w_l = treedef.flatten_up_to(state.params)
       m_l = treedef.flatten_up_to(base.masks_of(state.opt_state))
       mo_l = treedef.flatten_up_to(base.momentum_of(state.opt_state))
-      keeps, removed, contrib, capacity = {}, [], [], []
-      for i in idx:
+      alive = {i: m_l[i].sum(dtype=jnp.int32) for i in idx}
+      contrib = jnp.stack([
+          jnp.sum(jnp.where(m_l[i], jnp.abs(mo_l[i]), 0.0))
+          / jnp.maximum(alive[i], 1) for i in idx])
+      share = contrib / jnp.maximum(contrib.sum(), 1e-30)
+      keeps, removed, capacity = {}, [], []
+      for j, i in enumerate(idx):
         m = m_l[i]
-        alive = m.sum(dtype=jnp.int32)
-        k = jnp.floor(p_t * alive.astype(jnp.float32)).astype(jnp.int32)
+        free = 1.0 - alive[i].astype(jnp.float32) / m.size
+        # The reference's cap for nearly dense layers with a large share.
+        rate = jnp.where((free < 0.2) & (share[j] > 1.0 / len(idx)),
+                         jnp.minimum(free, p_t), p_t)
+        k = jnp.ceil(rate * alive[i].astype(jnp.float32)).astype(jnp.int32)
         scores = jnp.where(m, -jnp.abs(w_l[i]).astype(jnp.float32), -jnp.inf)
         keep = m & ~masks_lib.topk_mask(scores, k)     # drop k smallest alive
         keeps[i] = keep
-        removed.append(k)
-        contrib.append(jnp.sum(jnp.where(m, jnp.abs(mo_l[i]), 0.0))
-                       / jnp.maximum(alive, 1))
+        removed.append(alive[i] - keep.sum(dtype=jnp.int32))
         capacity.append(m.size - keep.sum(dtype=jnp.int32))
-      grow = base.allocate(sum(removed), jnp.stack(contrib),
-                           jnp.stack(capacity))
+      grow = base.allocate(sum(removed), contrib, jnp.stack(capacity))
       new = list(m_l)
       for j, i in enumerate(idx):
         scores = jnp.where(keeps[i], -1.0, jnp.abs(mo_l[i]).astype(
             jnp.float32))
         new[i] = keeps[i] | masks_lib.topk_mask(scores, grow[j])
-      state, _ = base.change_masks(state, jax.tree.unflatten(treedef, new))
+      state, _ = base.change_masks(state, jax.tree.unflatten(treedef, new),
+                                   reset_grown=False)
       return state.replace(method_state={"prune_rate": p_t})
 
     state = jax.lax.cond(due, move, lambda s: s, state)
