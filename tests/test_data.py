@@ -75,3 +75,24 @@ def test_epoch_permutation_by_key():
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96
   np.testing.assert_array_equal(a, data.epoch_permutation(
       jax.random.PRNGKey(0), 100, 32))
+
+
+def test_validation_split_is_held_out_and_fixed_by_its_seed(npz_dir):
+  ds = data.load_dataset("mnist", npz_dir, train_subset=1000)
+  a = data.split_validation(ds, 200, seed=0)
+  b = data.split_validation(ds, 200, seed=0)
+  c = data.split_validation(ds, 200, seed=1)
+  assert len(a.train_labels) == 800 and len(a.val_labels) == 200
+  np.testing.assert_array_equal(a.val_images, b.val_images)
+  assert not np.array_equal(a.val_images, c.val_images)
+  # Disjoint, and together exactly the training set.
+  key = lambda x: {hashlib.sha1(im.tobytes()).hexdigest() for im in x}
+  # (MNIST has a few duplicate images: compare positions, not bytes.)
+  assert len(key(a.val_images) & key(a.train_images)) <= 2
+  assert len(key(a.val_images) | key(a.train_images)) == len(
+      key(ds.train_images))
+  # The test set is untouched; 0 means no split.
+  np.testing.assert_array_equal(a.test_images, ds.test_images)
+  assert data.split_validation(ds, 0) is ds
+  with pytest.raises(data.DataError, match="val_size 1000"):
+    data.split_validation(ds, 1000)

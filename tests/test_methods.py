@@ -2,6 +2,7 @@
 common optimizer tests), on a tiny synthetic model and data, plus unit tests
 of the methods' pieces. No dataset needed."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -83,8 +84,9 @@ def _single(name, seed, workdir):
 
 
 def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
-                  chunk_steps):
-  method = methods.get_method(name, **SETTINGS.get(name, {}))
+                  chunk_steps, settings=None):
+  method = methods.get_method(name, **(settings if settings is not None
+                                       else SETTINGS.get(name, {})))
   mesh = engine.make_mesh()
   params = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
       "params"]
@@ -357,3 +359,163 @@ def test_sparse_momentum_momentum_is_dense_at_pruned_positions(tmp_path):
   assert (~k_m).sum() > 0
   assert np.mean(k_mom[~k_m] != 0) > 0.5      # masked grads gave exactly 0
   assert np.all(k_p[~k_m] == 0)
+
+
+# ---------------------------------------------------------------------------
+# Faithful baselines (issue 9): Sparse Momentum and DSR against their
+# reference implementations; Prox-NAG inside its budget.
+# ---------------------------------------------------------------------------
+
+
+def _set_trace(opt_state, trace):
+  """``opt_state`` with its momentum trace replaced."""
+  if isinstance(opt_state, optax.TraceState):
+    return opt_state._replace(trace=trace)
+  if isinstance(opt_state, tuple) and hasattr(opt_state, "_fields"):
+    return type(opt_state)(*[_set_trace(s, trace) for s in opt_state])
+  if isinstance(opt_state, (tuple, list)):
+    return type(opt_state)(_set_trace(s, trace) for s in opt_state)
+  return opt_state
+
+
+def _method_state(name, target, spe=10, total=100, **kw):
+  p = _params()
+  m = methods.get_method(name, **kw)
+  which = pj.prunable_tree(p)
+  n = base.num_prunable(p, which)
+  ctx = base.Context(prunable=which, steps_per_epoch=spe, total_steps=total,
+                     schedule=lambda lr: lr)
+  hp = loop.make_hp({"target": target, "n_zero": round(target * n),
+                     "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9,
+                     **m.hparams})
+  state, _ = loop.init_run(m, ctx, p, {}, hp, 0)
+  return m, ctx, state
+
+
+def _update(m, ctx, state, step, key=0):
+  state = state.replace(step=jnp.int32(step))
+  return jax.jit(lambda k, s: m.update(k, s, {"loss": 0.0, "accuracy": 0.0},
+                                       ctx))(jax.random.PRNGKey(key), state)
+
+
+def test_sm_prune_count_is_ceil_and_cap_for_nearly_dense_layers():
+  # ceil, not floor (reference: math.ceil(prune_rate * nonzeros)).
+  k = sm_lib.prune_counts(jnp.array([150, 50]), [600, 200],
+                          jnp.array([0.5, 0.5]), 0.3)
+  assert k.tolist() == [45, 15]
+  k = sm_lib.prune_counts(jnp.array([150, 50]), [600, 200],
+                          jnp.array([0.5, 0.5]), 0.301)
+  assert k.tolist() == [46, 16]
+  # A layer with density > 0.8 and a momentum share above 1/L prunes at
+  # most its sparsity; the same layer with a small share is not capped.
+  k = sm_lib.prune_counts(jnp.array([540, 180]), [600, 200],
+                          jnp.array([0.9, 0.1]), 0.5)
+  assert k.tolist() == [54, 90]
+
+
+def test_sm_regrowth_by_momentum_keeps_grown_momentum():
+  """One Sparse Momentum step with a known momentum: each layer drops
+  ceil(p * alive) weights, regrows the positions of largest momentum, and the
+  grown weights start at zero with their momentum kept (not reset)."""
+  m, ctx, state = _method_state("sparse_momentum", 0.75, prune_rate=0.5)
+  masks = base.masks_of(state.opt_state)
+  rng = np.random.default_rng(1)
+  # Tiny momentum where alive, large and distinct where pruned: growth must
+  # take pruned positions, never the ones it has just removed.
+  mom = jax.tree.map(lambda mk: jnp.where(
+      mk, 1e-6, jnp.asarray(1.0 + rng.random(mk.shape), jnp.float32)), masks)
+  state = state.replace(opt_state=_set_trace(state.opt_state, mom))
+  new_state, _ = _update(m, ctx, state, ctx.steps_per_epoch)
+  p_t = float(sm_lib.cosine_rate(1, 10, 0.5))
+  new = base.masks_of(new_state.opt_state)
+  new_mom = base.momentum_of(new_state.opt_state)
+  for layer in ("l1", "l2"):
+    old_m = np.asarray(masks[layer]["kernel"])
+    new_m = np.asarray(new[layer]["kernel"])
+    alive = int(old_m.sum())
+    removed = int((old_m & ~new_m).sum())
+    assert removed == int(np.ceil(p_t * alive)), layer
+    grown = new_m & ~old_m
+    assert grown.sum() > 0
+    np.testing.assert_array_equal(
+        np.asarray(new_mom[layer]["kernel"])[grown],
+        np.asarray(mom[layer]["kernel"])[grown])
+    assert np.all(np.asarray(new_state.params[layer]["kernel"])[grown] == 0)
+  assert sum(int(np.sum(x)) for x in jax.tree.leaves(new)) == sum(
+      int(np.sum(x)) for x in jax.tree.leaves(masks))
+
+
+def test_dsr_period_schedule_and_stop():
+  per = lambda t: int(pj.methods.dsr.period_at(t, 1000, (100, 200, 400, 800),
+                                              (0.0, 0.125, 0.4, 0.7)))
+  assert [per(t) for t in (0, 124, 125, 399, 400, 699, 700, 999)] == [
+      100, 100, 200, 200, 400, 400, 800, 800]
+  m, ctx, state = _method_state("dsr", 0.75, spe=10, total=1000)
+  for t, due in ((100, True), (150, False), (300, False), (400, True),
+                 (600, False), (800, True)):
+    _, ev = _update(m, ctx, state, t)
+    assert bool(ev["reallocate"]["emit"]) == due, t
+  # No reallocation from stop_fraction (95%) of the run on.
+  _, ev = _update(m, ctx, state, 960)
+  assert not bool(ev["reallocate"]["emit"])
+
+
+def test_dsr_regrows_elsewhere_and_keeps_dense_layers():
+  m, ctx, state = _method_state("dsr", 0.75, dense=("^l2/",),
+                                threshold=0.5)
+  masks = base.masks_of(state.opt_state)
+  # l2 (200 weights) fits in the 200 the target keeps: it stays dense and
+  # l1 holds no weight at all.
+  assert bool(np.all(np.asarray(masks["l2"]["kernel"])))
+  assert int(np.sum(np.asarray(masks["l1"]["kernel"]))) == 0
+  n_keep = 800 - 600
+  assert sum(int(np.sum(np.asarray(masks[k]["kernel"])))
+             for k in ("l1", "l2")) == n_keep
+  # A denser target: l1 is sparse, l2 dense.
+  m, ctx, state = _method_state("dsr", 0.5, total=1000, dense=("^l2/",),
+                                threshold=0.5)
+  masks = base.masks_of(state.opt_state)
+  assert bool(np.all(np.asarray(masks["l2"]["kernel"])))
+  assert int(np.sum(np.asarray(masks["l1"]["kernel"]))) == 400 - 200
+  new_state, ev = _update(m, ctx, state, 100)
+  new = base.masks_of(new_state.opt_state)
+  old1, new1 = (np.asarray(masks["l1"]["kernel"]),
+                np.asarray(new["l1"]["kernel"]))
+  w1 = np.abs(np.asarray(state.params["l1"]["kernel"]))
+  pruned = old1 & (w1 < 0.5)
+  assert pruned.sum() > 0 and int(ev["reallocate"]["pruned"]) == pruned.sum()
+  # Just-pruned positions are not regrown; the count is unchanged.
+  assert not np.any(new1[pruned])
+  assert new1.sum() == old1.sum()
+  assert bool(np.all(np.asarray(new["l2"]["kernel"])))
+  # 99%-like: the dense layer no longer fits, so it is made sparse too.
+  m, ctx, state = _method_state("dsr", 0.9, dense=("^l2/",))
+  masks = base.masks_of(state.opt_state)
+  assert not bool(np.all(np.asarray(masks["l2"]["kernel"])))
+  assert sum(int(np.sum(~np.asarray(x))) for x in jax.tree.leaves(
+      {k: masks[k]["kernel"] for k in ("l1", "l2")})) == 720
+
+
+def test_proxnag_stays_inside_its_budget(tmp_path):
+  """A lambda too small to reach the target: the run stops at its budget
+  (32 steps), ends with its final fine-tune and says the target was missed;
+  before the cap it ran on for max_rounds full rounds."""
+  s = dict(SETTINGS["proxnag"], l1_init=1e-7, l1_step=1e-7, max_rounds=10,
+           prune_max_epochs=0.5)
+  method, ctx, res = _run_uncached(
+      "proxnag", str(tmp_path), targets=(0.75,), seeds=(0,), stop_after=None,
+      vmapped=False, chunk_steps=8, settings=s)
+  state = res.states[0]
+  assert res.steps == ctx.total_steps == int(state.step)
+  summ = method.summary(state)
+  assert summ["outcome"] == "budget exhausted"
+  assert not summ["reached_target"] and summ["budget_exhausted"]
+  ends = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  starts = [r for r in ends if r["kind"] == "phase_start"]
+  last = starts[-1]
+  assert last["phase"] == "finetune" and last["final"]
+  # The final fine-tune got the reserve (final_finetune_epochs = 0.5 epoch).
+  assert ctx.total_steps - last["step"] >= SPE // 2
+  with pytest.raises(ValueError, match="leaves nothing of the budget"):
+    bad = methods.get_method("proxnag", final_finetune_epochs=4.0)
+    loop.init_run(bad, ctx, state.params, {}, state.hp, 0)

@@ -49,7 +49,15 @@ def test_prune_end_to_end(smoke_run):
               "pruned_layers"):
     assert key in s
   assert abs(s["sparsity"] - 0.5) < 1e-3
-  assert s["reached_target"]
+  assert s["reached_target"] and s["outcome"] == "target reached"
+  # Inside the budget; validation accuracy on the held-out split.
+  assert s["epochs"] <= s["budget_epochs"]
+  assert 0.0 < s["val_accuracy"] <= 1.0 and 0.0 < s["dense_val_accuracy"]
+  # Masks and exact zeros agree; biases count as stored, not pruned.
+  assert s["kept_but_zero"] == 0
+  assert abs(s["mask_sparsity"] - s["sparsity"]) < 1e-6
+  assert s["stored_params"] == s["prunable_nonzero"] + (
+      s["num_params"] - s["prunable_params"])
   assert s["pruned_layers"] == ["conv1/kernel", "conv2/kernel", "fc1/kernel",
                                 "fc2/kernel"]
   assert s["compression_ratio"] > 1.9 and s["theoretical_speedup"] > 1.0
@@ -121,6 +129,9 @@ def test_bad_input(tmp_path, npz_dir, dense_dir):
   with pytest.raises(ValueError, match="does not match model 'lenet300_100'"):
     c = _cfg(npz_dir, dense_dir, model="lenet300_100")
     loop.prune(c, str(tmp_path / "c"), **QUIET)
+  with pytest.raises(ValueError, match="trained on other data.*val_size"):
+    loop.prune(_cfg(npz_dir, dense_dir, val_size=128),
+               str(tmp_path / "e"), **QUIET)
   with pytest.raises(ValueError, match="holds no finished run"):
     loop.prune(_cfg(npz_dir, str(tmp_path)), str(tmp_path / "d"),
                     **QUIET)
@@ -204,3 +215,30 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, npz_dir):
   assert v_rows[0]["sparsity"] == one["sparsity"]
   assert abs(v_rows[0]["test_accuracy"] - one["test_accuracy"]) <= 0.004
   assert abs(v_rows[1]["sparsity"] - 0.8) < 1e-3
+
+
+def test_sweep_table_spread_and_missed_targets():
+  from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_lenet5_mnist.get_config()
+  assert tuple(c.seeds) == (0, 1, 2)
+  c.methods, c.sparsities = ("proxnag", "magnitude"), (0.9,)
+
+  def row(m, seed, acc, reached=True):
+    return {"method": m, "target_sparsity": 0.9, "seed": seed,
+            "test_accuracy": acc, "val_accuracy": acc,
+            "dense_test_accuracy": 0.99, "sparsity": 0.9,
+            "mask_sparsity": 0.9, "epochs": 3.0, "reached_target": reached}
+
+  rows = [row("proxnag", s, a, s != 2) for s, a in
+          enumerate((0.981, 0.983, 0.985))]
+  rows += [row("magnitude", s, 0.98) for s in range(3)]
+  t = sweep.table_md(c, rows, "note")
+  assert "| proxnag | 98.30 ± 0.20* |" in t    # sample std; a missed target
+  assert "| magnitude | 98.00 ± 0.00 |" in t
+  assert "| dense baseline | 99.00 ± 0.00 |" in t
+  c.seeds = (0,)
+  one = sweep.table_md(c, [r for r in rows if r["seed"] == 0], "note")
+  assert "| proxnag | 98.10 |" in one and "±" not in one.split(
+      "| method |")[1].split("Validation")[0]
+  assert "One seed" in one

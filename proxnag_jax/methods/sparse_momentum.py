@@ -21,6 +21,22 @@ def cosine_rate(epoch, total_epochs: int, start: float, end: float = 0.005):
   return end + 0.5 * (start - end) * (1 + jnp.cos(math.pi * frac))
 
 
+def prune_counts(alive, sizes, share, rate):
+  """How many weights each layer prunes (traceable).
+
+  ``ceil(p_l * alive_l)`` with ``p_l = min(rate, 1 - density_l)`` for a
+  layer with density > 0.8 whose momentum ``share`` exceeds ``1 / L``, and
+  ``p_l = rate`` otherwise (the reference's ``adjust_prune_rate``). The ceil
+  forgives float32 rounding (``0.1 * 540`` is 54, not 55).
+  """
+  alive = jnp.asarray(alive, jnp.int32)
+  a = alive.astype(jnp.float32)
+  free = 1.0 - a / jnp.asarray(sizes, jnp.float32)
+  rate = jnp.where((free < 0.2) & (share > 1.0 / alive.shape[0]),
+                   jnp.minimum(free, rate), rate)
+  return jnp.minimum(jnp.ceil(rate * a - 1e-3).astype(jnp.int32), alive)
+
+
 def sparse_momentum(prune_rate: float = 0.5,
                     final_prune_rate: float = 0.005) -> Method:
   """Sparse Momentum, from scratch, with random initial masks (uniform
@@ -86,16 +102,13 @@ def sparse_momentum(prune_rate: float = 0.5,
           jnp.sum(jnp.where(m_l[i], jnp.abs(mo_l[i]), 0.0))
           / jnp.maximum(alive[i], 1) for i in idx])
       share = contrib / jnp.maximum(contrib.sum(), 1e-30)
+      k = prune_counts(jnp.stack([alive[i] for i in idx]),
+                       [m_l[i].size for i in idx], share, p_t)
       keeps, removed, capacity = {}, [], []
       for j, i in enumerate(idx):
         m = m_l[i]
-        free = 1.0 - alive[i].astype(jnp.float32) / m.size
-        # The reference's cap for nearly dense layers with a large share.
-        rate = jnp.where((free < 0.2) & (share[j] > 1.0 / len(idx)),
-                         jnp.minimum(free, p_t), p_t)
-        k = jnp.ceil(rate * alive[i].astype(jnp.float32)).astype(jnp.int32)
         scores = jnp.where(m, -jnp.abs(w_l[i]).astype(jnp.float32), -jnp.inf)
-        keep = m & ~masks_lib.topk_mask(scores, k)     # drop k smallest alive
+        keep = m & ~masks_lib.topk_mask(scores, k[j])  # drop k smallest alive
         keeps[i] = keep
         removed.append(alive[i] - keep.sum(dtype=jnp.int32))
         capacity.append(m.size - keep.sum(dtype=jnp.int32))
@@ -121,4 +134,4 @@ def sparse_momentum(prune_rate: float = 0.5,
                 "redistribution and momentum regrowth")
 
 
-__all__ = ["sparse_momentum", "cosine_rate"]
+__all__ = ["sparse_momentum", "cosine_rate", "prune_counts"]
