@@ -10,6 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
   # A TFDS data dir or a directory of npz shards (see proxnag_jax/data.py);
   # empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.data_dir = ""
+  # No data in data_dir: fetch the dataset by name with TFDS (needs network).
+  c.download = True
   c.train_subset = 0        # > 0: use only the first N training examples
   c.test_subset = 0
   # Training examples held out as a validation split (fixed by val_seed, the

@@ -118,19 +118,39 @@ def detect_source(name: str, data_dir: str) -> tuple[str, str]:
       + HOW_TO_GET_DATA.format(name=name))
 
 
+def _read_npz(f: str):
+  """``(image, label)`` of one npz shard, or a DataError naming the file."""
+  try:
+    with np.load(f) as z:
+      missing = {"image", "label"} - set(z.files)
+      if missing:
+        raise DataError(f"{f} has no {', '.join(sorted(missing))} array "
+                        f"(it holds {', '.join(z.files) or 'nothing'}); each "
+                        "shard needs uint8 `image` (N,H,W,C) and `label` (N,).")
+      x, y = z["image"], z["label"]
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"cannot read {f} ({type(e).__name__}: {e}); the file is "
+                    "truncated or not an npz. Re-create or re-copy it.") from None
+  if len(x) != len(y):
+    raise DataError(f"{f} holds {len(x)} images but {len(y)} labels; every "
+                    "image needs exactly one label.")
+  return x, y
+
+
 def _load_npz(path: str, train_subset: int):
   shards = sorted(glob.glob(os.path.join(path, "train*.npz")))
   xs, ys, have = [], [], 0
   for f in shards:
-    with np.load(f) as z:
-      xs.append(z["image"])
-      ys.append(z["label"])
+    x, y = _read_npz(f)
+    xs.append(x)
+    ys.append(y)
     have += len(ys[-1])
     if train_subset and have >= train_subset:
       break
   x, y = np.concatenate(xs), np.concatenate(ys)
-  with np.load(os.path.join(path, "test.npz")) as z:
-    tx, ty = z["image"], z["label"]
+  tx, ty = _read_npz(os.path.join(path, "test.npz"))
   return x, y, tx, ty
 
 
@@ -162,17 +182,57 @@ def _load_tfds(name: str, data_dir: str, train_subset: int, test_subset: int):
   return x, y, tx, ty
 
 
+def fetch_tfds(name: str, data_dir: str) -> None:
+  """Downloads and prepares ``name`` into the TFDS data dir ``data_dir``
+  (ArrayRecord files, read later without TensorFlow). Raises a DataError
+  that says where to put the data when that is not possible (offline, or
+  tensorflow-datasets' download extras missing)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    tfds = None
+  why = "tensorflow-datasets is not installed"
+  if tfds is not None:
+    try:
+      tfds.builder(name, data_dir=data_dir,
+                   file_format="array_record").download_and_prepare()
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  raise DataError(
+      f"no {name!r} data in {data_dir!r}, and fetching it by name failed "
+      f"({why}). Offline, put the data there yourself, or point "
+      "--config.data_dir at a directory that has it.\n"
+      + HOW_TO_GET_DATA.format(name=name))
+
+
 def load_dataset(name: str, data_dir: Optional[str] = None,
-                 train_subset: int = 0, test_subset: int = 0) -> Dataset:
+                 train_subset: int = 0, test_subset: int = 0,
+                 download: bool = True) -> Dataset:
   """Loads ``name`` into host memory from a TFDS data dir or npz shards.
 
   Args:
     name: one of :data:`DATASET_NAMES`.
-    data_dir: a TFDS data dir or a directory of npz shards (detected).
+    data_dir: a TFDS data dir or a directory of npz shards (detected);
+      default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
     train_subset / test_subset: if > 0, keep only the first N examples (npz:
       only the shards needed are read). For smoke runs.
+    download: when ``data_dir`` holds no ``name``, fetch it by name into it
+      with TFDS (as ``tfds.load`` would); offline this fails with a message
+      that says where to put the data.
   """
-  source, path = detect_source(name, data_dir)
+  if train_subset < 0 or test_subset < 0:
+    raise DataError(f"train_subset/test_subset must be >= 0 (0: all), got "
+                    f"{train_subset}/{test_subset}.")
+  check_dataset_name(name)
+  try:
+    source, path = detect_source(name, data_dir)
+  except DataError:
+    if not download or name == "imagenet2012":
+      raise
+    target = os.path.expanduser(data_dir or default_data_dir())
+    fetch_tfds(name, target)
+    source, path = detect_source(name, target)
   if name == "imagenet2012":
     raise DataError(
         "imagenet2012 does not fit the in-memory pipeline of this release; "
@@ -186,11 +246,20 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
     x, y = x[:train_subset], y[:train_subset]
   if test_subset:
     tx, ty = tx[:test_subset], ty[:test_subset]
-  shape = DATASETS[name][0]
-  for arr, split in ((x, "train"), (tx, "test")):
+  shape, classes = DATASETS[name][0], DATASETS[name][1]
+  for arr, lab, split in ((x, y, "train"), (tx, ty, "test")):
+    if len(arr) == 0:
+      raise DataError(f"the {name} {split} split in {path} is empty.")
+    if len(arr) != len(lab):
+      raise DataError(f"the {name} {split} split in {path} has {len(arr)} "
+                      f"images but {len(lab)} labels.")
     if arr.shape[1:] != shape or arr.dtype != np.uint8:
       raise DataError(f"{name} {split} images in {path} have shape "
                       f"{arr.shape[1:]} {arr.dtype}; expected {shape} uint8.")
+    lo, hi = int(np.min(lab)), int(np.max(lab))
+    if lo < 0 or hi >= classes:
+      raise DataError(f"{name} {split} labels in {path} run from {lo} to "
+                      f"{hi}; {name} has {classes} classes (0..{classes - 1}).")
   return Dataset(name, x, y.astype(np.int32), tx, ty.astype(np.int32),
                  source, path)
 

@@ -23,10 +23,14 @@ check, data/model setup and saved-model loading.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -53,6 +57,62 @@ PyTree = Any
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN/inf; the last good checkpoint is left intact."""
+
+
+class WorkdirLocked(RuntimeError):
+  """Another process is writing to the workdir."""
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a workdir can be read back intact."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on ``workdir`` (one writer per workdir).
+
+  An ``flock`` on ``workdir/.lock``: the kernel releases it when the process
+  dies, however it dies, so a killed run never leaves a stale lock. A second
+  writer gets :class:`WorkdirLocked` at once.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  f = open(os.path.join(workdir, LOCK_FILE), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    who = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirLocked(
+        f"workdir {workdir!r} is in use by {who}: one process writes to a "
+        "workdir at a time. Wait for it to finish (or stop it), or use "
+        "another --workdir.") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+  f.flush()
+  try:
+    yield
+  finally:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+def tree_checksum(tree: PyTree) -> tuple[str, bool]:
+  """``(sha256 of every leaf's dtype, shape and bytes, all floats finite)``
+  of a pytree (host side)."""
+  h = hashlib.sha256()
+  finite = True
+  for x in jax.tree.leaves(jax.device_get(tree)):
+    a = np.asarray(x)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      finite = False
+  return h.hexdigest(), finite
 
 
 # ---------------------------------------------------------------------------
@@ -348,10 +408,17 @@ def write_json(path: str, obj: dict) -> None:
 
 
 class Checkpointer:
-  """Orbax checkpoints of a pytree plus JSON metadata, in ``workdir/name``."""
+  """Orbax checkpoints of a pytree plus JSON metadata, in ``workdir/name``.
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  Every saved step carries a SHA-256 of its arrays in its metadata; a
+  restore verifies it and falls back, with a warning, to the newest earlier
+  step that reads back intact. A non-finite state is never saved.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 2,
+               log: Callable[[str], None] = print):
     self.dir = os.path.abspath(directory)
+    self.log = log
     self.mngr = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True))
@@ -360,22 +427,63 @@ class Checkpointer:
     return self.mngr.latest_step()
 
   def save(self, step: int, tree: PyTree, meta: dict) -> None:
-    """Saves (replacing a checkpoint of the same step) and waits."""
+    """Saves (replacing a checkpoint of the same step) and waits.
+
+    Raises :class:`TrainingDiverged` instead of saving a state with a NaN or
+    inf in it.
+    """
+    digest, finite = tree_checksum(tree)
+    if not finite:
+      good = self.latest_step()
+      raise TrainingDiverged(
+          f"the state at step {step} holds NaN/inf values; it was not "
+          "saved. " + (f"The last good checkpoint is step {good} in "
+                       f"{self.dir}." if good is not None else
+                       "No checkpoint had been written yet.") +
+          " Lower the learning rate (or l1) and resume (README, 'Resuming "
+          "with changed settings').")
     if step in self.mngr.all_steps():
       self.mngr.delete(step)
+    meta = dict(meta, checksum=digest)
     self.mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(json.loads(json.dumps(
             meta, default=_json_default)))), force=True)
     self.mngr.wait_until_finished()
 
-  def restore(self, template: PyTree, step: Optional[int] = None):
-    step = self.latest_step() if step is None else step
+  def _restore_step(self, template: PyTree, step: int):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     out = self.mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
         meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+    state, meta = out["state"], out["meta"]
+    if not isinstance(meta, dict):
+      raise ValueError("its metadata is unreadable")
+    want = meta.get("checksum")
+    got, _ = tree_checksum(state)
+    if want is not None and got != want:
+      raise ValueError("its arrays do not match their checksum (corrupted)")
+    return state, meta
+
+  def restore(self, template: PyTree, step: Optional[int] = None):
+    """The newest intact checkpoint at or before ``step`` (default: the
+    latest): ``(state, meta)``. Raises :class:`CheckpointError` if none."""
+    steps = sorted((s for s in self.mngr.all_steps()
+                    if step is None or s <= step), reverse=True)
+    problems = []
+    for s in steps:
+      try:
+        out = self._restore_step(template, s)
+      except Exception as e:  # pylint: disable=broad-except
+        problems.append(f"step {s}: {str(e).splitlines()[0][:200]}")
+        self.log(f"warning: checkpoint step {s} in {self.dir} cannot be "
+                 f"used ({problems[-1]}); trying an earlier one.")
+        continue
+      return out
+    raise CheckpointError(
+        f"no checkpoint in {self.dir} reads back intact ("
+        + ("; ".join(problems) or "there are none") + "). Start the run "
+        "over with --overwrite (or another --workdir).")
 
   def read_meta(self, step: Optional[int] = None) -> dict:
     """The JSON metadata of a checkpoint, without reading its arrays."""
@@ -390,6 +498,7 @@ class Checkpointer:
 
 # Config fields that do not change results; a resumed run may change them.
 NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
+                     "download",
                      "eval_batch_size", "workdir", "chunk_steps")
 
 
@@ -397,30 +506,65 @@ def _comparable(cfg: dict) -> dict:
   return {k: v for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
 
 
-def prepare_workdir(workdir: str, config, overwrite: bool = False) -> bool:
+def prepare_workdir(workdir: str, config, overwrite: bool = False,
+                    allow_changes: bool = False) -> bool:
   """Creates ``workdir`` or checks it holds a run of the same config.
 
   Returns True if a run of this config is there to resume. A workdir holding
-  a different config raises unless ``overwrite`` (which wipes it).
+  a different config raises unless ``overwrite`` (which wipes it) or
+  ``allow_changes`` (which resumes it under the new config and records the
+  changed fields in ``config_changes.jsonl``, e.g. a lower learning rate
+  after a NaN).
   """
   path = os.path.join(workdir, "config.json")
   cfg = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    if not overwrite:
+    try:
       with open(path) as f:
         old = json.load(f)
+    except (OSError, ValueError):
+      old = None
+    # Anything besides the config (and the lock) means a run got going.
+    ran = bool(set(os.listdir(workdir)) - {"config.json", LOCK_FILE})
+    if not overwrite and ran:
+      if old is None:
+        raise ValueError(
+            f"{path} is unreadable, so the run in {workdir!r} cannot be "
+            "checked against this config. Pass --overwrite to start over, or "
+            "use another --workdir.")
       if _comparable(old) != _comparable(cfg):
         diff = sorted(k for k in set(old) | set(cfg)
                       if k not in NON_RESULT_FIELDS and old.get(k) != cfg.get(k))
+        if allow_changes:
+          append_jsonl(os.path.join(workdir, "config_changes.jsonl"), {
+              "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "changed": {k: [old.get(k), cfg.get(k)] for k in diff}})
+          write_json(path, cfg)
+          return True
         raise ValueError(
             f"workdir {workdir!r} holds a run of a different config (fields "
-            f"differ: {', '.join(diff)}). Use another --workdir, or pass "
-            "--overwrite to discard it.")
+            f"differ: {', '.join(diff)}). Use another --workdir, pass "
+            "--overwrite to discard it, or --allow_changes to resume it with "
+            "the new values.")
       return True
-    shutil.rmtree(workdir)
+    # A different run to discard, or a config that never got to run (e.g. a
+    # bad value that failed before the first checkpoint): start afresh.
+    _clear_dir(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, cfg)
   return False
+
+
+def _clear_dir(workdir: str) -> None:
+  """Removes everything in ``workdir`` but its lock file."""
+  for name in os.listdir(workdir):
+    if name == LOCK_FILE:
+      continue
+    p = os.path.join(workdir, name)
+    if os.path.isdir(p) and not os.path.islink(p):
+      shutil.rmtree(p)
+    else:
+      os.remove(p)
 
 
 def check_finite(value: float, where: str, ckpt_dir: str,
@@ -445,15 +589,56 @@ def device_info() -> dict:
 # ---------------------------------------------------------------------------
 
 
+# Numeric fields of the training configs and what they must be.
+POSITIVE_FIELDS = ("num_epochs", "batch_size", "learning_rate",
+                   "eval_batch_size", "chunk_steps", "budget_epochs",
+                   "finetune_lr", "log_every_s")
+NON_NEGATIVE_FIELDS = ("weight_decay", "warmup_epochs", "train_subset",
+                       "test_subset", "val_size", "val_seed", "seed",
+                       "checkpoint_every_steps", "l1", "lr_decay")
+UNIT_FIELDS = ("momentum",)      # in [0, 1)
+
+
+def check_numbers(config, where: str = "config") -> None:
+  """Every number of ``config`` (nested) is finite; the fields named in
+  :data:`POSITIVE_FIELDS` / :data:`NON_NEGATIVE_FIELDS` / :data:`UNIT_FIELDS`
+  are in range. Raises ValueError naming the field."""
+  for k, v in config.items():
+    name = f"{where}.{k}"
+    if isinstance(v, ml_collections.ConfigDict):
+      check_numbers(v, name)
+      continue
+    vals = v if isinstance(v, (tuple, list)) else (v,)
+    for x in vals:
+      if isinstance(x, bool) or not isinstance(x, (int, float)):
+        continue
+      if not math.isfinite(x):
+        raise ValueError(f"{name} is {x}: it must be a finite number.")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      continue
+    if k in POSITIVE_FIELDS and not v > 0:
+      raise ValueError(f"{name} must be positive, got {v}.")
+    if k in NON_NEGATIVE_FIELDS and v < 0:
+      raise ValueError(f"{name} must be >= 0, got {v}.")
+    if k in UNIT_FIELDS and not 0 <= v < 1:
+      raise ValueError(f"{name} must be in [0, 1), got {v}.")
+
+
 def validate_config(config) -> None:
-  """Fails early, with what to do, on a config that cannot run."""
+  """Fails early, with what to do, on a config that cannot run (before
+  anything is written)."""
   if config.model not in models_lib.MODEL_NAMES:
     models_lib.get_model(config.model)   # raises, listing the valid names
   data_lib.check_dataset_name(config.dataset)
+  check_numbers(config)
   for name in ("num_epochs", "batch_size", "learning_rate"):
     if config.get(name, 1) <= 0:
       raise ValueError(f"config.{name} must be positive, got "
                        f"{config.get(name)}.")
+  sub = config.get("train_subset", 0)
+  if sub and config.get("val_size", 0) >= sub:
+    raise ValueError(f"config.val_size ({config.val_size}) must be smaller "
+                     f"than config.train_subset ({sub}).")
   if config.get("optimizer", "sgd") not in ("sgd", "proxnag"):
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: "
                      "sgd, proxnag.")
@@ -467,7 +652,8 @@ def setup(config, mesh: Mesh, log=print):
   validate_config(config)
   ds = data_lib.load_dataset(config.dataset, config.get("data_dir", ""),
                              config.get("train_subset", 0),
-                             config.get("test_subset", 0))
+                             config.get("test_subset", 0),
+                             download=config.get("download", True))
   ds = data_lib.split_validation(ds, config.get("val_size", 0),
                                  config.get("val_seed", 0))
   log(f"data: {data_lib.describe(ds)}")

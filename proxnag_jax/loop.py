@@ -22,10 +22,12 @@ Built on it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -156,13 +158,16 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
 
   state = _stack([r.state for r in runs]) if vmapped else runs[0].state
   state = engine.put_replicated(state, mesh)
-  ckpt = engine.Checkpointer(ckpt_dir)
+  ckpt = engine.Checkpointer(ckpt_dir, log=log)
   lines = [0] * n_runs
   t, wall_before = 0, 0.0
   restored_window = [[] for _ in range(n_runs)]
   if resuming and ckpt.latest_step() is not None:
+    fresh_hp = state.hp
     state, meta = ckpt.restore(state)
-    state = engine.put_replicated(state, mesh)
+    # The per-run numbers come from the config, so a run resumed with
+    # changed settings (README: resuming with changed settings) uses them.
+    state = engine.put_replicated(state.replace(hp=fresh_hp), mesh)
     t, wall_before, lines = meta["step"], meta["wall_time_s"], meta[
         "trace_lines"]
     restored_window = [[tuple(x) for x in w] for w in meta["window"]]
@@ -419,6 +424,7 @@ def dense_method(config) -> base.Method:
 
 
 def train(config, workdir: str, *, overwrite: bool = False,
+          allow_changes: bool = False,
           stop_after_epochs: Optional[int] = None, log: Log = print) -> dict:
   """Trains ``config.model`` on ``config.dataset``; resumable.
 
@@ -430,12 +436,20 @@ def train(config, workdir: str, *, overwrite: bool = False,
   Returns:
     The summary dict; when stopped early, ``{'stopped_at_epoch': e}``.
   """
-  t0 = time.time()
   engine.validate_config(config)
   method = dense_method(config)
-  resuming = engine.prepare_workdir(workdir, config, overwrite)
+  with engine.workdir_lock(workdir):
+    return _train(config, workdir, method, overwrite, allow_changes,
+                  stop_after_epochs, log)
+
+
+def _train(config, workdir, method, overwrite, allow_changes,
+           stop_after_epochs, log):
+  t0 = time.time()
   mesh = engine.make_mesh()
-  ds, model, arrays = engine.setup(config, mesh, log)
+  ds, model, arrays = engine.setup(config, mesh, log)   # data errors first
+  resuming = engine.prepare_workdir(workdir, config, overwrite,
+                                    allow_changes)
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // config.batch_size
   params, batch_stats = engine.init_variables(model, config, ds.input_shape)
@@ -486,11 +500,13 @@ def train(config, workdir: str, *, overwrite: bool = False,
                "test_examples": int(len(ds.test_labels))},
       "config": json.loads(config.to_json_best_effort()),
   }
-  engine.write_json(os.path.join(workdir, "summary.json"), summary)
   _, variables = method.export_network(state, model)
   engine.save_tree(os.path.join(workdir, "final"),
                    {"params": variables["params"],
                     "batch_stats": variables.get("batch_stats", {})})
+  # The completion marker, written last and atomically: a run killed before
+  # this line is resumed, never taken as finished.
+  engine.write_json(os.path.join(workdir, "summary.json"), summary)
   log(f"done: test accuracy {summary['test_accuracy']:.4f}; "
       f"summary in {workdir}/summary.json ({time.time() - t0:.0f} s)")
   return summary
@@ -525,7 +541,25 @@ def validate(config) -> base.Method:
   if method.name == "dense":
     raise ValueError("method 'dense' does not prune: use python -m "
                      "train.train.")
-  engine.validate_config(config.dense)
+  engine.check_numbers(config)
+  engine.validate_config(dense_config(config))
+  for pat in config.get("prune_exclude", ()):
+    try:
+      re.compile(pat)
+    except re.error as e:
+      raise ValueError(f"config.prune_exclude: {pat!r} is not a valid "
+                       f"regular expression ({e}).") from None
+  sub = config.get(method.name, None) or {}
+  for k, v in sub.items():
+    vals = v if isinstance(v, (tuple, list)) else (v,)
+    if any(isinstance(x, (int, float)) and not isinstance(x, bool) and x < 0
+           for x in vals):
+      raise ValueError(f"config.{method.name}.{k} must be >= 0, got {v}.")
+  path = config.get("dense_checkpoint", "")
+  if path and not os.path.isdir(path):
+    raise ValueError(f"config.dense_checkpoint {path!r} does not exist: give "
+                     "the workdir of a finished `python -m train.train` run, "
+                     "or leave it empty to train the dense model here.")
   return method
 
 
@@ -637,19 +671,21 @@ def _static_view(config, method_name):
 
 
 def prune(config, workdir: str, *, overwrite: bool = False,
+          allow_changes: bool = False,
           stop_after_steps: Optional[int] = None, log: Log = print) -> dict:
   """Prunes with ``config.method`` to ``config.target_sparsity``; resumable.
 
   Returns the summary, or ``{'stopped_at_step': s}`` when stopped early.
   """
   out = prune_runs([config], [workdir], overwrite=overwrite,
+                   allow_changes=allow_changes,
                    stop_after_steps=stop_after_steps, log=log)
   return out[0]
 
 
 def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
                group_dir: Optional[str] = None, vmap: bool = False,
-               overwrite: bool = False,
+               overwrite: bool = False, allow_changes: bool = False,
                stop_after_steps: Optional[int] = None,
                log: Log = print) -> list[dict]:
   """Runs one or several pruning runs; several as one vmapped program.
@@ -658,8 +694,19 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
   :data:`VMAP_FIELDS` (seed, target sparsity, learning rates, lambdas,
   dense checkpoint); their checkpoints go to ``group_dir``.
   """
-  t0 = time.time()
   methods = [validate(c) for c in configs]
+  with contextlib.ExitStack() as stack:
+    for d in list(workdirs) + ([group_dir] if group_dir else []):
+      stack.enter_context(engine.workdir_lock(d))
+    return _prune_runs(configs, workdirs, methods, group_dir=group_dir,
+                       vmap=vmap, overwrite=overwrite,
+                       allow_changes=allow_changes,
+                       stop_after_steps=stop_after_steps, log=log)
+
+
+def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
+                allow_changes, stop_after_steps, log):
+  t0 = time.time()
   method = methods[0]
   if len(configs) > 1:
     if not vmap:
@@ -669,13 +716,13 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
       if c.method != method.name or _static_view(c, method.name) != ref:
         raise ValueError("vmapped runs may differ only in "
                          f"{', '.join(VMAP_FIELDS + VMAP_METHOD_FIELDS)}.")
-  resuming = [engine.prepare_workdir(w, c, overwrite)
-              for c, w in zip(configs, workdirs)]
   ckpt_dir = os.path.join(group_dir or workdirs[0], "checkpoints")
   c0 = configs[0]
   mesh = engine.make_mesh()
   dcfg = dense_config(c0)
-  ds, model, arrays = engine.setup(dcfg, mesh, log)
+  ds, model, arrays = engine.setup(dcfg, mesh, log)     # data errors first
+  resuming = [engine.prepare_workdir(w, c, overwrite, allow_changes)
+              for c, w in zip(configs, workdirs)]
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // c0.batch_size
   flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
@@ -830,7 +877,6 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       **extra,
       "config": json.loads(config.to_json_best_effort()),
   }
-  engine.write_json(os.path.join(workdir, "summary.json"), summary)
   engine.save_tree(os.path.join(workdir, "pruned"),
                    {"params": params, "batch_stats": batch_stats,
                     "masks": masks})
@@ -840,6 +886,9 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       workdir, "weight_histograms.png"), flt)
   report_lib.plot_layer_sparsity(params, os.path.join(
       workdir, "layer_sparsity.png"), prunable=flt)
+  # The completion marker (a sweep takes a cell with it as finished):
+  # written last and atomically, so a kill before it leaves a resumable run.
+  engine.write_json(os.path.join(workdir, "summary.json"), summary)
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
       f"{summary['test_accuracy']:.4f} (dense "
       f"{summary['dense_test_accuracy']:.4f}), "

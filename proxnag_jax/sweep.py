@@ -54,6 +54,10 @@ def validate(config) -> None:
                        "produce it.")
   if not config.seeds:
     raise ValueError("config.seeds is empty.")
+  # Every cell's config, before anything is written.
+  for m in config.methods:
+    loop.validate(cell_config(config, m, config.sparsities[0],
+                              config.seeds[0], ""))
 
 
 def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
@@ -89,9 +93,15 @@ def _dense_for(config, workdir, seed, log) -> str:
 
 
 def run(config, workdir: str, *, overwrite: bool = False,
+        allow_changes: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
   validate(config)
-  engine.prepare_workdir(workdir, config, overwrite)
+  with engine.workdir_lock(workdir):
+    return _run(config, workdir, overwrite, allow_changes, log)
+
+
+def _run(config, workdir, overwrite, allow_changes, log):
+  engine.prepare_workdir(workdir, config, overwrite, allow_changes)
   cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
            for m in config.methods]
   note = budget_note(config)
@@ -122,9 +132,10 @@ def run(config, workdir: str, *, overwrite: bool = False,
       gdir = os.path.join(workdir, "groups",
                           f"{group[0][0]}_{len(group)}cells_{tag}")
       os.makedirs(gdir, exist_ok=True)
-      loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True, log=quiet)
+      loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True,
+                      allow_changes=allow_changes, log=quiet)
     else:
-      loop.prune(cfgs[0], wds[0], log=quiet)
+      loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
   rows = []
   for c in cells:
     wd = os.path.join(workdir, "cells", cell_name(*c))

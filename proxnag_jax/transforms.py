@@ -83,6 +83,10 @@ def _check_nonnegative(name: str, value: Any) -> None:
       return
   if isinstance(value, jax.core.Tracer):
     return
+  if isinstance(value, (bool, str, bytes)) or not isinstance(
+      value, (numbers.Number, np.ndarray, jax.Array)):
+    raise TypeError(f"{name} must be a number, an array or a schedule, got "
+                    f"{type(value).__name__} {value!r}.")
   if isinstance(value, (numbers.Number, np.ndarray, jax.Array)):
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.number):
@@ -457,6 +461,22 @@ class WithMasksState(NamedTuple):
   inner_state: optax.OptState
 
 
+def _mask_sparse_iterates(inner_state, masks: PyTree):
+  """Zeroes the masked entries of every Prox-NAG sparse iterate ``w~`` in
+  ``inner_state`` (whose trees match ``masks``), so ``sparse_params`` never
+  shows a pruned weight as alive, not even for one step."""
+  target = jax.tree.structure(masks)
+
+  def fix(st):
+    sp = st.sparse_params
+    if jax.tree.structure(sp) != target:
+      return st
+    return st._replace(sparse_params=jax.tree.map(
+        lambda w, k: jnp.where(k, w, jnp.zeros_like(w)), sp, masks))
+
+  return _replace(inner_state, ExtrapolationState, fix)
+
+
 def _as_bool_masks(masks: PyTree, params: PyTree, who: str) -> PyTree:
   tree = _resolve_mask(masks, params, who)
 
@@ -511,7 +531,8 @@ def with_masks(
       m = jax.tree.map(lambda p: p != 0, params)
     else:
       m = _as_bool_masks(masks, params, "with_masks")
-    return WithMasksState(masks=m, inner_state=inner.init(params))
+    return WithMasksState(masks=m, inner_state=_mask_sparse_iterates(
+        inner.init(params), m))
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "with_masks")
@@ -525,7 +546,8 @@ def with_masks(
         lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype),
         new_updates, params, m,
     )
-    return new_updates, WithMasksState(masks=m, inner_state=inner_state)
+    return new_updates, WithMasksState(
+        masks=m, inner_state=_mask_sparse_iterates(inner_state, m))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -550,7 +572,8 @@ def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
         "set_masks: the new mask tree does not match the old one "
         f"({jax.tree.structure(masks)} vs {jax.tree.structure(old)})."
     ) from e
-  return _replace(opt_state, WithMasksState, lambda s: s._replace(masks=new))
+  return _replace(opt_state, WithMasksState, lambda s: s._replace(
+      masks=new, inner_state=_mask_sparse_iterates(s.inner_state, new)))
 
 
 def _has_hyperparams(node) -> bool:

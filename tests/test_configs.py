@@ -37,10 +37,10 @@ def test_config_and_smoke_variant_validate(name):
   assert smoke.train_subset and not full.train_subset
 
 
-def test_resnet20_prune_smoke(tmp_path, npz_dir):
+def test_resnet20_prune_smoke(tmp_path, cifar_dir):
   from configs import proxnag_resnet20_cifar10  # pylint: disable=g-import-not-at-top
   c = proxnag_resnet20_cifar10.get_config("smoke")
-  c.data_dir = npz_dir
+  c.data_dir = cifar_dir
   c.dense.num_epochs = 1
   s = loop.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
   assert s["num_params"] == 269_722

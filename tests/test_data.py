@@ -10,8 +10,8 @@ import pytest
 from proxnag_jax import data
 
 
-def test_npz_mnist_full(npz_dir):
-  ds = data.load_dataset("mnist", npz_dir)
+def test_npz_mnist_full(shared_data):
+  ds = data.load_dataset("mnist", shared_data)
   assert ds.source == "npz"
   assert ds.train_images.shape == (60000, 28, 28, 1)
   assert ds.test_images.shape == (10000, 28, 28, 1)
@@ -20,19 +20,19 @@ def test_npz_mnist_full(npz_dir):
                                  974, 1009])
 
 
-def test_npz_cifar_reads_only_needed_shards(npz_dir):
-  ds = data.load_dataset("cifar10", npz_dir, train_subset=1000,
+def test_npz_cifar_reads_only_needed_shards(cifar_dir):
+  ds = data.load_dataset("cifar10", cifar_dir, train_subset=1000,
                          test_subset=100)
   assert ds.train_images.shape == (1000, 32, 32, 3)
   assert len(ds.test_labels) == 100
   assert ds.augment
 
 
-def test_tfds_mnist_matches_npz(tfds_dir, npz_dir):
+def test_tfds_mnist_matches_npz(tfds_dir, shared_data):
   tf = data.load_dataset("mnist", tfds_dir, train_subset=200,
                          test_subset=10000)
   assert tf.source == "tfds"
-  npz = data.load_dataset("mnist", npz_dir)
+  npz = data.load_dataset("mnist", shared_data)
   # Same test set (TFDS stores it in its own order): same multiset.
   h = lambda im, l: hashlib.sha1(im.tobytes() + bytes([l])).hexdigest()
   assert sorted(map(h, tf.test_images, tf.test_labels)) == sorted(
@@ -77,8 +77,8 @@ def test_epoch_permutation_by_key():
       jax.random.PRNGKey(0), 100, 32))
 
 
-def test_validation_split_is_held_out_and_fixed_by_its_seed(npz_dir):
-  ds = data.load_dataset("mnist", npz_dir, train_subset=1000)
+def test_validation_split_is_held_out_and_fixed_by_its_seed(mnist_dir):
+  ds = data.load_dataset("mnist", mnist_dir, train_subset=1000)
   a = data.split_validation(ds, 200, seed=0)
   b = data.split_validation(ds, 200, seed=0)
   c = data.split_validation(ds, 200, seed=1)

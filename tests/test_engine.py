@@ -17,9 +17,9 @@ from proxnag_jax import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke(npz_dir, **over):
+def _smoke(mnist_dir, **over):
   c = lenet5_mnist.get_config("smoke")
-  c.data_dir = npz_dir
+  c.data_dir = mnist_dir
   for k, v in over.items():
     setattr(c, k, v)
   return c
@@ -29,9 +29,9 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_smoke_run_writes_outputs(tmp_path, npz_dir):
+def test_smoke_run_writes_outputs(tmp_path, mnist_dir):
   wd = str(tmp_path / "run")
-  loop.train(_smoke(npz_dir), wd, log=lambda *_: None)
+  loop.train(_smoke(mnist_dir), wd, log=lambda *_: None)
   for f in ("summary.json", "metrics.jsonl", "config.json"):
     assert os.path.exists(os.path.join(wd, f))
   with open(os.path.join(wd, "summary.json")) as f:
@@ -47,8 +47,8 @@ def test_smoke_run_writes_outputs(tmp_path, npz_dir):
   assert set(v) == {"params", "batch_stats"}
 
 
-def test_killed_and_resumed_equals_uninterrupted(tmp_path, npz_dir):
-  cfg = _smoke(npz_dir, num_epochs=3)
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
+  cfg = _smoke(mnist_dir, num_epochs=3)
   full = str(tmp_path / "full")
   loop.train(cfg, full, log=lambda *_: None)
   part = str(tmp_path / "part")
@@ -63,20 +63,20 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, npz_dir):
   assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
 
 
-def test_workdir_with_other_config_is_refused(tmp_path, npz_dir):
+def test_workdir_with_other_config_is_refused(tmp_path, mnist_dir):
   wd = str(tmp_path / "run")
-  loop.train(_smoke(npz_dir, num_epochs=1), wd, log=lambda *_: None)
+  loop.train(_smoke(mnist_dir, num_epochs=1), wd, log=lambda *_: None)
   with pytest.raises(ValueError, match="different config.*learning_rate"):
-    loop.train(_smoke(npz_dir, num_epochs=1, learning_rate=0.5), wd,
+    loop.train(_smoke(mnist_dir, num_epochs=1, learning_rate=0.5), wd,
                  log=lambda *_: None)
-  s = loop.train(_smoke(npz_dir, num_epochs=1, learning_rate=0.001), wd,
+  s = loop.train(_smoke(mnist_dir, num_epochs=1, learning_rate=0.001), wd,
                    overwrite=True, log=lambda *_: None)
   assert s["config"]["learning_rate"] == 0.001
 
 
-def test_nan_loss_stops_with_checkpoint_intact(tmp_path, npz_dir, monkeypatch):
+def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch):
   wd = str(tmp_path / "run")
-  cfg = _smoke(npz_dir)
+  cfg = _smoke(mnist_dir)
   loop.train(cfg, wd, stop_after_epochs=1, log=lambda *_: None)
   good = engine.Checkpointer(os.path.join(wd, "checkpoints"))
   assert good.latest_step() == 8       # the end of epoch 1 (8 steps)
@@ -101,21 +101,21 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, npz_dir, monkeypatch):
   ck.close()
 
 
-def test_bad_config_fails_early(tmp_path, npz_dir):
+def test_bad_config_fails_early(tmp_path, mnist_dir):
   with pytest.raises(ValueError, match="valid models"):
-    loop.train(_smoke(npz_dir, model="lenet6"), str(tmp_path / "a"))
+    loop.train(_smoke(mnist_dir, model="lenet6"), str(tmp_path / "a"))
   with pytest.raises(ValueError, match="valid datasets"):
-    loop.train(_smoke(npz_dir, dataset="mnist2"), str(tmp_path / "b"))
+    loop.train(_smoke(mnist_dir, dataset="mnist2"), str(tmp_path / "b"))
   with pytest.raises(ValueError, match="How to get the data"):
     loop.train(_smoke(str(tmp_path)), str(tmp_path / "c"))
 
 
-def test_cli_smoke_with_overrides(tmp_path, npz_dir):
+def test_cli_smoke_with_overrides(tmp_path, mnist_dir):
   wd = str(tmp_path / "cli")
   r = subprocess.run(
       [sys.executable, "-m", "train.train", "--config",
        "configs/lenet5_mnist.py:smoke", "--workdir", wd,
-       f"--config.data_dir={npz_dir}", "--config.num_epochs=1"],
+       f"--config.data_dir={mnist_dir}", "--config.num_epochs=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-3000:]
@@ -123,9 +123,9 @@ def test_cli_smoke_with_overrides(tmp_path, npz_dir):
   assert json.load(open(os.path.join(wd, "summary.json")))["epochs"] == 1
 
 
-def test_resnet20_cifar_smoke(tmp_path, npz_dir):
+def test_resnet20_cifar_smoke(tmp_path, cifar_dir):
   c = resnet20_cifar10.get_config("smoke")
-  c.data_dir = npz_dir
+  c.data_dir = cifar_dir
   c.num_epochs = 1
   s = loop.train(c, str(tmp_path / "r20"), log=lambda *_: None)
   assert s["num_params"] == 269_722
@@ -174,22 +174,22 @@ print("OK")
 """
 
 
-def test_four_cpu_devices_give_the_same_loss(npz_dir):
+def test_four_cpu_devices_give_the_same_loss(cifar_dir):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   r = subprocess.run([sys.executable, "-c",
-                      _SHARDED.format(root=ROOT, npz=npz_dir)],
+                      _SHARDED.format(root=ROOT, npz=cifar_dir)],
                      capture_output=True, text=True, timeout=600, env=env)
   assert r.returncode == 0, r.stdout + r.stderr[-3000:]
   assert "OK" in r.stdout
   assert r.stdout.split("four")[1].split("]")[1].split()[0] == "4"
 
 
-def test_chunked_loop_equals_step_by_step(tmp_path, npz_dir):
+def test_chunked_loop_equals_step_by_step(tmp_path, mnist_dir):
   """chunk_steps changes only how often the host syncs, not the result."""
-  a = loop.train(_smoke(npz_dir, chunk_steps=100), str(tmp_path / "a"),
+  a = loop.train(_smoke(mnist_dir, chunk_steps=100), str(tmp_path / "a"),
                  log=lambda *_: None)
-  b = loop.train(_smoke(npz_dir, chunk_steps=1), str(tmp_path / "b"),
+  b = loop.train(_smoke(mnist_dir, chunk_steps=1), str(tmp_path / "b"),
                  log=lambda *_: None)
   for x, y in zip(_leaves(engine.load_final(str(tmp_path / "a"))),
                   _leaves(engine.load_final(str(tmp_path / "b")))):

@@ -21,9 +21,9 @@ QUIET = dict(log=lambda *_: None)
 # ---------------------------------------------------------------------------
 
 
-def _cfg(npz_dir, dense_dir, **over):
+def _cfg(mnist_dir, dense_dir, **over):
   c = proxnag_lenet5_mnist.get_config("smoke")
-  c.data_dir = npz_dir
+  c.data_dir = mnist_dir
   c.dense_checkpoint = dense_dir
   for k, v in over.items():
     if k in c.proxnag:
@@ -34,10 +34,10 @@ def _cfg(npz_dir, dense_dir, **over):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, npz_dir, dense_dir):
+def smoke_run(tmp_path_factory, mnist_dir, dense_dir):
   """One uninterrupted Prox-NAG smoke run, shared by the tests below."""
   wd = str(tmp_path_factory.mktemp("proxnag") / "p")
-  return wd, loop.prune(_cfg(npz_dir, dense_dir), wd, **QUIET)
+  return wd, loop.prune(_cfg(mnist_dir, dense_dir), wd, **QUIET)
 
 
 def test_prune_end_to_end(smoke_run):
@@ -86,9 +86,9 @@ def test_prune_end_to_end(smoke_run):
 
 
 def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
-                                                     npz_dir,
+                                                     mnist_dir,
                                                      dense_dir):
-  cfg = _cfg(npz_dir, dense_dir)
+  cfg = _cfg(mnist_dir, dense_dir)
   full, a = smoke_run
   part = str(tmp_path / "part")
   out = loop.prune(cfg, part, stop_after_steps=6, **QUIET)
@@ -108,10 +108,10 @@ def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
   assert [strip(r) for r in ta] == [strip(r) for r in tb]
 
 
-def test_unreachable_target_stops_with_model_saved(tmp_path, npz_dir,
+def test_unreachable_target_stops_with_model_saved(tmp_path, mnist_dir,
                                                    dense_dir):
   wd = str(tmp_path / "p")
-  s = loop.prune(_cfg(npz_dir, dense_dir, l1_init=1e-6, l1_step=1e-6,
+  s = loop.prune(_cfg(mnist_dir, dense_dir, l1_init=1e-6, l1_step=1e-6,
                            max_rounds=2, target_sparsity=0.95), wd, **QUIET)
   assert not s["reached_target"]
   assert s["rounds"] == 2 and s["outcome"] == "max_rounds"
@@ -119,32 +119,32 @@ def test_unreachable_target_stops_with_model_saved(tmp_path, npz_dir,
   assert "TARGET NOT REACHED" in open(os.path.join(wd, "report.md")).read()
 
 
-def test_bad_input(tmp_path, npz_dir, dense_dir):
+def test_bad_input(tmp_path, mnist_dir, dense_dir):
   with pytest.raises(ValueError, match=r"target_sparsity must be in \(0, 1\)"):
-    loop.prune(_cfg(npz_dir, dense_dir, target_sparsity=1.0),
+    loop.prune(_cfg(mnist_dir, dense_dir, target_sparsity=1.0),
                     str(tmp_path / "a"), **QUIET)
   with pytest.raises(ValueError, match="lambda never grows"):
-    loop.prune(_cfg(npz_dir, dense_dir, l1_init=0.0, l1_step=0.0),
+    loop.prune(_cfg(mnist_dir, dense_dir, l1_init=0.0, l1_step=0.0),
                     str(tmp_path / "b"), **QUIET)
   with pytest.raises(ValueError, match="does not match model 'lenet300_100'"):
-    c = _cfg(npz_dir, dense_dir, model="lenet300_100")
+    c = _cfg(mnist_dir, dense_dir, model="lenet300_100")
     loop.prune(c, str(tmp_path / "c"), **QUIET)
   with pytest.raises(ValueError, match="trained on other data.*val_size"):
-    loop.prune(_cfg(npz_dir, dense_dir, val_size=128),
+    loop.prune(_cfg(mnist_dir, dense_dir, val_size=128),
                str(tmp_path / "e"), **QUIET)
   with pytest.raises(ValueError, match="holds no finished run"):
-    loop.prune(_cfg(npz_dir, str(tmp_path)), str(tmp_path / "d"),
+    loop.prune(_cfg(mnist_dir, str(tmp_path)), str(tmp_path / "d"),
                     **QUIET)
 
 
-def test_which_layers_are_pruned_is_configurable(tmp_path, npz_dir, dense_dir):
+def test_which_layers_are_pruned_is_configurable(tmp_path, mnist_dir, dense_dir):
   flt = pj.prunable_filter(("^conv1/", "^fc2/"))
   p = {"conv1": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
        "conv2": {"kernel": jnp.ones((3, 3, 4, 4))}}
   which = pj.prunable_tree(p, flt)
   assert not which["conv1"]["kernel"] and which["conv2"]["kernel"]
   assert not which["conv1"]["bias"]
-  c = _cfg(npz_dir, dense_dir, prune_exclude=("^conv1/", "^fc2/"))
+  c = _cfg(mnist_dir, dense_dir, prune_exclude=("^conv1/", "^fc2/"))
   s = loop.prune(c, str(tmp_path / "p"), **QUIET)
   assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
   assert abs(s["sparsity"] - 0.5) < 1e-3
@@ -157,9 +157,9 @@ def test_which_layers_are_pruned_is_configurable(tmp_path, npz_dir, dense_dir):
 # Every method's resume and exact target are in tests/test_methods.py (tiny
 # model); here one baseline goes through the command on real data.
 @pytest.mark.parametrize("name", ["sparse_momentum"])
-def test_baselines_reach_target_and_resume(tmp_path, npz_dir, dense_dir,
+def test_baselines_reach_target_and_resume(tmp_path, mnist_dir, dense_dir,
                                            name):
-  c = _cfg(npz_dir, dense_dir, method=name)
+  c = _cfg(mnist_dir, dense_dir, method=name)
   full = loop.prune(c, str(tmp_path / "full"), **QUIET)
   assert abs(full["sparsity"] - 0.5) < 1e-3     # to 0.1 point
   assert full["method"] == name and full["reached_target"]
@@ -174,11 +174,11 @@ def test_baselines_reach_target_and_resume(tmp_path, npz_dir, dense_dir,
     np.testing.assert_array_equal(a, b)
 
 
-def test_sweep_cells_skip_refuse_and_vmap(tmp_path, npz_dir):
+def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir):
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
-  c.data_dir = npz_dir
+  c.data_dir = mnist_dir
   c.methods = ("proxnag", "magnitude")
   c.sparsities = (0.5,)
   wd = str(tmp_path / "sw")
@@ -194,7 +194,7 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, npz_dir):
   sweep.run(c, wd, **QUIET)     # finished cells are skipped
   assert os.path.getmtime(summ) == mtime
   c2 = sweep_lenet5_mnist.get_config("smoke")
-  c2.data_dir = npz_dir
+  c2.data_dir = mnist_dir
   c2.methods = ("random",)
   with pytest.raises(ValueError, match="different config"):
     sweep.run(c2, wd, **QUIET)
@@ -205,7 +205,7 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, npz_dir):
   # The same cells as one vmapped program per method: the same results (the
   # dense model is shared, so to float32 reassociation of batched ops).
   c4 = sweep_lenet5_mnist.get_config("smoke")
-  c4.data_dir = npz_dir
+  c4.data_dir = mnist_dir
   c4.methods = ("magnitude",)
   c4.sparsities = (0.5, 0.8)
   c4.vmap_runs = True

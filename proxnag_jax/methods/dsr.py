@@ -91,7 +91,11 @@ def dsr(n_prune_fraction: float = REF_N_PRUNE / REF_SPARSE_WEIGHTS,
   if not 0 < n_prune_fraction < 1 or not 0 < max_prune_fraction <= 1:
     raise ValueError("dsr: n_prune_fraction and max_prune_fraction must be "
                      "in (0, 1).")
-  pats = [re.compile(p) for p in dense]
+  try:
+    pats = [re.compile(p) for p in dense]
+  except re.error as e:
+    raise ValueError(f"dsr: dense holds an invalid regular expression ({e}); "
+                     f"got {dense}.") from None
 
   def layers(ctx):
     """Indices of the prunable leaves and which of them are dense-matched."""

@@ -1,0 +1,321 @@
+"""Runs that never lie: bad configs and data fail before anything is written,
+checkpoints are verified and never hold NaN, the completion marker comes
+last, one writer per workdir, metrics after resume, masked Prox-NAG
+iterates, and the command line's user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxnag_jax as pj
+from configs import lenet5_mnist
+from configs import proxnag_lenet5_mnist
+from proxnag_jax import data
+from proxnag_jax import engine
+from proxnag_jax import loop
+
+QUIET = dict(log=lambda *_: None)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dense_cfg(mnist_dir, **over):
+  c = lenet5_mnist.get_config("smoke")
+  c.data_dir = mnist_dir
+  for k, v in over.items():
+    setattr(c, k, v)
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Validate everything before writing anything.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("num_epochs", 0, "num_epochs must be positive"),
+    ("batch_size", -1, "batch_size must be positive"),
+    ("learning_rate", float("nan"), "learning_rate is nan"),
+    ("weight_decay", -1e-4, "weight_decay must be >= 0"),
+    ("train_subset", -5, "train_subset must be >= 0"),
+    ("momentum", 1.5, r"momentum must be in \[0, 1\)"),
+    ("val_size", 600, "val_size .* must be smaller than config.train_subset"),
+    ("chunk_steps", 0, "chunk_steps must be positive"),
+])
+def test_bad_train_config_fails_before_the_workdir(tmp_path, mnist_dir, field,
+                                                   value, match):
+  wd = str(tmp_path / "w")
+  with pytest.raises(ValueError, match=match):
+    loop.train(_dense_cfg(mnist_dir, **{field: value}), wd, **QUIET)
+  assert not os.path.exists(os.path.join(wd, "config.json"))
+
+
+def test_bad_prune_config_fails_before_the_workdir(tmp_path, mnist_dir):
+  def cfg(**over):
+    c = proxnag_lenet5_mnist.get_config("smoke")
+    c.data_dir = mnist_dir
+    for k, v in over.items():
+      if "." in k:
+        a, b = k.split(".")
+        c[a][b] = v
+      else:
+        c[k] = v
+    return c
+
+  cases = [
+      (dict(prune_exclude=("conv1[",)), "not a valid regular expression"),
+      (dict(dense_checkpoint=str(tmp_path / "nope")), "does not exist"),
+      ({"proxnag.monitor_every": 0}, "monitor_every must be >= 1"),
+      ({"proxnag.l1_step": -1e-3}, "must be non-negative|must be >= 0"),
+      ({"dense.num_epochs": 0}, "num_epochs must be positive"),
+      ({"budget_epochs": float("nan")}, "budget_epochs is nan"),
+      ({"method": "dsr", "dsr.dense": ("(",)}, "invalid regular expression"),
+  ]
+  for i, (over, match) in enumerate(cases):
+    wd = str(tmp_path / f"p{i}")
+    with pytest.raises(ValueError, match=match):
+      loop.prune(cfg(**over), wd, **QUIET)
+    assert not os.path.exists(os.path.join(wd, "config.json")), over
+
+
+def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
+    tmp_path):
+  wd = str(tmp_path / "w")
+  a = lenet5_mnist.get_config("smoke")
+  assert not engine.prepare_workdir(wd, a)
+  b = lenet5_mnist.get_config("smoke")
+  b.learning_rate = 0.01
+  # Only config.json there: not a run yet, so the new config replaces it.
+  assert not engine.prepare_workdir(wd, b)
+  with open(os.path.join(wd, "trace.jsonl"), "w") as f:
+    f.write("{}\n")
+  with pytest.raises(ValueError, match="different config.*allow_changes"):
+    engine.prepare_workdir(wd, a)
+  assert engine.prepare_workdir(wd, a, allow_changes=True)
+  rec = json.loads(open(os.path.join(wd, "config_changes.jsonl")).read())
+  assert rec["changed"]["learning_rate"] == [0.01, a.learning_rate]
+
+
+def test_library_api_names_the_bad_argument():
+  with pytest.raises(TypeError, match="learning_rate must be a number"):
+    pj.proxnag("0.1", 1e-4)
+  with pytest.raises(TypeError, match="l1 must be a number"):
+    pj.proxnag(0.1, "big")
+
+
+# ---------------------------------------------------------------------------
+# Data checks.
+# ---------------------------------------------------------------------------
+
+
+def _npz(d, n_train=256, n_labels=None, label_max=9, n_test=64):
+  os.makedirs(d, exist_ok=True)
+  rng = np.random.default_rng(0)
+  np.savez(os.path.join(d, "train.npz"),
+           image=rng.integers(0, 255, (n_train, 28, 28, 1), np.uint8),
+           label=rng.integers(0, label_max + 1, n_labels or n_train))
+  np.savez(os.path.join(d, "test.npz"),
+           image=rng.integers(0, 255, (n_test, 28, 28, 1), np.uint8),
+           label=rng.integers(0, 10, n_test))
+  return d
+
+
+def test_malformed_data_is_refused_with_the_file_named(tmp_path):
+  bad = _npz(str(tmp_path / "a" / "mnist"), n_train=400, n_labels=1024)
+  with pytest.raises(data.DataError, match="400 images but 1024 labels"):
+    data.load_dataset("mnist", os.path.dirname(bad), download=False)
+  bad = _npz(str(tmp_path / "b" / "mnist"), label_max=12)
+  with pytest.raises(data.DataError, match="labels .* run from 0 to 12"):
+    data.load_dataset("mnist", os.path.dirname(bad), download=False)
+  bad = _npz(str(tmp_path / "c" / "mnist"), n_train=0)
+  with pytest.raises(data.DataError, match="train split .* is empty"):
+    data.load_dataset("mnist", os.path.dirname(bad), download=False)
+  bad = _npz(str(tmp_path / "d" / "mnist"))
+  f = os.path.join(bad, "train.npz")
+  with open(f, "r+b") as fh:
+    fh.truncate(os.path.getsize(f) // 2)
+  with pytest.raises(data.DataError, match="cannot read .*train.npz"):
+    data.load_dataset("mnist", os.path.dirname(bad), download=False)
+
+
+def test_missing_data_says_where_to_put_it(tmp_path):
+  # Offline (or without the download extras), fetching by name fails fast
+  # with a message that says what to do.
+  with pytest.raises(data.DataError, match="fetching it by name failed"):
+    data.load_dataset("mnist", str(tmp_path / "empty"))
+  with pytest.raises(data.DataError, match="does not exist"):
+    data.load_dataset("mnist", str(tmp_path / "empty"), download=False)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints that never lie.
+# ---------------------------------------------------------------------------
+
+
+def _tree(v):
+  return {"w": jnp.full((64, 64), v, jnp.float32), "step": jnp.int32(v)}
+
+
+def _data_files(ckpt_dir, step):
+  out = []
+  for root, _, files in os.walk(os.path.join(ckpt_dir, str(step))):
+    out += [os.path.join(root, f) for f in files]
+  return out
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
+  d = str(tmp_path / "ck")
+  warnings = []
+  ck = engine.Checkpointer(d, log=warnings.append)
+  ck.save(1, _tree(1.0), {"step": 1})
+  ck.save(2, _tree(2.0), {"step": 2})
+  # Flip bytes in the array data of step 2 (not the metadata).
+  victims = [f for f in _data_files(d, 2) if "meta" not in f and
+             os.path.getsize(f) > 4096]
+  assert victims, _data_files(d, 2)
+  for f in victims:
+    with open(f, "r+b") as fh:
+      raw = bytearray(fh.read())
+      for i in range(len(raw) // 3, len(raw) // 3 + 64):
+        raw[i] ^= 0xFF
+      fh.seek(0)
+      fh.write(raw)
+  state, meta = ck.restore(_tree(0.0))
+  assert meta["step"] == 1 and float(state["w"][0, 0]) == 1.0
+  assert any("step 2" in w for w in warnings)
+  # Truncated metadata of step 1 too: nothing good is left, said clearly.
+  for f in _data_files(d, 1):
+    if os.path.basename(f) == "metadata" and "meta" in f.split(os.sep)[-2]:
+      open(f, "w").write("{")
+  metas = [f for f in _data_files(d, 1) if f.split(os.sep)[-2] == "meta"]
+  for f in metas:
+    open(f, "w").write("{")
+  with pytest.raises(engine.CheckpointError, match="no checkpoint .* intact"):
+    ck.restore(_tree(0.0))
+  ck.close()
+
+
+def test_a_nan_state_is_never_saved(tmp_path):
+  d = str(tmp_path / "ck")
+  ck = engine.Checkpointer(d, log=lambda *_: None)
+  ck.save(1, _tree(1.0), {"step": 1})
+  with pytest.raises(engine.TrainingDiverged, match="step 1 in"):
+    ck.save(2, _tree(float("nan")), {"step": 2})
+  assert ck.latest_step() == 1
+  ck.close()
+
+
+def test_summary_is_the_last_thing_written(tmp_path, mnist_dir, monkeypatch):
+  wd = str(tmp_path / "w")
+
+  def boom(*a, **k):
+    raise RuntimeError("killed while saving final/")
+
+  monkeypatch.setattr(engine, "save_tree", boom)
+  with pytest.raises(RuntimeError, match="killed"):
+    loop.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
+  assert not os.path.exists(os.path.join(wd, "summary.json"))
+  monkeypatch.undo()
+  s = loop.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
+  assert os.path.exists(os.path.join(wd, "summary.json"))
+  assert os.path.isdir(os.path.join(wd, "final")) and s["epochs"] == 1
+
+
+def test_metrics_have_one_line_per_epoch_after_resume(tmp_path, mnist_dir):
+  wd = str(tmp_path / "w")
+  c = _dense_cfg(mnist_dir, num_epochs=3)
+  assert loop.train(c, wd, stop_after_epochs=1, **QUIET) == {
+      "stopped_at_epoch": 1}
+  loop.train(c, wd, stop_after_epochs=1, **QUIET)
+  loop.train(c, wd, **QUIET)
+  epochs = [json.loads(l)["epoch"] for l in open(
+      os.path.join(wd, "metrics.jsonl"))]
+  assert epochs == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------
+# One writer per workdir.
+# ---------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused(tmp_path):
+  wd = str(tmp_path / "w")
+  with engine.workdir_lock(wd):
+    with pytest.raises(engine.WorkdirLocked, match="in use by pid"):
+      with engine.workdir_lock(wd):
+        pass
+  with engine.workdir_lock(wd):     # released: a new writer gets it
+    pass
+  # Another process holding it.
+  code = ("import sys, time; sys.path.insert(0, %r); "
+          "from proxnag_jax import engine\n"
+          "with engine.workdir_lock(%r):\n"
+          "  print('locked', flush=True); time.sleep(30)" % (ROOT, wd))
+  p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                       text=True)
+  try:
+    assert p.stdout.readline().strip() == "locked"
+    with pytest.raises(engine.WorkdirLocked, match=f"pid {p.pid}"):
+      with engine.workdir_lock(wd):
+        pass
+  finally:
+    p.kill()
+    p.wait()
+  with engine.workdir_lock(wd):     # the kernel released the dead holder's
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Masked Prox-NAG iterates.
+# ---------------------------------------------------------------------------
+
+
+def test_masked_proxnag_sparse_iterate_is_masked_at_once():
+  params = {"k": jnp.ones((4, 4)), "b": jnp.ones(4)}
+  masks = {"k": jnp.eye(4, dtype=bool), "b": jnp.ones(4, bool)}
+  tx = pj.with_masks(pj.proxnag(0.1, 0.0), masks)
+  st = tx.init(params)       # params not masked at init
+  sp = pj.sparse_params(st)
+  assert np.all(np.asarray(sp["k"])[~np.eye(4, dtype=bool)] == 0)
+  grads = jax.tree.map(jnp.ones_like, params)
+  _, st = tx.update(grads, st, params)
+  sp = pj.sparse_params(st)
+  assert np.all(np.asarray(sp["k"])[~np.eye(4, dtype=bool)] == 0)
+  new = {"k": jnp.zeros((4, 4), bool).at[0].set(True), "b": masks["b"]}
+  st = pj.set_masks(st, new)
+  sp = pj.sparse_params(st)
+  assert np.all(np.asarray(sp["k"])[1:] == 0)
+
+
+# ---------------------------------------------------------------------------
+# The command line: a user error is one paragraph and exit status 2.
+# ---------------------------------------------------------------------------
+
+
+def _cli(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "train.train", *args],
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_user_error_is_a_message_not_a_traceback(tmp_path, mnist_dir):
+  wd = str(tmp_path / "w")
+  r = _cli("--config", "configs/lenet5_mnist.py:smoke", "--workdir", wd,
+           f"--config.data_dir={mnist_dir}", "--config.num_epochs=0")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "num_epochs must be positive" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(os.path.join(wd, "config.json"))
+  r = _cli("--config", "configs/lenet5_mnist.py:smok", "--workdir", wd)
+  assert r.returncode != 0 and "unknown config variant 'smok'" in r.stderr
+  r = _cli("--config", "configs/lenet5_mnist.py:smoke", "--workdir", wd,
+           f"--config.data_dir={mnist_dir}", "--config.num_epochs=0",
+           "--debug")
+  assert r.returncode != 0 and "Traceback" in r.stderr
