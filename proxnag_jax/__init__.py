@@ -15,6 +15,12 @@ Pruning methods are values of one interface (:mod:`proxnag_jax.methods`,
 and vmappable loop (:mod:`proxnag_jax.loop`).
 """
 
+from proxnag_jax.admm import admm_penalty
+from proxnag_jax.admm import admm_state
+from proxnag_jax.admm import admm_step
+from proxnag_jax.admm import AdmmState
+from proxnag_jax.admm import reweighted_shrink
+from proxnag_jax.admm import set_admm_state
 from proxnag_jax.masks import apply_masks
 from proxnag_jax.masks import check_tree_match
 from proxnag_jax.masks import default_prunable
@@ -46,6 +52,12 @@ from proxnag_jax.transforms import with_masks
 from proxnag_jax.transforms import WithMasksState
 
 __all__ = [
+    "admm_penalty",
+    "admm_state",
+    "admm_step",
+    "AdmmState",
+    "reweighted_shrink",
+    "set_admm_state",
     "apply_masks",
     "check_tree_match",
     "default_prunable",

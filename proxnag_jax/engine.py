@@ -503,7 +503,10 @@ NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
 
 
 def _comparable(cfg: dict) -> dict:
-  return {k: v for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
+  """The config without the fields that do not change results, at any
+  depth (a sweep's base config holds them too)."""
+  return {k: _comparable(v) if isinstance(v, dict) else v
+          for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
 
 
 def prepare_workdir(workdir: str, config, overwrite: bool = False,
@@ -533,8 +536,8 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
             "checked against this config. Pass --overwrite to start over, or "
             "use another --workdir.")
       if _comparable(old) != _comparable(cfg):
-        diff = sorted(k for k in set(old) | set(cfg)
-                      if k not in NON_RESULT_FIELDS and old.get(k) != cfg.get(k))
+        a, b = _comparable(old), _comparable(cfg)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if allow_changes:
           append_jsonl(os.path.join(workdir, "config_changes.jsonl"), {
               "time": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -368,7 +368,10 @@ def make_hp(values: dict) -> dict:
 
 
 def init_run(method, ctx, params, batch_stats, hp: dict, seed: int):
-  """``method.init`` on a fresh state, jitted. Returns (state, events)."""
+  """``method.check`` on the host, then ``method.init`` on a fresh state,
+  jitted. Returns (state, events)."""
+  if method.check is not None:
+    method.check(params, jax.device_get(hp), ctx)
   state = make_state(params, batch_stats, method.tx(hp, ctx), hp, seed)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 8)
   return jax.jit(lambda k, s: method.init(k, s, ctx))(key, state)
@@ -860,6 +863,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       "reached_target": (rep["prunable_params"] - rep["prunable_nonzero"]
                          >= n_zero),
       "compression_ratio": rep["compression_ratio"],
+      "prunable_compression_ratio": (
+          rep["prunable_params"] / max(rep["prunable_nonzero"], 1)),
       "stored_params": rep["stored_params"],
       "theoretical_speedup": macs["theoretical_speedup"],
       "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],

@@ -222,14 +222,24 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
       f"**{s['sparsity']:.2%}** of prunable weights "
       f"({'target reached' if s['reached_target'] else 'TARGET NOT REACHED'})",
       f"- test accuracy **{s['test_accuracy']:.2%}** (dense "
-      f"{s['dense_test_accuracy']:.2%})",
+      f"{s['dense_test_accuracy']:.2%})"
+      + (f"; validation {s['val_accuracy']:.2%} (dense "
+         f"{s['dense_val_accuracy']:.2%})" if s.get("val_accuracy")
+         is not None and s.get("dense_val_accuracy") is not None else ""),
+      f"- outcome: {s['outcome']}" if "outcome" in s else None,
+      (f"- masks switch off {s['mask_sparsity']:.2%}; {s['kept_but_zero']:,} "
+       "kept weights are exactly zero" if s.get("mask_sparsity") is not None
+       else None),
       f"- parameters {s['num_params']:,} -> {s['num_nonzero']:,} nonzero: "
-      f"compression {s['compression_ratio']:.2f}x",
+      f"compression {s['compression_ratio']:.2f}x (non-prunable leaves "
+      f"counted as stored; over the prunable weights "
+      f"{s.get('prunable_compression_ratio', float('nan')):.2f}x)",
       f"- MACs per example {s['macs_dense']:,} -> {s['macs_sparse']:,}: "
       f"theoretical speed-up {s['theoretical_speedup']:.2f}x",
       (f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
        if "rounds" in s else "- ") +
-      f"{s['epochs']:.1f} epochs of pruning, wall time "
+      f"{s['epochs']:.1f} epochs of pruning (budget "
+      f"{s.get('budget_epochs', float('nan')):g}), wall time "
       f"{s['wall_time_s']:.0f} s on {s['backend']} "
       f"({s['device_count']} x {s['device_kind']})",
       f"- pruned layers: {', '.join(s['pruned_layers'])}", "",
@@ -239,5 +249,6 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
       "![sparsity and loss](sparsity_loss.png)", "",
       "![weight histograms](weight_histograms.png)", "",
       "![layer sparsity](layer_sparsity.png)", ""]
+  lines = [l for l in lines if l is not None]
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(lines))

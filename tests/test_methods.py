@@ -42,6 +42,8 @@ SETTINGS = {
                     patience=3, finetune_epochs=0.25, finetune_growth=0.0,
                     final_finetune_epochs=0.5, fill_budget=True),
     "gmp": dict(every=2),
+    "admm": dict(every_epochs=0.5, rho=1e-2),
+    "rw_admm": dict(every_epochs=0.5, rho=1e-2),
     "dsr": dict(periods=(4, 8), period_starts=(0.0, 0.5)),
     "dense": {},
 }
@@ -519,3 +521,98 @@ def test_proxnag_stays_inside_its_budget(tmp_path):
   with pytest.raises(ValueError, match="leaves nothing of the budget"):
     bad = methods.get_method("proxnag", final_finetune_epochs=4.0)
     loop.init_run(bad, ctx, state.params, {}, state.hp, 0)
+
+
+# ---------------------------------------------------------------------------
+# ADMM and reweighted ADMM (issue 11).
+# ---------------------------------------------------------------------------
+
+
+def test_admm_penalty_and_step_as_optax_pieces():
+  p = _params()
+  kernels = jax.tree.map(lambda x: x.ndim > 1, p)
+  tx = optax.chain(pj.admm_penalty(0.5, mask=kernels), optax.sgd(1.0))
+  st = tx.init(p)
+  z = pj.admm_state(st).z
+  np.testing.assert_array_equal(z["l1"]["kernel"], p["l1"]["kernel"])
+  assert float(jnp.sum(jnp.abs(z["l1"]["bias"]))) == 0.0
+  # Z/U step with a top-k projection: Z = proj(W + U), U += W - Z.
+  k = 100
+  proj = lambda v, s: jax.tree.map(lambda x, w: jnp.where(
+      pj.topk_mask(jnp.abs(x), k), x, 0.0) if w else jnp.zeros_like(x),
+                                   v, kernels)
+  st = pj.admm_step(st, p, proj, rho=1.0)
+  a = pj.admm_state(st)
+  assert int(jnp.sum(a.z["l1"]["kernel"] != 0)) == k
+  np.testing.assert_allclose(a.u["l1"]["kernel"],
+                             p["l1"]["kernel"] - a.z["l1"]["kernel"])
+  assert float(a.rho) == 1.0
+  # The W-step gradient: g + rho (w - z + u) on kernels, g on biases.
+  g = jax.tree.map(jnp.ones_like, p)
+  upd, _ = tx.update(g, st, p)
+  want = -(1.0 + 1.0 * (p["l1"]["kernel"] - a.z["l1"]["kernel"]
+                        + a.u["l1"]["kernel"]))
+  np.testing.assert_allclose(upd["l1"]["kernel"], want, rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(upd["l1"]["bias"], -1.0)
+  with pytest.raises(ValueError, match="rho must be non-negative"):
+    pj.admm_penalty(-1.0)
+
+
+def test_reweighted_shrink_keeps_exactly_the_scheduled_count():
+  from proxnag_jax.methods import admm as admm_methods  # pylint: disable=g-import-not-at-top
+  z = pj.reweighted_shrink(jnp.array([1.0, -0.5, 0.1]),
+                           jnp.array([1.0, 0.1, 0.0]), 0.1, 0.1)
+  # thresholds 0.1/1.1, 0.1/0.2, 0.1/0.1
+  np.testing.assert_allclose(z, [1.0 - 0.1 / 1.1, 0.0, 0.0], rtol=1e-6)
+  p = _params()
+  which = pj.prunable_tree(p)
+  v = jax.tree.map(lambda x: x * 1.0, p)
+  out, keep = admm_methods._reweighted(v, p, which, 123, 1e-3)  # pylint: disable=protected-access
+  nz = sum(int(jnp.sum(o != 0)) for o, w in zip(jax.tree.leaves(out),
+                                                jax.tree.leaves(which)) if w)
+  assert nz == 123
+  assert sum(int(jnp.sum(k)) for k, w in zip(jax.tree.leaves(keep),
+                                             jax.tree.leaves(which)) if w) == 123
+
+
+@pytest.mark.parametrize("name", ["admm", "rw_admm"])
+def test_admm_hard_prunes_at_the_end_of_its_phase(tmp_path, name):
+  method, ctx, res = _run_uncached(name, str(tmp_path / name),
+                                   targets=(0.75,), seeds=(0,),
+                                   stop_after=None, vmapped=False,
+                                   chunk_steps=8)
+  state = res.states[0]
+  st = pj.admm_state(state.opt_state)
+  assert float(st.rho) == 0.0            # penalty off while retraining
+  trace = [json.loads(l) for l in open(tmp_path / name / "trace_0_0.75.jsonl")]
+  admm_ev = [r for r in trace if r["kind"] == "admm"]
+  hard = [r for r in trace if r["kind"] == "hard_prune"]
+  assert len(hard) == 1 and hard[0]["sparsity"] == pytest.approx(0.75)
+  assert hard[0]["step"] == admm_ev[-1]["step"] == ctx.total_steps // 2
+  zs = [r["z_sparsity"] for r in admm_ev]
+  if name == "rw_admm":
+    # Progressive: Z's sparsity rises round by round to the target.
+    assert zs == sorted(zs) and zs[0] < 0.75 and zs[-1] == pytest.approx(
+        0.75, abs=1e-3)
+  else:
+    assert all(z == pytest.approx(0.75, abs=1e-3) for z in zs)
+
+
+def test_admm_bad_settings_fail_at_construction():
+  with pytest.raises(ValueError, match="rho must be positive"):
+    methods.get_method("admm", rho=0.0)
+  with pytest.raises(ValueError, match="eps must be positive"):
+    methods.get_method("rw_admm", eps=0.0)
+  with pytest.raises(ValueError, match="admm_fraction must be in"):
+    methods.get_method("admm", admm_fraction=1.0)
+  m, ctx, state = None, None, None
+  p = _params()
+  which = pj.prunable_tree(p)
+  ctx = base.Context(prunable=which, steps_per_epoch=10, total_steps=100,
+                     schedule=lambda lr: lr)
+  m = methods.get_method("admm", scope="layer")
+  hp = loop.make_hp({"target": 0.999, "n_zero": 799, "lr": 0.1,
+                     "weight_decay": 0.0, "momentum": 0.9, **m.hparams})
+  with pytest.raises(ValueError, match="keeps no weight of l2/kernel"):
+    loop.init_run(m, ctx, p, {}, hp, 0)

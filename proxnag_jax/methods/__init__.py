@@ -20,6 +20,7 @@ from proxnag_jax.methods.base import Context
 from proxnag_jax.methods.base import Method
 from proxnag_jax.methods.base import RunState
 # Modules (one per method file); the factories are their functions.
+from proxnag_jax.methods import admm
 from proxnag_jax.methods import dense
 from proxnag_jax.methods import dsr
 from proxnag_jax.methods import magnitude
@@ -37,6 +38,8 @@ _FACTORIES = {
     "sparse_momentum": sparse_momentum.sparse_momentum,
     "dsr": dsr.dsr,
     "proxnag": proxnag.proxnag,
+    "admm": admm.admm,
+    "rw_admm": admm.rw_admm,
 }
 METHOD_NAMES = tuple(sorted(_FACTORIES))
 # The pruning methods (every name but 'dense').

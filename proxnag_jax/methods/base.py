@@ -175,6 +175,9 @@ class Method(NamedTuple):
     labels: host-side names for integer event fields, e.g.
       ``{'phase': {0: 'prune', 1: 'finetune'}}``.
     description: one line for logs and reports.
+    check: ``(params, hp, ctx) -> None``, run on the host with concrete
+      values before ``init``: raises ValueError for settings that cannot
+      work with this run (e.g. a budget that empties a layer).
   """
 
   name: str
@@ -191,6 +194,7 @@ class Method(NamedTuple):
   hparams: dict = {}
   labels: dict = {}
   description: str = ""
+  check: Optional[Callable] = None
 
   def steps(self, ctx: Context) -> int:
     return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps

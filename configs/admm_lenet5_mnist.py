@@ -1,0 +1,41 @@
+"""ADMM and reweighted ADMM pruning of LeNet-5 on MNIST (seed 004).
+
+  python -m train.prune --config configs/admm_lenet5_mnist.py \
+      --workdir runs/admm_lenet5 --config.data_dir=../shared/data \
+      [--config.dense_checkpoint=runs/lenet5_val]
+  python -m train.prune --config configs/admm_lenet5_mnist.py:rw ...   # reweighted
+
+Targets (weights of the Caffe LeNet-5: 430,500; with biases 431,080):
+* ``admm``: 98.73% of the weights pruned, 5,467 kept: 78.7x over the
+  weights, 71.3x over all parameters (Zhang et al. 2018: 71.2x over the
+  weights at 99.2%).
+* ``rw``: 99.719% pruned, 1,209 kept: 356x over the weights (seed 004:
+  355.9x), 240x over all parameters.
+
+Budget: 40 epochs after the dense model; ADMM takes the first half with a
+Z/U step every epoch (20 rounds, as the reference's Caffe LeNet-5 solver),
+then hard pruning and 20 epochs of masked retraining.
+"""
+
+from configs import common
+from configs import proxnag_lenet5_mnist
+
+
+def get_config(arg: str = ""):
+  common.check_variant(arg, ("smoke", "rw", "rw_smoke"))
+  smoke = arg.endswith("smoke")
+  c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
+  rw = arg.startswith("rw")
+  c.method = "rw_admm" if rw else "admm"
+  c.target_sparsity = 0.99719 if rw else 0.9873
+  c.budget_epochs = 40.0
+  c.finetune_lr = 0.01        # SGD, as the reference's Caffe solver
+  for m in (c.admm, c.rw_admm):
+    m.admm_fraction = 0.5
+    m.every_epochs = 1.0
+  if smoke:
+    c.target_sparsity = 0.9
+    c.budget_epochs = 2.0
+    for m in (c.admm, c.rw_admm):
+      m.every_epochs = 0.25
+  return c
