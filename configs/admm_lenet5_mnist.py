@@ -4,6 +4,8 @@
       --workdir runs/admm_lenet5 --config.data_dir=../shared/data \
       [--config.dense_checkpoint=runs/lenet5_val]
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw ...   # reweighted
+  python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag ...     # Prox-NAG
+  python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag_rw ...  # at both
 
 Targets (weights of the Caffe LeNet-5: 430,500; with biases 431,080):
 * ``admm``: 98.73% of the weights pruned, 5,467 kept: 78.7x over the
@@ -22,10 +24,11 @@ from configs import proxnag_lenet5_mnist
 
 
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "rw", "rw_smoke"))
+  common.check_variant(arg, ("smoke", "rw", "rw_smoke", "proxnag",
+                             "proxnag_rw"))
   smoke = arg.endswith("smoke")
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
-  rw = arg.startswith("rw")
+  rw = arg.startswith("rw") or arg == "proxnag_rw"
   c.method = "rw_admm" if rw else "admm"
   c.target_sparsity = 0.99719 if rw else 0.9873
   c.budget_epochs = 40.0
@@ -33,6 +36,18 @@ def get_config(arg: str = ""):
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0
+  if arg.startswith("proxnag"):
+    # Prox-NAG at the same target, from the same dense model, in the same
+    # 40 epochs (its rounds, then a final fine-tune filling the budget).
+    c.method = "proxnag"
+    p = c.proxnag
+    p.l1_init = 1e-3
+    p.l1_step = 1e-3
+    p.max_rounds = 15
+    p.finetune_epochs = 1.0
+    p.finetune_growth = 0.5
+    p.final_finetune_epochs = 6.0
+    p.fill_budget = True
   if smoke:
     c.target_sparsity = 0.9
     c.budget_epochs = 2.0

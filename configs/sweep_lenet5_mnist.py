@@ -18,7 +18,7 @@ from configs import common
 from configs import proxnag_lenet5_mnist
 
 METHODS = ("proxnag", "magnitude", "gmp", "l2", "snip", "sparse_momentum",
-           "dsr", "random")
+           "dsr", "random", "admm", "rw_admm")
 
 
 def get_config(arg: str = ""):
@@ -47,6 +47,10 @@ def get_config(arg: str = ""):
   # Kept back for the final fine-tune (which fills what the rounds leave).
   p.final_finetune_epochs = 0.5
   b.gmp.every = 50
+  # ADMM inside 3 epochs: Z/U every half epoch over the first half (3
+  # rounds), then hard prune and 1.5 epochs of retraining.
+  for m in (b.admm, b.rw_admm):
+    m.every_epochs = 0.5
   c.base = b
   c.paper_table = {}
   if arg == "smoke":

@@ -73,13 +73,18 @@ def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
 
 def budget_note(config) -> str:
   b = config.base
+  starts = {m: methods_lib.get_method(m, **dict(b.get(m, None) or {})).start
+            for m in config.methods}
+  dense = [m for m in config.methods if starts[m] == "dense"]
+  scratch = [m for m in config.methods if starts[m] != "dense"]
   return (f"every method gets {b.dense.num_epochs + b.budget_epochs} epochs "
-          f"in all: methods that start from the dense model (proxnag, "
-          f"magnitude, gmp, l2) reuse the shared {b.dense.num_epochs}-epoch "
-          f"dense run and then train {b.budget_epochs} epochs (Prox-NAG: its "
-          "final fine-tune fills what its rounds left of that budget); "
-          "methods that start from scratch (snip, sparse_momentum, dsr, "
-          f"random) train {b.dense.num_epochs + b.budget_epochs} epochs.")
+          f"in all: methods that start from the dense model "
+          f"({', '.join(dense) or 'none'}) reuse the shared "
+          f"{b.dense.num_epochs}-epoch dense run and then train "
+          f"{b.budget_epochs} epochs (Prox-NAG: its final fine-tune fills "
+          "what its rounds left of that budget); methods that start from "
+          f"scratch ({', '.join(scratch) or 'none'}) train "
+          f"{b.dense.num_epochs + b.budget_epochs} epochs.")
 
 
 def _dense_for(config, workdir, seed, log) -> str:
