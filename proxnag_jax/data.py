@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import socket
 from typing import Optional
 
 import jax
@@ -41,7 +42,8 @@ DATASET_NAMES = tuple(sorted(DATASETS))
 
 HOW_TO_GET_DATA = """\
 How to get the data:
-  * TFDS: `pip install tensorflow-datasets array_record pillow`, then
+  * TFDS: `pip install tensorflow-datasets array_record pillow
+    importlib_resources`, then
     `python -c "import tensorflow_datasets as tfds; tfds.builder('{name}', \
 data_dir='DIR', file_format='array_record').download_and_prepare()"`
     and pass --config.data_dir=DIR (or set TFDS_DATA_DIR).
@@ -182,6 +184,19 @@ def _load_tfds(name: str, data_dir: str, train_subset: int, test_subset: int):
   return x, y, tx, ty
 
 
+DOWNLOAD_HOST = "storage.googleapis.com"   # where TFDS fetches MNIST/CIFAR
+
+
+def _online(timeout: float = 3.0) -> bool:
+  """Can TFDS's download host be reached? (Offline, TFDS would retry for
+  minutes before failing; this answers in at most ``timeout`` seconds.)"""
+  try:
+    socket.create_connection((DOWNLOAD_HOST, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
 def fetch_tfds(name: str, data_dir: str) -> None:
   """Downloads and prepares ``name`` into the TFDS data dir ``data_dir``
   (ArrayRecord files, read later without TensorFlow). Raises a DataError
@@ -192,7 +207,9 @@ def fetch_tfds(name: str, data_dir: str) -> None:
   except ImportError:
     tfds = None
   why = "tensorflow-datasets is not installed"
-  if tfds is not None:
+  if tfds is not None and not _online():
+    why = f"offline: cannot reach {DOWNLOAD_HOST}"
+  elif tfds is not None:
     try:
       tfds.builder(name, data_dir=data_dir,
                    file_format="array_record").download_and_prepare()

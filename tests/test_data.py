@@ -44,9 +44,9 @@ def test_tfds_mnist_matches_npz(tfds_dir, shared_data):
 
 def test_missing_and_unknown(tmp_path):
   with pytest.raises(data.DataError, match="(?s)does not exist.*How to get"):
-    data.load_dataset("mnist", str(tmp_path / "nope"))
+    data.load_dataset("mnist", str(tmp_path / "nope"), download=False)
   with pytest.raises(data.DataError, match="(?s)no .cifar10. data.*npz"):
-    data.load_dataset("cifar10", str(tmp_path))
+    data.load_dataset("cifar10", str(tmp_path), download=False)
   with pytest.raises(data.DataError, match="valid datasets: .*cifar10"):
     data.load_dataset("cifar11", str(tmp_path))
 
