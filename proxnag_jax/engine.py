@@ -426,13 +426,18 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.mngr.latest_step()
 
-  def save(self, step: int, tree: PyTree, meta: dict) -> None:
+  def save(self, step: int, tree: PyTree, meta: dict,
+           must_be_finite: Optional[PyTree] = None) -> None:
     """Saves (replacing a checkpoint of the same step) and waits.
 
-    Raises :class:`TrainingDiverged` instead of saving a state with a NaN or
-    inf in it.
+    Raises :class:`TrainingDiverged` instead of saving when
+    ``must_be_finite`` (default: ``tree``; e.g. the params and BN
+    statistics, where other parts may hold NaN on purpose as "unset") holds
+    a NaN or inf.
     """
     digest, finite = tree_checksum(tree)
+    if must_be_finite is not None:
+      _, finite = tree_checksum(must_be_finite)
     if not finite:
       good = self.latest_step()
       raise TrainingDiverged(

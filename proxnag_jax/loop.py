@@ -202,7 +202,9 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                                        for w in window],
                             "metrics_lines": metrics_lines(),
                             "wall_time_s": wall_before + time.time()
-                            - t_start})
+                            - t_start},
+              must_be_finite=(state.params, state.batch_stats,
+                              state.opt_state))
 
   def evaluate_all():
     """Test (and validation) loss/accuracy and sparsity of every run's eval

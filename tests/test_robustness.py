@@ -209,6 +209,12 @@ def test_a_nan_state_is_never_saved(tmp_path):
     bad = _tree(2.0)
     ck.save(2, {**bad, "w": bad["w"].at[3, 5].set(jnp.nan)}, {"step": 2})
   assert ck.latest_step() == 1
+  # A NaN used on purpose outside the checked part (e.g. Prox-NAG's "unset"
+  # loss average in its method state) does not block saving.
+  good = _tree(3.0)
+  ck.save(3, {**good, "unset": jnp.float32(jnp.nan)}, {"step": 3},
+          must_be_finite=good)
+  assert ck.latest_step() == 3
   ck.close()
 
 
