@@ -79,7 +79,8 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch)
   cfg = _smoke(mnist_dir)
   loop.train(cfg, wd, stop_after_epochs=1, log=lambda *_: None)
   good = engine.Checkpointer(os.path.join(wd, "checkpoints"))
-  assert good.latest_step() == 8       # the end of epoch 1 (8 steps)
+  # The end of epoch 1: (512 - 64 held out) / 64 = 7 steps.
+  assert good.latest_step() == 7
   good.close()
 
   real = engine.make_step
@@ -94,10 +95,10 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch)
 
   monkeypatch.setattr(engine, "make_step", poisoned)
   with pytest.raises(engine.TrainingDiverged,
-                     match="loss is nan at step 9.*step 8.*intact"):
+                     match="loss is nan at step 8.*step 7.*intact"):
     loop.train(cfg, wd, log=lambda *_: None)
   ck = engine.Checkpointer(os.path.join(wd, "checkpoints"))
-  assert ck.latest_step() == 8
+  assert ck.latest_step() == 7
   ck.close()
 
 
