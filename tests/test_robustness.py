@@ -326,3 +326,17 @@ def test_cli_user_error_is_a_message_not_a_traceback(tmp_path, mnist_dir):
            f"--config.data_dir={mnist_dir}", "--config.num_epochs=0",
            "--debug")
   assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_cli_refuses_settings_of_a_method_the_run_does_not_use(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+      [sys.executable, "-m", "train.prune", "--config",
+       "configs/proxnag_lenet5_mnist.py:smoke", "--workdir",
+       str(tmp_path / "w"), "--config.method=snip",
+       "--config.proxnag.l1_step=1e-3"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "--config.proxnag.l1_step set a method this run does not use" in (
+      r.stderr)
+  assert "Traceback" not in r.stderr
