@@ -180,7 +180,7 @@ def _load_tfds(name: str, data_dir: str, train_subset: int, test_subset: int):
     return images, labels
 
   x, y = read("train", train_subset)
-  tx, ty = read("test", test_subset)
+  tx, ty = read("test", 0)     # sampled below (test splits may be sorted)
   return x, y, tx, ty
 
 
@@ -232,8 +232,10 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
     name: one of :data:`DATASET_NAMES`.
     data_dir: a TFDS data dir or a directory of npz shards (detected);
       default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
-    train_subset / test_subset: if > 0, keep only the first N examples (npz:
-      only the shards needed are read). For smoke runs.
+    train_subset / test_subset: if > 0, keep only N examples, for smoke
+      runs: the first N training examples (npz: only the shards needed are
+      read; the shards of ``shared/data`` are shuffled) and a fixed random
+      sample of N test examples (test splits may be sorted by class).
     download: when ``data_dir`` holds no ``name``, fetch it by name into it
       with TFDS (as ``tfds.load`` would); offline this fails with a message
       that says where to put the data.
@@ -261,8 +263,11 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
     x, y, tx, ty = _load_tfds(name, path, train_subset, test_subset)
   if train_subset:
     x, y = x[:train_subset], y[:train_subset]
-  if test_subset:
-    tx, ty = tx[:test_subset], ty[:test_subset]
+  if test_subset and test_subset < len(ty):
+    # A fixed random sample, not the first N: a test split may be sorted by
+    # class (CIFAR-10's is), and its first N would hold one class.
+    pick = np.sort(np.random.default_rng(0).permutation(len(ty))[:test_subset])
+    tx, ty = tx[pick], ty[pick]
   shape, classes = DATASETS[name][0], DATASETS[name][1]
   for arr, lab, split in ((x, y, "train"), (tx, ty, "test")):
     if len(arr) == 0:

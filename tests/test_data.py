@@ -96,3 +96,15 @@ def test_validation_split_is_held_out_and_fixed_by_its_seed(mnist_dir):
   assert data.split_validation(ds, 0) is ds
   with pytest.raises(data.DataError, match="val_size 1000"):
     data.split_validation(ds, 1000)
+
+
+def test_test_subset_is_a_class_mixed_sample(cifar_dir):
+  # CIFAR-10's test split is sorted by class: its first 256 rows are all
+  # airplanes. The subset must be a fixed sample of every class.
+  ds = data.load_dataset("cifar10", cifar_dir, train_subset=100,
+                         test_subset=256)
+  counts = np.bincount(ds.test_labels, minlength=10)
+  assert len(ds.test_labels) == 256 and np.all(counts > 10), counts
+  again = data.load_dataset("cifar10", cifar_dir, train_subset=100,
+                            test_subset=256)
+  np.testing.assert_array_equal(ds.test_images, again.test_images)
