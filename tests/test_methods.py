@@ -35,6 +35,7 @@ class Tiny(nn.Module):
 
 
 N, BATCH, SPE = 256, 32, 8
+SCORE_METHODS = ("edge_popup", "sbp")    # params are scores over frozen W0
 # Settings that make every method do its thing within 4 tiny epochs.
 SETTINGS = {
     "proxnag": dict(l1_init=0.05, l1_step=0.05, prune_lr=0.05,
@@ -154,8 +155,10 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
   state = full.states[0]
   params = _final_params(method, state)
   want = round(0.75 * _n_prunable(params))
+  score_method = name in SCORE_METHODS
   try:
-    masks = base.masks_of(state.opt_state)
+    masks = (state.method_state["mask"] if score_method else
+             base.masks_of(state.opt_state))
   except ValueError:
     masks = None
   if name != "dense":
@@ -168,7 +171,10 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
     if name == "proxnag":
       assert _zeros(params) == want
   if masks is not None:
-    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks)):
+    # Masked weights are exactly zero (score methods: in the network the
+    # model sees; their params are the scores).
+    weights = params if score_method else state.params
+    for p, m in zip(jax.tree.leaves(weights), jax.tree.leaves(masks)):
       assert np.all(np.asarray(p)[~np.asarray(m)] == 0), name
   assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
   # Killed mid-epoch (mid-chunk), resumed: the same final params.
@@ -616,3 +622,55 @@ def test_admm_bad_settings_fail_at_construction():
                      "weight_decay": 0.0, "momentum": 0.9, **m.hparams})
   with pytest.raises(ValueError, match="keeps no weight of l2/kernel"):
     loop.init_run(m, ctx, p, {}, hp, 0)
+
+
+# ---------------------------------------------------------------------------
+# Edge-popup and sparse binary programming (issue 12).
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCORE_METHODS)
+def test_score_methods_gradient_masks_and_frozen_weights(name):
+  method = methods.get_method(name)
+  mesh = engine.make_mesh()
+  p0 = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  prunable = pj.prunable_tree(p0)
+  ctx = base.Context(prunable=prunable, steps_per_epoch=SPE,
+                     total_steps=4 * SPE, schedule=lambda lr: lr)
+  n = base.num_prunable(p0, prunable)
+  hp = loop.make_hp({"target": 0.75, "n_zero": round(0.75 * n), "lr": 0.05,
+                     "weight_decay": 0.0, "momentum": 0.9, **method.hparams})
+  state, _ = loop.init_run(method, ctx, p0, {}, hp, 0)
+  w0 = state.method_state["w0"]
+  # Signed Kaiming constant: |W0| = sqrt(2 / fan_in) on the kernels.
+  np.testing.assert_allclose(np.abs(np.asarray(w0["conv"]["kernel"])),
+                             np.sqrt(2.0 / 9.0), rtol=1e-6)
+  # The straight-through gradient: dL/dS = dL/dW_eff * W0 * dh~/dS.
+  x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
+  y = DATA["train_y"][:BATCH]
+  loss_w = lambda w: jnp.mean(engine.cross_entropy(
+      MODEL.apply({"params": w}, x), y))
+  loss_s = lambda s: loss_w(method.forward(s, state.method_state))
+  g_s = jax.grad(loss_s)(state.params)
+  g_w = jax.grad(loss_w)(method.forward(state.params, state.method_state))
+  s = state.params["conv"]["kernel"]
+  dh = jnp.sign(s) if name == "edge_popup" else jnp.ones_like(s)
+  np.testing.assert_allclose(g_s["conv"]["kernel"],
+                             g_w["conv"]["kernel"] * w0["conv"]["kernel"] * dh,
+                             rtol=1e-5, atol=1e-7)
+  # A few real steps: exactly k ones per layer after every step; W0 frozen.
+  step = jax.jit(engine.make_step(MODEL, method, ctx, mean=(0.5,),
+                                  std=(0.25,), augment=False, mesh=mesh))
+  for t in range(5):
+    idx = jnp.arange(t * BATCH, (t + 1) * BATCH)
+    state, _ = step(state, DATA["train_x"], DATA["train_y"], idx)
+    m = state.method_state["mask"]
+    for layer in ("conv", "fc"):
+      k = np.asarray(m[layer]["kernel"])
+      assert k.sum() == k.size - round(0.75 * k.size), (t, layer)
+    for a, b in zip(jax.tree.leaves(state.method_state["w0"]),
+                    jax.tree.leaves(w0)):
+      np.testing.assert_array_equal(a, b)
+  if name == "sbp":     # the relaxation stays in the box
+    r = np.asarray(state.params["fc"]["kernel"])
+    assert r.min() >= 0.0 and r.max() <= 1.0

@@ -23,6 +23,7 @@ from proxnag_jax.methods.base import RunState
 from proxnag_jax.methods import admm
 from proxnag_jax.methods import dense
 from proxnag_jax.methods import dsr
+from proxnag_jax.methods import edge_popup
 from proxnag_jax.methods import magnitude
 from proxnag_jax.methods import proxnag
 from proxnag_jax.methods import snip
@@ -40,6 +41,8 @@ _FACTORIES = {
     "proxnag": proxnag.proxnag,
     "admm": admm.admm,
     "rw_admm": admm.rw_admm,
+    "edge_popup": edge_popup.edge_popup,
+    "sbp": edge_popup.sbp,
 }
 METHOD_NAMES = tuple(sorted(_FACTORIES))
 # The pruning methods (every name but 'dense').

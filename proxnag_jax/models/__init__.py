@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from proxnag_jax.models.cifar_resnet import CifarResNet
+from proxnag_jax.models.conv_n import ConvN
 from proxnag_jax.models.imagenet_resnet import ImageNetResNet
 from proxnag_jax.models.lenet import LeNet300100
 from proxnag_jax.models.lenet import LeNet5
@@ -28,6 +29,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
        for d in (20, 32, 44, 56, 110)},
     **{f"resnet{d}_b": functools.partial(CifarResNet, depth=d, shortcut="B")
        for d in (20, 32, 44, 56, 110)},
+    **{f"conv{d}": functools.partial(ConvN, depth=d) for d in (2, 4, 6, 8)},
     "vgg16": VGG,
     "lenet5": LeNet5,
     "lenet300_100": LeNet300100,
@@ -56,5 +58,6 @@ def init_model(model: nn.Module, key: jax.Array, input_shape) -> dict:
   return jax.jit(functools.partial(model.init, train=False))(key, x)
 
 
-__all__ = ["get_model", "init_model", "MODEL_NAMES", "CifarResNet", "VGG",
+__all__ = ["get_model", "init_model", "MODEL_NAMES", "CifarResNet", "ConvN",
+           "VGG",
            "LeNet5", "LeNet300100", "ImageNetResNet"]

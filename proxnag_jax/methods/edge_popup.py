@@ -1,0 +1,212 @@
+"""Pruning a randomly initialised network that is never trained: edge-popup
+(Ramanujan et al. 2020) and sparse binary programming (seed 002).
+
+Both keep the random weights ``W0`` frozen (in the method state) and learn
+which of them to keep. The run's trainable ``params`` are a score per weight;
+the model sees ``forward(params, state) = W0 * h(params)`` with ``h`` the
+binary mask that keeps exactly ``k`` weights (per layer, or over all prunable
+weights with ``scope='global'``). The mask's gradient is passed straight
+through: ``dL/dS = dL/dW_eff * W0 * dh~/dS`` with ``h~`` the relaxation the
+forward pass thresholds. Leaves that are not prunable (biases, BatchNorm
+scales) stay at their initial values, so BatchNorm is non-affine, as in
+edge-popup's reference.
+
+* ``edge_popup``: scores ``S``, ``h = top-k(|S|)``, straight-through
+  ``dh/dS = sign(S)`` (the reference ranks ``|S|``); Kaiming-uniform score
+  init, signed Kaiming-constant weights (``W0 = sign(w) sqrt(2 / fan_in)``);
+  SGD 0.1 with a cosine schedule, momentum 0.9, weight decay 1e-4 on the
+  scores: the defaults of allenai/hidden-networks.
+* ``sbp`` (seed 002, from its abstract): ``min_m L(W0 * m)`` s.t.
+  ``m in {0,1}^d, ||m||_0 <= k``, solved by projected gradient on the
+  relaxation ``r in [0,1]^d`` (the convex hull of the binary set): the
+  gradient is taken at the binary iterate ``m = H_k(r)`` (exactly ``k``
+  ones), ``r <- clip(r - eta g, 0, 1)`` (the box projection is part of the
+  optimizer, so momentum sees it), and ``m`` is re-projected onto the sparse
+  binary set each step. ``r`` starts at the box's centre 0.5 plus the
+  Kaiming-uniform perturbation edge-popup's scores start with (a uniform
+  ``r`` in [0, 1] barely moves under gradients of that scale, and the mask
+  stays random: measured at chance on the smoke run). Our reading of
+  "sparse binary programming"; what differs from edge-popup is the bounded
+  relaxation (a weight whose ``r`` hits 0 or 1 stops drifting, so the mask
+  can flip back and forth near the threshold instead of scores growing
+  without bound) and the signed-magnitude ranking.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from proxnag_jax import transforms
+from proxnag_jax.methods import base
+from proxnag_jax.methods.base import Method
+
+
+def _fan_in(p) -> int:
+  return int(math.prod(p.shape[:-1])) if p.ndim > 1 else int(p.shape[0])
+
+
+def signed_constant(key, w0, prunable):
+  """``sign(w) * sqrt(2 / fan_in)`` on prunable leaves (random signs from
+  ``key`` where ``w`` is zero); other leaves unchanged."""
+  leaves, treedef = jax.tree.flatten(w0)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for k, p, w in zip(keys, leaves, jax.tree.leaves(prunable)):
+    if not w:
+      out.append(p)
+      continue
+    sign = jnp.where(p != 0, jnp.sign(p),
+                     jnp.where(jax.random.bernoulli(k, 0.5, p.shape), 1., -1.))
+    out.append((sign * math.sqrt(2.0 / _fan_in(p))).astype(p.dtype))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _masks(scores, prunable, n_keep, target, scope):
+  if scope == "global":
+    return base.global_topk_masks(scores, prunable, n_keep)
+  return base.layer_topk_masks(scores, prunable, target)
+
+
+def _box(lo: float, hi: float, prunable) -> optax.GradientTransformation:
+  """Updates that keep the prunable params in ``[lo, hi]``:
+  ``u <- clip(p + u, lo, hi) - p`` (a projection after the step)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    new = jax.tree.map(lambda u, p, w: (jnp.clip(p + u, lo, hi) - p).astype(
+        u.dtype) if w else u, updates, params, prunable)
+    return new, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _score_method(name: str, *, scope: str, learning_rate: float,
+                  weight_decay: float, weight_init: str,
+                  description: str) -> Method:
+  if scope not in ("layer", "global"):
+    raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
+                     f"{scope!r}.")
+  if weight_init not in ("signed_constant", "model"):
+    raise ValueError(f"{name}: weight_init must be 'signed_constant' or "
+                     f"'model', got {weight_init!r}.")
+  if not learning_rate > 0 or weight_decay < 0:
+    raise ValueError(f"{name}: learning_rate must be positive and "
+                     "weight_decay >= 0.")
+  relaxed = name == "sbp"
+
+  def relax(s):
+    return s if relaxed else jnp.abs(s)
+
+  def forward(params, method_state):
+    """``W0 * h`` with the straight-through mask ``h`` on prunable leaves;
+    the others are ``W0`` (frozen)."""
+    def leaf(s, w, m, p):
+      r = relax(s)
+      h = m.astype(r.dtype) + r - jax.lax.stop_gradient(r)
+      return jnp.where(p, w * h, w)
+    ms = method_state
+    return jax.tree.map(leaf, params, ms["w0"], ms["mask"], ms["prunable"])
+
+  def tx(hp, ctx):
+    sched = optax.cosine_decay_schedule(hp["score_lr"], max(1,
+                                                            ctx.total_steps))
+    chain = [optax.add_decayed_weights(hp["score_weight_decay"]),
+             optax.sgd(sched, momentum=hp["momentum"])]
+    if relaxed:
+      chain.append(_box(0.0, 1.0, ctx.prunable))
+    return optax.chain(*chain)
+
+  def new_mask(params, hp, ctx):
+    scores = jax.tree.map(lambda s: relax(s).astype(jnp.float32), params)
+    return _masks(scores, ctx.prunable, base.n_keep(params, hp, ctx),
+                  hp["target"], scope)
+
+  def init(key, state, ctx):
+    k_w, k_s = jax.random.split(key)
+    w0 = state.params
+    if weight_init == "signed_constant":
+      w0 = signed_constant(k_w, w0, ctx.prunable)
+    leaves, treedef = jax.tree.flatten(w0)
+    keys = jax.random.split(k_s, len(leaves))
+    scores = []
+    for k, p, w in zip(keys, leaves, jax.tree.leaves(ctx.prunable)):
+      if not w:
+        scores.append(jnp.zeros_like(p))
+      else:    # Kaiming uniform with a = sqrt(5): bound sqrt(1 / fan_in)
+        b = math.sqrt(1.0 / _fan_in(p))
+        u = jax.random.uniform(k, p.shape, p.dtype, -b, b)
+        # SBP: the same perturbation around the centre of the box, so that
+        # gradient steps of the scores' scale reorder the mask.
+        scores.append(0.5 + u if relaxed else u)
+    scores = jax.tree.unflatten(treedef, scores)
+    mask = new_mask(scores, state.hp, ctx)
+    opt = tx(state.hp, ctx).init(scores)
+    flags = jax.tree.map(jnp.bool_, ctx.prunable)
+    return state.replace(params=scores, opt_state=opt, method_state={
+        "w0": w0, "mask": mask, "prunable": flags}), {}
+
+  def update(key, state, metrics, ctx):
+    del key, metrics
+    # The binary iterate for the next step: exactly k ones.
+    mask = new_mask(state.params, state.hp, ctx)
+    old = state.method_state["mask"]
+    flips = sum((jnp.sum(a != b, dtype=jnp.int32) for a, b, w in zip(
+        jax.tree.leaves(mask), jax.tree.leaves(old),
+        jax.tree.leaves(ctx.prunable)) if w), jnp.int32(0))
+    state = state.replace(method_state={**state.method_state, "mask": mask})
+    spe = ctx.steps_per_epoch
+    return state, {"mask": base.event(base.every(state.step, spe),
+                                      flips=flips)}
+
+  def export(state, model):
+    """The pruned random network as plain params: ``W0 * mask``."""
+    ms = state.method_state
+    params = jax.tree.map(lambda w, m, p: jnp.where(p, w * m.astype(w.dtype),
+                                                    w),
+                          ms["w0"], ms["mask"], ms["prunable"])
+    variables = {"params": jax.device_get(params)}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    return model, variables
+
+  hparams = {"score_lr": float(learning_rate),
+             "score_weight_decay": float(weight_decay)}
+  return Method(name, init=init, tx=tx, update=update, forward=forward,
+                export=export, start="scratch", hparams=hparams,
+                description=description)
+
+
+def edge_popup(scope: str = "layer", learning_rate: float = 0.1,
+               weight_decay: float = 1e-4,
+               weight_init: str = "signed_constant") -> Method:
+  """Edge-popup (Ramanujan et al. 2020); see the module docstring."""
+  return _score_method(
+      "edge_popup", scope=scope, learning_rate=learning_rate,
+      weight_decay=weight_decay, weight_init=weight_init,
+      description=f"edge-popup: scores trained by SGD {learning_rate:g} "
+      f"(cosine, wd {weight_decay:g}) through a straight-through top-k "
+      f"({scope}) of |S| over frozen {weight_init} weights")
+
+
+def sbp(scope: str = "layer", learning_rate: float = 0.1,
+        weight_decay: float = 0.0,
+        weight_init: str = "signed_constant") -> Method:
+  """Sparse binary programming (seed 002, as read from its abstract); see
+  the module docstring."""
+  return _score_method(
+      "sbp", scope=scope, learning_rate=learning_rate,
+      weight_decay=weight_decay, weight_init=weight_init,
+      description=f"sparse binary programming: projected gradient (SGD "
+      f"{learning_rate:g}, cosine) on a [0,1] relaxation, the loss taken at "
+      f"its exactly-k binary projection ({scope}), over frozen {weight_init} "
+      "weights")
+
+
+__all__ = ["edge_popup", "sbp", "signed_constant"]
