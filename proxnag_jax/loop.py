@@ -590,8 +590,12 @@ def check_dense_split(config, path: str) -> None:
   f = os.path.join(path, "summary.json")
   if not os.path.exists(f):
     return
-  with open(f) as fh:
-    got = json.load(fh).get("config", {})
+  try:
+    with open(f) as fh:
+      got = json.load(fh).get("config", {})
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{f} is unreadable ({e}); re-run the dense training "
+                     "(python -m train.train) into that workdir.") from None
   keys = ("dataset", "train_subset", "val_size", "val_seed")
   old = {k: got.get(k, 0) for k in keys}
   new = {k: config.get(k, 0) for k in keys}
