@@ -4,6 +4,7 @@
       --workdir runs/admm_lenet5 --config.data_dir=../shared/data \
       [--config.dense_checkpoint=runs/lenet5_val]
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw ...   # reweighted
+  python -m train.prune --config configs/admm_lenet5_mnist.py:rw_rel ...  # layer-relative
   python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag ...     # Prox-NAG
   python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag_rw ...  # at both
 
@@ -24,7 +25,7 @@ from configs import proxnag_lenet5_mnist
 
 
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "rw", "rw_smoke", "proxnag",
+  common.check_variant(arg, ("smoke", "rw", "rw_rel", "rw_smoke", "proxnag",
                              "proxnag_rw"))
   smoke = arg.endswith("smoke")
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
@@ -36,6 +37,9 @@ def get_config(arg: str = ""):
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0
+  if arg == "rw_rel":
+    # Weights compared to their layer's RMS before the global threshold.
+    c.rw_admm.relative = True
   if arg.startswith("proxnag"):
     # Prox-NAG at the same target, from the same dense model, in the same
     # 40 epochs (its rounds, then a final fine-tune filling the budget).

@@ -674,3 +674,19 @@ def test_score_methods_gradient_masks_and_frozen_weights(name):
   if name == "sbp":     # the relaxation stays in the box
     r = np.asarray(state.params["fc"]["kernel"])
     assert r.min() >= 0.0 and r.max() <= 1.0
+
+
+def test_reweighted_layer_relative_keeps_small_scale_layers():
+  """One global threshold on raw magnitudes empties a layer of small
+  weights; measured relative to each layer's RMS it does not."""
+  from proxnag_jax.methods import admm as admm_methods  # pylint: disable=g-import-not-at-top
+  p = _params()
+  p = {"l1": {**p["l1"], "kernel": p["l1"]["kernel"] * 1e-3},   # tiny layer
+       "l2": p["l2"]}
+  which = pj.prunable_tree(p)
+  for relative, expect_l1 in ((False, 0), (True, 1)):
+    z, keep = admm_methods._reweighted(p, p, which, 100, 1e-3, relative)  # pylint: disable=protected-access
+    n1 = int(jnp.sum(z["l1"]["kernel"] != 0))
+    assert (n1 > 0) == bool(expect_l1), (relative, n1)
+    assert sum(int(jnp.sum(k)) for k, w in zip(
+        jax.tree.leaves(keep), jax.tree.leaves(which)) if w) == 100
