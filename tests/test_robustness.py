@@ -144,9 +144,11 @@ def test_malformed_data_is_refused_with_the_file_named(tmp_path):
     data.load_dataset("mnist", os.path.dirname(bad), download=False)
 
 
-def test_missing_data_says_where_to_put_it(tmp_path):
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
   # Offline (or without the download extras), fetching by name fails fast
-  # with a message that says what to do.
+  # with a message that says what to do. (Offline forced: the test must not
+  # download on a machine that happens to be online.)
+  monkeypatch.setattr(data, "_online", lambda timeout=3.0: False)
   with pytest.raises(data.DataError, match="fetching it by name failed"):
     data.load_dataset("mnist", str(tmp_path / "empty"))
   with pytest.raises(data.DataError, match="does not exist"):
