@@ -125,7 +125,9 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
 
   Args:
     model, method, ctx: what to train and how (see :mod:`.methods.base`).
-    arrays: ``train_x``/``train_y``/``test_x``/``test_y`` on the devices.
+    arrays: ``train_x``/``train_y``/``test_x``/``test_y`` (and, with a
+      validation split, ``val_x``/``val_y``) on the devices; every
+      evaluation reports both splits.
     runs: one :class:`RunInit` per run; with ``vmapped`` all of them run as
       one vmapped program (their states must have the same structure),
       otherwise there must be exactly one.
