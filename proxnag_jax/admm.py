@@ -82,10 +82,9 @@ def admm_penalty(rho: float, mask=None
 
 
 def _which(mask, params) -> PyTree:
-  if mask is None:
-    return jax.tree.map(lambda _: True, params)
-  tree = mask(params) if callable(mask) else mask
-  return jax.tree.map(bool, tree)
+  """The covered leaves as Python bools (the mask is static)."""
+  return jax.tree.map(bool, transforms._resolve_mask(  # pylint: disable=protected-access
+      mask, params, "admm_penalty"))
 
 
 def admm_state(opt_state) -> AdmmState:

@@ -101,18 +101,21 @@ def workdir_lock(workdir: str):
     f.close()
 
 
-def tree_checksum(tree: PyTree) -> tuple[str, bool]:
-  """``(sha256 of every leaf's dtype, shape and bytes, all floats finite)``
-  of a pytree (host side)."""
+def tree_checksum(tree: PyTree) -> str:
+  """SHA-256 of every leaf's dtype, shape and bytes (host side)."""
   h = hashlib.sha256()
-  finite = True
   for x in jax.tree.leaves(jax.device_get(tree)):
     a = np.asarray(x)
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(np.ascontiguousarray(a).tobytes())
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-      finite = False
-  return h.hexdigest(), finite
+  return h.hexdigest()
+
+
+def all_finite(tree: PyTree) -> bool:
+  """No NaN or inf in any floating leaf (one reduction on the device)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+  return bool(jnp.all(jnp.stack(flags))) if flags else True
 
 
 # ---------------------------------------------------------------------------
@@ -435,10 +438,7 @@ class Checkpointer:
     statistics, where other parts may hold NaN on purpose as "unset") holds
     a NaN or inf.
     """
-    digest, finite = tree_checksum(tree)
-    if must_be_finite is not None:
-      _, finite = tree_checksum(must_be_finite)
-    if not finite:
+    if not all_finite(tree if must_be_finite is None else must_be_finite):
       good = self.latest_step()
       raise TrainingDiverged(
           f"the state at step {step} holds NaN/inf values; it was not "
@@ -449,7 +449,7 @@ class Checkpointer:
           "with changed settings').")
     if step in self.mngr.all_steps():
       self.mngr.delete(step)
-    meta = dict(meta, checksum=digest)
+    meta = dict(meta, checksum=tree_checksum(tree))
     self.mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(json.loads(json.dumps(
@@ -465,7 +465,7 @@ class Checkpointer:
     if not isinstance(meta, dict):
       raise ValueError("its metadata is unreadable")
     want = meta.get("checksum")
-    got, _ = tree_checksum(state)
+    got = tree_checksum(state)
     if want is not None and got != want:
       raise ValueError("its arrays do not match their checksum (corrupted)")
     return state, meta
@@ -638,11 +638,7 @@ def validate_config(config) -> None:
   if config.model not in models_lib.MODEL_NAMES:
     models_lib.get_model(config.model)   # raises, listing the valid names
   data_lib.check_dataset_name(config.dataset)
-  check_numbers(config)
-  for name in ("num_epochs", "batch_size", "learning_rate"):
-    if config.get(name, 1) <= 0:
-      raise ValueError(f"config.{name} must be positive, got "
-                       f"{config.get(name)}.")
+  check_numbers(config)   # num_epochs, batch_size, learning_rate > 0, ...
   sub = config.get("train_subset", 0)
   if sub and config.get("val_size", 0) >= sub:
     raise ValueError(f"config.val_size ({config.val_size}) must be smaller "

@@ -539,16 +539,14 @@ def method_of(config) -> base.Method:
 
 def validate(config) -> base.Method:
   """Fails early, before anything is written, on a config that cannot run."""
+  engine.check_numbers(config)     # budget_epochs > 0, no NaN, ...
   t = config.target_sparsity
   if not 0.0 < t < 1.0:
     raise ValueError(f"target_sparsity must be in (0, 1), got {t}.")
-  if config.budget_epochs <= 0:
-    raise ValueError("budget_epochs must be positive.")
   method = method_of(config)
   if method.name == "dense":
     raise ValueError("method 'dense' does not prune: use python -m "
                      "train.train.")
-  engine.check_numbers(config)
   engine.validate_config(dense_config(config))
   for pat in config.get("prune_exclude", ()):
     try:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import lenet5_mnist
+import helpers
 from configs import resnet20_cifar10
 from proxnag_jax import engine
 from proxnag_jax import loop
@@ -17,12 +17,7 @@ from proxnag_jax import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke(mnist_dir, **over):
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  for k, v in over.items():
-    setattr(c, k, v)
-  return c
+_smoke = helpers.lenet5_smoke
 
 
 def _leaves(tree):

@@ -11,11 +11,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import proxnag_jax as pj
-from configs import lenet5_mnist
+import helpers
 from configs import proxnag_lenet5_mnist
 from proxnag_jax import data
 from proxnag_jax import engine
@@ -25,12 +24,7 @@ QUIET = dict(log=lambda *_: None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _dense_cfg(mnist_dir, **over):
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  for k, v in over.items():
-    setattr(c, k, v)
-  return c
+_dense_cfg = helpers.lenet5_smoke
 
 
 # ---------------------------------------------------------------------------
@@ -87,9 +81,9 @@ def test_bad_prune_config_fails_before_the_workdir(tmp_path, mnist_dir):
 def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
     tmp_path):
   wd = str(tmp_path / "w")
-  a = lenet5_mnist.get_config("smoke")
+  a = helpers.lenet5_smoke("")
   assert not engine.prepare_workdir(wd, a)
-  b = lenet5_mnist.get_config("smoke")
+  b = helpers.lenet5_smoke("")
   b.learning_rate = 0.01
   # Only config.json there: not a run yet, so the new config replaces it.
   assert not engine.prepare_workdir(wd, b)

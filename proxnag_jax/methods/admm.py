@@ -74,10 +74,7 @@ def _project_topk(v, prunable, n_keep, scope, target):
   """The ``n_keep`` largest ``|v|`` (global) or the top per layer; zero on
   leaves that are not prunable."""
   scores = jax.tree.map(lambda x: jnp.abs(x).astype(jnp.float32), v)
-  if scope == "global":
-    keep = base.global_topk_masks(scores, prunable, n_keep)
-  else:
-    keep = base.layer_topk_masks(scores, prunable, target)
+  keep = base.topk_masks(scores, prunable, n_keep, target, scope)
   return jax.tree.map(lambda x, k, w: jnp.where(k, x, 0.0) if w else
                       jnp.zeros_like(x), v, keep, prunable)
 
@@ -245,11 +242,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
       st = admm_lib.admm_state(state.opt_state)
       scores = jax.tree.map(lambda w, z: jnp.abs(z if reweighted else w)
                             .astype(jnp.float32), state.params, st.z)
-      if scope == "global":
-        keep = base.global_topk_masks(scores, ctx.prunable, base.n_keep(
-            state.params, state.hp, ctx))
-      else:
-        keep = base.layer_topk_masks(scores, ctx.prunable, state.hp["target"])
+      keep = base.topk_masks(scores, ctx.prunable, base.n_keep(
+          state.params, state.hp, ctx), state.hp["target"], scope)
       state, _ = base.change_masks(state, keep)
       opt = admm_lib.set_admm_state(state.opt_state, st._replace(
           rho=jnp.float32(0.0)))

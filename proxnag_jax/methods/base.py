@@ -256,6 +256,16 @@ def layer_topk_masks(scores: PyTree, prunable: PyTree, sparsity) -> PyTree:
 global_topk_masks = masks_lib.global_topk_masks
 
 
+def topk_masks(scores: PyTree, prunable: PyTree, n_keep, sparsity,
+               scope: str) -> PyTree:
+  """The highest ``scores``: ``n_keep`` over all prunable leaves
+  (``scope='global'``) or all but ``round(sparsity * size)`` in every leaf
+  (``'layer'``). Traceable."""
+  if scope == "global":
+    return global_topk_masks(scores, prunable, n_keep)
+  return layer_topk_masks(scores, prunable, sparsity)
+
+
 def n_keep(params: PyTree, hp, ctx) -> jax.Array:
   """How many prunable weights the target keeps (exact, from ``hp['n_zero']``)."""
   return jnp.int32(num_prunable(params, ctx.prunable)) - hp["n_zero"]
@@ -388,7 +398,7 @@ __all__ = [
     "identity_forward", "never_done", "default_eval_params",
     "default_export", "prunable_leaves", "num_prunable", "count_zeros",
     "sparsity_of", "masks_from_params", "ones_like_masks",
-    "layer_topk_masks", "global_topk_masks", "n_keep", "masks_of",
+    "layer_topk_masks", "global_topk_masks", "topk_masks", "n_keep", "masks_of",
     "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
     "event",
 ]

@@ -65,12 +65,6 @@ def signed_constant(key, w0, prunable):
   return jax.tree.unflatten(treedef, out)
 
 
-def _masks(scores, prunable, n_keep, target, scope):
-  if scope == "global":
-    return base.global_topk_masks(scores, prunable, n_keep)
-  return base.layer_topk_masks(scores, prunable, target)
-
-
 def _box(lo: float, hi: float, prunable) -> optax.GradientTransformation:
   """Updates that keep the prunable params in ``[lo, hi]``:
   ``u <- clip(p + u, lo, hi) - p`` (a projection after the step)."""
@@ -125,8 +119,8 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
 
   def new_mask(params, hp, ctx):
     scores = jax.tree.map(lambda s: relax(s).astype(jnp.float32), params)
-    return _masks(scores, ctx.prunable, base.n_keep(params, hp, ctx),
-                  hp["target"], scope)
+    return base.topk_masks(scores, ctx.prunable, base.n_keep(params, hp, ctx),
+                           hp["target"], scope)
 
   def init(key, state, ctx):
     k_w, k_s = jax.random.split(key)
