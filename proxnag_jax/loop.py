@@ -41,6 +41,7 @@ from proxnag_jax import engine
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import methods as methods_lib
 from proxnag_jax import report as report_lib
+from proxnag_jax import surgery
 from proxnag_jax.methods import base
 
 PyTree = Any
@@ -735,8 +736,11 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // c0.batch_size
   flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
-  template, _ = engine.init_variables(model, c0, ds.input_shape)
+  template, template_bs = engine.init_variables(model, c0, ds.input_shape)
   prunable = masks_lib.prunable_tree(template, flt)
+  groups = (surgery.channel_groups(
+      model, {"params": template, "batch_stats": template_bs})
+            if surgery.supports(model) else ())
   if not any(jax.tree.leaves(prunable)):
     raise ValueError("prune_exclude leaves no prunable weights.")
   n_prunable = base.num_prunable(template, prunable)
@@ -746,7 +750,7 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   else:
     sched = engine.schedule_fn(dcfg, spe, total / spe)
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
-                     total_steps=total, schedule=sched)
+                     total_steps=total, schedule=sched, groups=groups)
 
   runs, dense_info = [], []
   for c, wd in zip(configs, workdirs):
@@ -849,11 +853,41 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   masks = base.masks_from_params(params, prunable)
   flt = masks_lib.filter_from_tree(prunable)
   rep = masks_lib.sparsity_report(params, prunable=flt)
+  # Counts against the dense network: a structured method's export is a
+  # smaller network (its removed weights count as pruned).
+  dense_rep = masks_lib.sparsity_report(dense_params, prunable=flt)
+  shrunk = rep["num_params"] != dense_rep["num_params"]
   in_shape = (1,) + tuple(ds.input_shape)
   macs = report_lib.count_macs(export_model, variables, in_shape)
+  # The dense network's shapes (the run's own BN statistics have them).
+  dense_vars = {"params": dense_params}
+  if state.batch_stats:
+    dense_vars["batch_stats"] = state.batch_stats
+  dense_macs = (report_lib.count_macs(model, dense_vars, in_shape)["macs"]
+                if shrunk else macs["macs"])
   trace_path = os.path.join(workdir, "trace.jsonl")
   trace = [json.loads(l) for l in open(trace_path)]
-  n_zero = round(config.target_sparsity * rep["prunable_params"])
+  n_prunable = dense_rep["prunable_params"]
+  n_zero = round(config.target_sparsity * n_prunable)
+  n_pruned = n_prunable - rep["prunable_nonzero"]
+  structured = {}
+  if shrunk or method.structured:
+    speed = report_lib.measure_speedup(
+        model, dense_vars, export_model, variables, in_shape[1:],
+        batch_size=config.eval_batch_size)
+    sizes = lambda m, v: {g.name: g.size for g in surgery.prunable_groups(
+        surgery.channel_groups(m, v))}
+    before = sizes(model, dense_vars)
+    after = sizes(export_model, variables)
+    n_ch = sum(before.values())
+    removed = n_ch - sum(after.values())
+    structured = {"architecture": surgery.architecture(export_model),
+                  "channels": n_ch, "channels_removed": removed,
+                  "channel_sparsity": removed / max(n_ch, 1),
+                  "layer_channels": {k: [after[k], before[k]]
+                                     for k in before},
+                  "params_dense": dense_rep["num_params"],
+                  "params_shrunk": rep["num_params"], **speed}
   counts = mask_counts(state, prunable)
   if counts.get("kept_but_zero"):
     log(f"note: {counts['kept_but_zero']} prunable weights are kept by the "
@@ -864,23 +898,28 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       "method": method.name, "model": config.model,
       "dataset": config.dataset, "seed": config.seed,
       "target_sparsity": config.target_sparsity,
-      "sparsity": rep["sparsity"],
+      "sparsity": n_pruned / max(n_prunable, 1),
       **counts,
-      "reached_target": (rep["prunable_params"] - rep["prunable_nonzero"]
-                         >= n_zero),
-      "compression_ratio": rep["compression_ratio"],
+      "reached_target": (
+          structured.get("channels_removed", 0) >= round(
+              config.target_sparsity * structured.get("channels", 0))
+          if method.structured else n_pruned >= n_zero),
+      "compression_ratio": dense_rep["num_params"] / max(
+          rep["stored_params"], 1),
       "prunable_compression_ratio": (
-          rep["prunable_params"] / max(rep["prunable_nonzero"], 1)),
+          n_prunable / max(rep["prunable_nonzero"], 1)),
       "stored_params": rep["stored_params"],
-      "theoretical_speedup": macs["theoretical_speedup"],
+      "theoretical_speedup": dense_macs / max(macs["macs_sparse"], 1),
+      **structured,
       "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
       **_val_fields(ev),
       "dense_test_accuracy": dense_eval["accuracy"],
       "dense_val_accuracy": dense_eval.get("val_accuracy"),
-      "num_params": rep["num_params"], "num_nonzero": rep["num_nonzero"],
-      "prunable_params": rep["prunable_params"],
+      "num_params": dense_rep["num_params"],
+      "num_nonzero": rep["num_nonzero"],
+      "prunable_params": n_prunable,
       "prunable_nonzero": rep["prunable_nonzero"],
-      "macs_dense": macs["macs"], "macs_sparse": macs["macs_sparse"],
+      "macs_dense": dense_macs, "macs_sparse": macs["macs_sparse"],
       "epochs": epochs,
       "pruned_layers": [l["name"] for l in rep["layers"] if l["prunable"]],
       "wall_time_s": wall_time_s,

@@ -32,7 +32,7 @@ read or replaced with :func:`get_masks` / :func:`set_masks`.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ import optax
 
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import prox as prox_lib
+from proxnag_jax import surgery
 
 PyTree = Any
 ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
@@ -52,6 +53,7 @@ __all__ = [
     "WithMasksState",
     "prox_l1",
     "prox_group_l1",
+    "prox_channel_l1",
     "nesterov_extrapolation",
     "fista_momentum",
     "proxnag",
@@ -245,6 +247,53 @@ class ExtrapolationState(NamedTuple):
   theta: jax.Array
 
 
+def prox_channel_l1(
+    l1: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    groups: Sequence,
+    *,
+    weighted: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Proximal step of the channel group lasso over a network's channels.
+
+  With ``tau = learning_rate * l1`` and the channel groups of
+  :func:`proxnag_jax.surgery.channel_groups` (a channel's kernel column,
+  bias and BatchNorm scale and shift form one group ``w_c`` of ``p_c``
+  params, across leaves)::
+
+      w_c  <-  max(0, 1 - tau * sqrt(p_c) / ||w_c + u_c||_2) * (w_c + u_c)
+
+  so whole channels become exact zeros and :func:`proxnag_jax.surgery.shrink`
+  can remove them. ``weighted=False`` drops ``sqrt(p_c)``. Leaves and
+  channels outside the prunable groups pass through.
+
+  Example:
+    >>> groups = surgery.channel_groups(model, variables)
+    >>> tx = optax.chain(optax.scale_by_learning_rate(0.01),
+    ...                  prox_channel_l1(1e-3, 0.01, groups))
+  """
+  _check_nonnegative("prox_channel_l1: l1", l1)
+  _check_nonnegative("prox_channel_l1: learning_rate", learning_rate)
+  groups = tuple(groups)
+
+  def init_fn(params):
+    del params
+    return ProxState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _require_params(params, "prox_channel_l1")
+    tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
+    target = jax.tree.map(lambda p, u: p + u, params, updates)
+    shrunk = surgery.group_soft_threshold(target, groups, tau,
+                                          weighted=weighted)
+    new = jax.tree.map(lambda s, p, u: (s - p).astype(u.dtype), shrunk,
+                       params, updates)
+    return new, ProxState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def fista_momentum(theta: jax.Array) -> tuple[jax.Array, jax.Array]:
   r"""One step of the paper's momentum schedule (eqs. 13-14).
 
@@ -324,6 +373,7 @@ def proxnag(
     *,
     fista: bool = False,
     mask: MaskOrFn = None,
+    groups: Optional[Sequence] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -345,6 +395,10 @@ def proxnag(
     mask: Optax-style mask; leaves marked False get plain Nesterov steps with
       no shrinkage (e.g. biases and norm scales). Under
       ``optax.inject_hyperparams`` pass a callable mask as a static arg.
+    groups: channel groups (:func:`proxnag_jax.surgery.channel_groups`):
+      the proximal step is then the channel group lasso of
+      :func:`prox_channel_l1` (whole channels become zero) instead of the
+      element-wise soft threshold (``mask`` is ignored).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -357,9 +411,11 @@ def proxnag(
     >>> params = optax.apply_updates(params, updates)
     >>> w_sparse = sparse_params(opt_state)          # exact zeros
   """
+  prox = (prox_channel_l1(l1, learning_rate, groups) if groups is not None
+          else prox_l1(l1, learning_rate, mask=mask))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
-      prox_l1(l1, learning_rate, mask=mask),
+      prox,
       nesterov_extrapolation(momentum, fista=fista),
   )
 

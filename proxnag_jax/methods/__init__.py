@@ -24,9 +24,13 @@ from proxnag_jax.methods import admm
 from proxnag_jax.methods import dense
 from proxnag_jax.methods import dsr
 from proxnag_jax.methods import edge_popup
+from proxnag_jax.methods import gat
+from proxnag_jax.methods import group_proxnag
+from proxnag_jax.methods import l1_filter
 from proxnag_jax.methods import magnitude
 from proxnag_jax.methods import proxnag
 from proxnag_jax.methods import snip
+from proxnag_jax.methods import slimming
 from proxnag_jax.methods import sparse_momentum
 
 _FACTORIES = {
@@ -43,7 +47,13 @@ _FACTORIES = {
     "rw_admm": admm.rw_admm,
     "edge_popup": edge_popup.edge_popup,
     "sbp": edge_popup.sbp,
+    "l1_filter": l1_filter.l1_filter,
+    "slimming": slimming.slimming,
+    "gat": gat.gat,
+    "group_proxnag": group_proxnag.group_proxnag,
 }
+# The structured methods (whole channels; the export is a smaller network).
+STRUCTURED_METHODS = ("gat", "group_proxnag", "l1_filter", "slimming")
 METHOD_NAMES = tuple(sorted(_FACTORIES))
 # The pruning methods (every name but 'dense').
 PRUNING_METHODS = tuple(n for n in METHOD_NAMES if n != "dense")
@@ -80,4 +90,5 @@ def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 __all__ = ["Context", "Method", "RunState", "base", "get_method",
-           "method_config", "METHOD_NAMES", "PRUNING_METHODS"]
+           "method_config", "METHOD_NAMES", "PRUNING_METHODS",
+           "STRUCTURED_METHODS"]

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from proxnag_jax import masks as masks_lib
+from proxnag_jax import surgery
 from proxnag_jax import transforms
 
 PyTree = Any
@@ -85,6 +86,9 @@ class Context(NamedTuple):
       may be traced, so learning rates can be vmapped).
     grad_fn: ``params -> grads`` of the training loss on one fixed
       minibatch (SNIP's connection sensitivity); traceable.
+    groups: the model's channel groups
+      (:func:`proxnag_jax.surgery.channel_groups`; ``()`` for a model
+      surgery does not know): what structured methods prune.
   """
 
   prunable: PyTree
@@ -92,6 +96,7 @@ class Context(NamedTuple):
   total_steps: int
   schedule: Callable[[jax.Array], optax.Schedule] = optax.constant_schedule
   grad_fn: Optional[Callable[[PyTree], PyTree]] = None
+  groups: tuple = ()
 
 
 # ---------------------------------------------------------------------------
@@ -178,6 +183,9 @@ class Method(NamedTuple):
     check: ``(params, hp, ctx) -> None``, run on the host with concrete
       values before ``init``: raises ValueError for settings that cannot
       work with this run (e.g. a budget that empties a layer).
+    structured: the method removes whole channels (``ctx.groups``): its
+      target is the fraction of channels removed and its export the smaller
+      network.
   """
 
   name: str
@@ -195,6 +203,7 @@ class Method(NamedTuple):
   labels: dict = {}
   description: str = ""
   check: Optional[Callable] = None
+  structured: bool = False
 
   def steps(self, ctx: Context) -> int:
     return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps
@@ -382,6 +391,56 @@ def allocate(total, weights, capacity):
   return jax.lax.while_loop(cond, body, jnp.zeros_like(capacity))
 
 
+# ---------------------------------------------------------------------------
+# Structured methods: channel masks and a physically smaller network.
+# ---------------------------------------------------------------------------
+
+
+def check_groups(name: str, ctx: Context, *, needs_scales: bool = False
+                 ) -> None:
+  """Host check of a structured method: the model has prunable channel
+  groups (and BatchNorm scales in each, for network slimming)."""
+  gs = surgery.prunable_groups(ctx.groups)
+  if not gs:
+    raise ValueError(
+        f"{name}: the model has no prunable channel groups (structured "
+        "pruning needs a model that proxnag_jax.surgery knows: lenet5, "
+        "lenet5_bn, lenet300_100, convN, vgg16, resnetN(_b)).")
+  if needs_scales:
+    missing = [g.name for g in gs if not g.scales()]
+    if missing:
+      raise ValueError(
+          f"{name}: channel groups {missing} have no BatchNorm scale to "
+          "regularise; use a model with BatchNorm (e.g. model='lenet5_bn').")
+
+
+def channel_target(hp: dict, ctx: Context) -> jax.Array:
+  """Channels a structured method removes: ``round(hp['target'] *
+  channels)`` over the prunable groups (int32)."""
+  n = surgery.num_channels(ctx.groups)
+  return jnp.round(hp["target"] * n).astype(jnp.int32)
+
+
+def prune_channels(state: RunState, keep: dict, ctx: Context, *,
+                   start: bool = False, tx=None) -> RunState:
+  """Switches off the channels ``keep`` drops (all their producer params),
+  on top of the current masks: with ``start`` (the method's first masks)
+  through :func:`start_with_masks` with ``tx``, else :func:`change_masks`."""
+  new = surgery.channel_masks(state.params, ctx.groups, keep)
+  if start:
+    return start_with_masks(state, new, tx)
+  new = jax.tree.map(jnp.logical_and, new, masks_of(state.opt_state))
+  return change_masks(state, new)[0]
+
+
+def shrink_export(state: RunState, model, eval_params=default_eval_params):
+  """The export of a structured method: the smaller dense network without
+  the channels whose producers are all zero (:mod:`proxnag_jax.surgery`)."""
+  _, variables = default_export(state, model, eval_params)
+  small, small_vars, _ = surgery.shrink_to_alive(model, variables)
+  return small, small_vars
+
+
 def every(step, period: int, *, offset: int = 0) -> jax.Array:
   """True on steps ``offset + k * period`` (k >= 1); traceable."""
   return (step > offset) & ((step - offset) % period == 0)
@@ -400,5 +459,6 @@ __all__ = [
     "sparsity_of", "masks_from_params", "ones_like_masks",
     "layer_topk_masks", "global_topk_masks", "topk_masks", "n_keep", "masks_of",
     "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
-    "event",
+    "event", "check_groups", "channel_target", "prune_channels",
+    "shrink_export",
 ]

@@ -32,6 +32,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"conv{d}": functools.partial(ConvN, depth=d) for d in (2, 4, 6, 8)},
     "vgg16": VGG,
     "lenet5": LeNet5,
+    "lenet5_bn": functools.partial(LeNet5, batch_norm=True),
     "lenet300_100": LeNet300100,
     "resnet18_imagenet": functools.partial(ImageNetResNet, depth=18),
     "resnet50_imagenet": functools.partial(ImageNetResNet, depth=50),

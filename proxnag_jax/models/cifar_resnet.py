@@ -33,12 +33,13 @@ class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
   shortcut: str = "A"
+  inner: int | None = None   # conv1's width (default ``channels``)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     norm = lambda name: nn.BatchNorm(use_running_average=not train,
                                      momentum=0.9, epsilon=1e-5, name=name)
-    y = Conv(self.channels, (3, 3), (self.stride, self.stride),
+    y = Conv(self.inner or self.channels, (3, 3), (self.stride, self.stride),
                 padding=1, use_bias=False, kernel_init=conv_init,
                 name="conv1")(x)
     y = nn.relu(norm("bn1")(y))
@@ -59,12 +60,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-  """ResNet-(6n+2) for 32x32 inputs."""
+  """ResNet-(6n+2) for 32x32 inputs.
+
+  ``widths``: the three stages' (residual stream) widths; ``block_widths``:
+  the inner width (conv1) of each of the ``3n`` blocks, in order (default:
+  the stage's width). Both are set by :mod:`proxnag_jax.surgery`.
+  """
 
   depth: int = 20
   num_classes: int = 10
   shortcut: str = "A"
   widths: tuple = (16, 32, 64)
+  block_widths: tuple | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -81,7 +88,9 @@ class CifarResNet(nn.Module):
     for stage, width in enumerate(self.widths):
       for block in range(n):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(width, stride, self.shortcut,
+        inner = (self.block_widths[stage * n + block]
+                 if self.block_widths else None)
+        x = BasicBlock(width, stride, self.shortcut, inner,
                        name=f"layer{stage + 1}_{block}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="fc")(x)

@@ -26,18 +26,21 @@ class ConvN(nn.Module):
 
   depth: int = 2
   num_classes: int = 10
+  widths: tuple | None = None   # the conv widths (default WIDTHS[:depth])
+  head: tuple = (256, 256)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     if self.depth not in (2, 4, 6, 8):
       raise ValueError(f"ConvN depth must be 2, 4, 6 or 8, got {self.depth}.")
-    for i, w in enumerate(WIDTHS[:self.depth]):
+    widths = self.widths or WIDTHS[:self.depth]
+    for i, w in enumerate(widths):
       x = nn.relu(Conv(w, (3, 3), padding=1, use_bias=False,
                        name=f"conv{i + 1}")(x))
       if i % 2 == 1:
         x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(256, use_bias=False, name="fc1")(x))
-    x = nn.relu(nn.Dense(256, use_bias=False, name="fc2")(x))
+    x = nn.relu(nn.Dense(self.head[0], use_bias=False, name="fc1")(x))
+    x = nn.relu(nn.Dense(self.head[1], use_bias=False, name="fc2")(x))
     return nn.Dense(self.num_classes, use_bias=False, name="fc3")(x)

@@ -1,0 +1,604 @@
+"""Network surgery: remove channels for real, so the pruned network is a
+smaller dense network that runs faster.
+
+A **channel group** is a set of channels that live and die together: the
+output channels of a conv (or units of a Dense layer) with their bias and
+BatchNorm entries (the *producers*) and the input channels of every layer
+that reads them (the *consumers*). Channels joined by a residual addition form
+one group with several producers (every conv that writes into the stream).
+
+>>> groups = channel_groups(model, variables)
+>>> keep = {"conv1": jnp.arange(20) < 12}           # keep 12 of 20 channels
+>>> small_model, small_vars = shrink(model, variables, keep)
+>>> small_model.apply(small_vars, x, train=False)   # == model.apply(
+...                                                 #  zero_channels(...), x)
+
+``shrink`` is exact: when the removed channels' producers are zero (kernel
+columns, bias, BatchNorm scale and shift; :func:`zero_channels`), the smaller
+network computes the same outputs up to float rounding. Groups of the
+registered model families:
+
+* ``LeNet5`` (``lenet5``, ``lenet5_bn``): ``conv1``, ``conv2``, ``fc1``.
+* ``LeNet300100``: ``fc1``, ``fc2``. ``ConvN``: ``conv1..convD``, ``fc1``,
+  ``fc2``. ``VGG``: ``conv0..conv12``.
+* ``CifarResNet``: every block's inner channels ``layerS_B/inner`` (conv1 +
+  bn1 -> conv2); the stage streams ``stageS`` (the stem or the first block's
+  1x1 shortcut, every block's conv2 + bn2 -> the next convs, shortcuts and the
+  classifier). With option-A shortcuts the streams are not prunable: the
+  parameter-free shortcut pads stage ``S``'s channels into stage ``S+1`` at
+  fixed positions, so removing a stream channel would need a model that
+  scatters channels; option B's 1x1 convs free the stages (``resnetN_b``).
+
+The classifier's outputs are never a group. A user's own model family is
+added with :func:`register` (its group builder and its rebuild function).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxnag_jax import masks as masks_lib
+
+from proxnag_jax.models.cifar_resnet import CifarResNet
+from proxnag_jax.models.conv_n import ConvN
+from proxnag_jax.models.conv_n import WIDTHS as CONVN_WIDTHS
+from proxnag_jax.models.lenet import LeNet300100
+from proxnag_jax.models.lenet import LeNet5
+from proxnag_jax.models.vgg import VGG
+
+PyTree = Any
+
+
+class Slot(NamedTuple):
+  """One leaf's share of a channel group.
+
+  Attributes:
+    collection: ``'params'`` or ``'batch_stats'``.
+    path: the keys of the leaf inside the collection, e.g.
+      ``('layer1_0', 'conv1', 'kernel')``.
+    axis: the leaf's channel axis.
+    repeat: a consumer Dense layer after a flatten of ``(H, W, C)`` reads
+      ``repeat = H*W`` copies of the channels along ``axis`` (index
+      ``s * C + c``); 1 otherwise.
+  """
+
+  collection: str
+  path: tuple
+  axis: int
+  repeat: int = 1
+
+
+class ChannelGroup(NamedTuple):
+  """Channels removed together (see the module docstring).
+
+  Attributes:
+    name: e.g. ``'conv2'``, ``'layer2_1/inner'``, ``'stage3'``.
+    size: the number of channels.
+    producers: slots whose entries along ``axis`` are the channels (kernel
+      output axis, bias, BatchNorm scale / bias / mean / var).
+    consumers: slots that read the channels (input axes of the next layers).
+    prunable: False for groups that cannot be removed (option-A streams).
+  """
+
+  name: str
+  size: int
+  producers: tuple
+  consumers: tuple
+  prunable: bool = True
+
+  def kernels(self) -> tuple:
+    """The producer kernels (the weights a structured method scores)."""
+    return tuple(s for s in self.producers
+                 if s.collection == "params" and s.path[-1] == "kernel")
+
+  def scales(self) -> tuple:
+    """The producer BatchNorm scales (network slimming's factors)."""
+    return tuple(s for s in self.producers
+                 if s.collection == "params" and s.path[-1] == "scale")
+
+
+# ---------------------------------------------------------------------------
+# Group builders per model family.
+# ---------------------------------------------------------------------------
+
+
+def _get(variables: dict, slot: Slot):
+  node = variables[slot.collection]
+  for k in slot.path:
+    node = node[k]
+  return node
+
+
+def slot_leaf(params: PyTree, slot: Slot):
+  """The params leaf of a ``'params'`` slot."""
+  return _get({"params": params}, slot)
+
+
+def _has(variables: dict, collection: str, path: tuple) -> bool:
+  node = variables.get(collection, {})
+  for k in path:
+    if not hasattr(node, "get") or k not in node:
+      return False
+    node = node[k]
+  return True
+
+
+def _layer(variables, name: tuple, *, bn: Optional[tuple] = None) -> list:
+  """Producer slots of a conv / Dense ``name`` (kernel, bias if any) and of
+  its BatchNorm ``bn`` (scale, bias, mean, var) if present."""
+  out = [Slot("params", name + ("kernel",), -1)]
+  if _has(variables, "params", name + ("bias",)):
+    out.append(Slot("params", name + ("bias",), -1))
+  if bn is not None and _has(variables, "params", bn + ("scale",)):
+    out += [Slot("params", bn + ("scale",), -1),
+            Slot("params", bn + ("bias",), -1),
+            Slot("batch_stats", bn + ("mean",), -1),
+            Slot("batch_stats", bn + ("var",), -1)]
+  return out
+
+
+def _reader(variables, name: tuple, size: int, *, dense: bool = False
+            ) -> Slot:
+  """The consumer slot of layer ``name`` reading ``size`` channels."""
+  kernel = name + ("kernel",)
+  if dense:
+    rows = _get(variables, Slot("params", kernel, 0)).shape[0]
+    return Slot("params", kernel, 0, rows // size)
+  return Slot("params", kernel, -2)
+
+
+def _width(variables, name: tuple) -> int:
+  return int(_get(variables, Slot("params", name + ("kernel",), -1)).shape[-1])
+
+
+def _chain_groups(variables, layers: list, last: tuple, dense_from: int,
+                  bns: Optional[list] = None) -> list:
+  """Groups of a plain feed-forward stack: layer ``i``'s outputs are read by
+  layer ``i + 1`` (``last`` reads the final one); layers from index
+  ``dense_from`` on (and ``last``) are Dense."""
+  groups = []
+  readers = layers[1:] + [last]
+  for i, (name, nxt) in enumerate(zip(layers, readers)):
+    size = _width(variables, name)
+    bn = bns[i] if bns else None
+    groups.append(ChannelGroup(
+        "/".join(name), size, tuple(_layer(variables, name, bn=bn)),
+        (_reader(variables, nxt, size, dense=i + 1 >= dense_from),)))
+  return groups
+
+
+def _lenet5_groups(model: LeNet5, variables) -> list:
+  bns = [("bn1",), ("bn2",), ("bn3",)] if model.batch_norm else None
+  return _chain_groups(variables, [("conv1",), ("conv2",), ("fc1",)],
+                       ("fc2",), dense_from=2, bns=bns)
+
+
+def _lenet5_rebuild(model: LeNet5, sizes: dict):
+  return model.clone(widths=(sizes["conv1"], sizes["conv2"], sizes["fc1"]))
+
+
+def _lenet300_groups(model, variables) -> list:
+  del model
+  return _chain_groups(variables, [("fc1",), ("fc2",)], ("fc3",),
+                       dense_from=0)
+
+
+def _lenet300_rebuild(model, sizes):
+  return model.clone(widths=(sizes["fc1"], sizes["fc2"]))
+
+
+def _convn_groups(model: ConvN, variables) -> list:
+  names = [(f"conv{i + 1}",) for i in range(model.depth)] + [("fc1",),
+                                                             ("fc2",)]
+  return _chain_groups(variables, names, ("fc3",), dense_from=model.depth)
+
+
+def _convn_rebuild(model: ConvN, sizes):
+  return model.clone(
+      widths=tuple(sizes[f"conv{i + 1}"] for i in range(model.depth)),
+      head=(sizes["fc1"], sizes["fc2"]))
+
+
+def _vgg_groups(model: VGG, variables) -> list:
+  n = sum(1 for v in model.cfg if v != "M")
+  names = [(f"conv{i}",) for i in range(n)]
+  return _chain_groups(variables, names, ("fc",), dense_from=n,
+                       bns=[(f"bn{i}",) for i in range(n)])
+
+
+def _vgg_rebuild(model: VGG, sizes):
+  cfg, i = [], 0
+  for v in model.cfg:
+    if v == "M":
+      cfg.append(v)
+    else:
+      cfg.append(sizes[f"conv{i}"])
+      i += 1
+  return model.clone(cfg=tuple(cfg))
+
+
+def _resnet_blocks(model: CifarResNet) -> list:
+  n = (model.depth - 2) // 6
+  return [(s, b, f"layer{s + 1}_{b}") for s in range(3) for b in range(n)]
+
+
+def _resnet_groups(model: CifarResNet, variables) -> list:
+  groups = []
+  blocks = _resnet_blocks(model)
+  for _, _, blk in blocks:
+    size = _width(variables, (blk, "conv1"))
+    groups.append(ChannelGroup(
+        f"{blk}/inner", size,
+        tuple(_layer(variables, (blk, "conv1"), bn=(blk, "bn1"))),
+        (_reader(variables, (blk, "conv2"), size),)))
+  for s in range(3):
+    producers = []
+    if s == 0:
+      producers += _layer(variables, ("conv1",), bn=("bn1",))
+    in_stage = [blk for st, _, blk in blocks if st == s]
+    if _has(variables, "params", (in_stage[0], "shortcut_conv")):
+      producers += _layer(variables, (in_stage[0], "shortcut_conv"),
+                          bn=(in_stage[0], "shortcut_bn"))
+    for blk in in_stage:
+      producers += _layer(variables, (blk, "conv2"), bn=(blk, "bn2"))
+    size = _width(variables, (in_stage[0], "conv2"))
+    # Readers: every block whose input is this stream (a stage's first block
+    # reads the previous stream, or the stem's, which is stage 1's).
+    readers = in_stage if s == 0 else in_stage[1:]
+    consumers = [_reader(variables, (blk, "conv1"), size) for blk in readers]
+    if s < 2:
+      nxt = [blk for st, _, blk in blocks if st == s + 1][0]
+      consumers.append(_reader(variables, (nxt, "conv1"), size))
+      if _has(variables, "params", (nxt, "shortcut_conv")):
+        consumers.append(_reader(variables, (nxt, "shortcut_conv"), size))
+    else:
+      consumers.append(_reader(variables, ("fc",), size, dense=True))
+    # Option A pads stage s into stage s+1 at fixed positions (and adds the
+    # stem's output to stage 1's blocks): its streams cannot shrink.
+    groups.append(ChannelGroup(f"stage{s + 1}", size, tuple(producers),
+                               tuple(consumers),
+                               prunable=model.shortcut == "B"))
+  return groups
+
+
+def _resnet_rebuild(model: CifarResNet, sizes):
+  blocks = _resnet_blocks(model)
+  return model.clone(
+      widths=tuple(sizes[f"stage{s + 1}"] for s in range(3)),
+      block_widths=tuple(sizes[f"{blk}/inner"] for _, _, blk in blocks))
+
+
+_FAMILIES: dict = {}
+
+
+def register(model_type: type, groups_fn: Callable, rebuild_fn: Callable
+             ) -> None:
+  """Adds a model family: ``groups_fn(model, variables) -> [ChannelGroup]``
+  and ``rebuild_fn(model, sizes: {group name: int}) -> smaller model``."""
+  _FAMILIES[model_type] = (groups_fn, rebuild_fn)
+
+
+register(LeNet5, _lenet5_groups, _lenet5_rebuild)
+register(LeNet300100, _lenet300_groups, _lenet300_rebuild)
+register(ConvN, _convn_groups, _convn_rebuild)
+register(VGG, _vgg_groups, _vgg_rebuild)
+register(CifarResNet, _resnet_groups, _resnet_rebuild)
+
+
+def _family(model):
+  for t, fns in _FAMILIES.items():
+    if isinstance(model, t):
+      return fns
+  raise ValueError(
+      f"network surgery does not know {type(model).__name__}; known: "
+      f"{', '.join(t.__name__ for t in _FAMILIES)} (add one with "
+      "proxnag_jax.surgery.register).")
+
+
+def supports(model) -> bool:
+  """Whether :func:`channel_groups` / :func:`shrink` know ``model``."""
+  return any(isinstance(model, t) for t in _FAMILIES)
+
+
+def channel_groups(model, variables: dict) -> tuple:
+  """The channel groups of ``model`` with ``variables`` (a tuple of
+  :class:`ChannelGroup`); raises ValueError for an unknown model family."""
+  return tuple(_family(model)[0](model, variables))
+
+
+def prunable_groups(groups) -> tuple:
+  return tuple(g for g in groups if g.prunable)
+
+
+# ---------------------------------------------------------------------------
+# Channel masks and scores over the params pytree (traceable).
+# ---------------------------------------------------------------------------
+
+
+def _set(tree: dict, path: tuple, value) -> dict:
+  """A copy of the nested dict ``tree`` with ``tree[path] = value``."""
+  if not path:
+    return value
+  tree = dict(tree)
+  tree[path[0]] = _set(tree[path[0]], path[1:], value)
+  return tree
+
+
+def _other_axes(w, axis: int) -> tuple:
+  return tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+
+
+def _expand(keep: jax.Array, slot: Slot, ndim: int) -> jax.Array:
+  """``keep`` (one bool per channel) shaped to broadcast along ``slot``'s
+  axis of an ``ndim``-d leaf (repeated for a flattened consumer)."""
+  k = jnp.tile(keep, slot.repeat) if slot.repeat > 1 else keep
+  shape = [1] * ndim
+  shape[slot.axis] = k.shape[0]
+  return k.reshape(shape)
+
+
+def channel_masks(params: PyTree, groups, keep: dict) -> PyTree:
+  """Weight masks (a params-shaped tree of bools) switching off the
+  producers of the removed channels: kernel columns, biases, BatchNorm
+  scales and shifts. Leaves outside every group are all True. ``keep`` maps
+  group names to bool arrays (groups not in it keep everything)."""
+  masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+  masks = {"params": masks}
+  for g in groups:
+    if g.name not in keep:
+      continue
+    for s in g.producers:
+      if s.collection != "params":
+        continue
+      leaf = _get(masks, s)
+      masks = _set(masks, ("params",) + s.path,
+                   leaf & _expand(jnp.asarray(keep[g.name], bool), s,
+                                  leaf.ndim))
+  return masks["params"]
+
+
+def zero_channels(variables: dict, groups, keep: dict) -> dict:
+  """``variables`` with the removed channels' producer params set to zero
+  (their BatchNorm statistics are left: with scale and shift zero the
+  channel's output is zero whatever they hold)."""
+  params = variables["params"]
+  masks = channel_masks(params, groups, keep)
+  params = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)),
+                        params, masks)
+  return {**variables, "params": params}
+
+
+def channel_norms(params: PyTree, group: ChannelGroup, ord: int = 1
+                  ) -> jax.Array:
+  """Per-channel norm of the group's producer kernels: ``ord=1`` the sum of
+  ``|w|`` over each output filter (Li et al.), ``ord=2`` the Euclidean norm
+  over all producer kernels' columns together (group lasso)."""
+  total = 0.0
+  for s in group.kernels():
+    w = _get({"params": params}, s)
+    axes = _other_axes(w, s.axis)
+    total = total + (jnp.sum(jnp.abs(w), axes) if ord == 1
+                     else jnp.sum(w * w, axes))
+  return total if ord == 1 else jnp.sqrt(total)
+
+
+def channel_sums(tree: PyTree, group: ChannelGroup, slots=None) -> jax.Array:
+  """Per-channel sum of a params-shaped ``tree`` (e.g. ``|w * g|``) over
+  the group's producer kernels (or ``slots``)."""
+  total = 0.0
+  for s in (slots if slots is not None else group.kernels()):
+    w = _get({"params": tree}, s)
+    axes = _other_axes(w, s.axis)
+    total = total + jnp.sum(w, axes)
+  return total
+
+
+def channel_param_count(params: PyTree, group: ChannelGroup) -> int:
+  """Producer params per channel (kernel column + bias + BN scale/shift)."""
+  n = 0
+  for s in group.producers:
+    if s.collection == "params":
+      w = _get({"params": params}, s)
+      n += w.size // w.shape[s.axis]
+  return n
+
+
+def group_soft_threshold(params: PyTree, groups, tau, *,
+                         weighted: bool = True) -> PyTree:
+  r"""The proximal map of the channel group lasso
+  ``tau * sum_c sqrt(p_c) ||w_c||_2``: each channel's producer params
+  (kernel column, bias, BatchNorm scale and shift, all together; ``p_c`` of
+  them) are scaled by ``max(0, 1 - tau sqrt(p_c) / ||w_c||)``, so a whole
+  channel becomes exactly zero. ``weighted=False`` drops ``sqrt(p_c)``
+  (Yuan & Lin's weights make groups of different sizes comparable).
+  Only prunable groups are touched. Traceable; ``tau`` may be traced."""
+  out = {"params": params}
+  for g in prunable_groups(groups):
+    ps = [s for s in g.producers if s.collection == "params"]
+    sq = 0.0
+    for s in ps:
+      w = _get(out, s)
+      axes = _other_axes(w, s.axis)
+      sq = sq + jnp.sum(w * w, axes)
+    norm = jnp.sqrt(sq)
+    t = tau * (math.sqrt(channel_param_count(params, g)) if weighted
+               else 1.0)
+    scale = jnp.maximum(0.0, 1.0 - t / jnp.maximum(norm, 1e-30))
+    scale = jnp.where(norm > 0, scale, 0.0)
+    for s in ps:
+      w = _get(out, s)
+      out = _set(out, ("params",) + s.path,
+                 (w * _expand(scale, s, w.ndim)).astype(w.dtype))
+  return out["params"]
+
+
+def alive_channels(params: PyTree, group: ChannelGroup) -> jax.Array:
+  """Bool per channel: some producer param of the channel is nonzero."""
+  alive = jnp.zeros((group.size,), bool)
+  for s in group.producers:
+    if s.collection != "params":
+      continue
+    w = _get({"params": params}, s)
+    axes = _other_axes(w, s.axis)
+    alive = alive | jnp.any(w != 0, axes)
+  return alive
+
+
+def select_channels(scores: dict, groups, sparsity, scope: str = "layer"
+                    ) -> dict:
+  """Keep the highest-scoring channels of every prunable group (traceable).
+
+  Args:
+    scores: ``{group name: score per channel}``.
+    groups: the model's channel groups.
+    sparsity: the fraction of channels to remove (may be traced).
+    scope: ``'layer'``: every group removes ``round(sparsity * size)`` (Li et
+      al.'s uniform rate); ``'global'``: ``round(sparsity * total)`` over all
+      prunable groups together (one threshold, network slimming). Every group
+      keeps at least one channel.
+
+  Returns:
+    ``{group name: bool keep array}`` for the prunable groups.
+  """
+  gs = prunable_groups(groups)
+  sparsity = jnp.asarray(sparsity, jnp.float32)
+  if scope == "layer":
+    out = {}
+    for g in gs:
+      n_rm = jnp.clip(jnp.round(sparsity * g.size), 0, g.size - 1)
+      out[g.name] = masks_lib.topk_mask(scores[g.name],
+                                        g.size - n_rm.astype(jnp.int32))
+    return out
+  if scope != "global":
+    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
+  total = sum(g.size for g in gs)
+  n_rm = jnp.clip(jnp.round(sparsity * total), 0, total - len(gs))
+  # Each group's best channel first, so no group is emptied.
+  flat = jnp.concatenate([
+      jnp.where(jnp.arange(g.size) == jnp.argmax(scores[g.name]), jnp.inf,
+                scores[g.name].astype(jnp.float32)) for g in gs])
+  keep = masks_lib.topk_mask(flat, total - n_rm.astype(jnp.int32))
+  out, i = {}, 0
+  for g in gs:
+    out[g.name] = keep[i:i + g.size]
+    i += g.size
+  return out
+
+
+def keep_counts(groups, counts) -> dict:
+  """``{name: n}`` for the prunable groups from a sequence of counts."""
+  return {g.name: c for g, c in zip(prunable_groups(groups), counts)}
+
+
+def removed_channels(params: PyTree, groups) -> jax.Array:
+  """Channels of the prunable groups whose producers are all zero (int32,
+  traceable)."""
+  return sum((jnp.sum(~alive_channels(params, g), dtype=jnp.int32)
+              for g in prunable_groups(groups)), jnp.int32(0))
+
+
+def num_channels(groups) -> int:
+  """Channels in the prunable groups."""
+  return sum(g.size for g in prunable_groups(groups))
+
+
+# ---------------------------------------------------------------------------
+# Surgery.
+# ---------------------------------------------------------------------------
+
+
+def _take(x, slot: Slot, idx: np.ndarray, size: int):
+  if slot.repeat > 1:
+    idx = (np.arange(slot.repeat)[:, None] * size + idx[None, :]).reshape(-1)
+  return jnp.take(jnp.asarray(x), jnp.asarray(idx), axis=slot.axis)
+
+
+def shrink(model, variables: dict, keep: dict):
+  """The smaller network keeping ``keep[name]`` channels of each group.
+
+  Args:
+    model: a registered Flax model (see the module docstring).
+    variables: its variables (``params`` and, if any, ``batch_stats``).
+    keep: ``{group name: bool array of the group's size}``; groups left out
+      keep all channels. At least one channel of every group must stay.
+
+  Returns:
+    ``(small_model, small_variables)``: a model of the same class with the
+    new widths (e.g. ``LeNet5(widths=(12, 31, 80))``) and its variables.
+    Exact up to float rounding when the removed channels are zero
+    (:func:`zero_channels`). Runs on the host (new shapes).
+  """
+  groups = channel_groups(model, variables)
+  names = {g.name: g for g in groups}
+  unknown = sorted(set(keep) - set(names))
+  if unknown:
+    raise ValueError(f"shrink: no channel group {unknown}; groups: "
+                     f"{', '.join(names)}.")
+  out = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  sizes = {}
+  for g in groups:
+    k = keep.get(g.name)
+    if k is None:
+      sizes[g.name] = g.size
+      continue
+    k = np.asarray(k, bool).reshape(-1)
+    if k.shape[0] != g.size:
+      raise ValueError(f"shrink: keep[{g.name!r}] has {k.shape[0]} entries, "
+                       f"the group has {g.size} channels.")
+    if not k.any():
+      raise ValueError(f"shrink: keep[{g.name!r}] removes every channel; "
+                       "keep at least one.")
+    if not g.prunable and not k.all():
+      raise ValueError(f"shrink: group {g.name!r} cannot be pruned (see "
+                       "proxnag_jax.surgery's docstring).")
+    idx = np.flatnonzero(k)
+    sizes[g.name] = int(idx.size)
+    for s in g.producers + g.consumers:
+      out = _set(out, (s.collection,) + s.path,
+                 np.asarray(_take(_get(out, s), s, idx, g.size)))
+  small = _family(model)[1](model, sizes)
+  return small, jax.tree.map(jnp.asarray, out)
+
+
+def architecture(model) -> dict:
+  """The constructor fields surgery sets (``widths``, ``block_widths``,
+  ``cfg``, ``head``) with their values: ``get_model(name, **arch)`` builds
+  the shrunk network again."""
+  names = ("widths", "block_widths", "cfg", "head")
+  return {f.name: (list(getattr(model, f.name))
+                   if getattr(model, f.name) is not None else None)
+          for f in dataclasses.fields(model) if f.name in names}
+
+
+def shrink_to_alive(model, variables: dict):
+  """:func:`shrink` removing every prunable channel whose producers are all
+  zero (each group keeps at least its first channel). Returns
+  ``(small_model, small_variables, keep)``."""
+  groups = channel_groups(model, variables)
+  keep = {}
+  for g in prunable_groups(groups):
+    k = np.asarray(alive_channels(variables["params"], g))
+    if not k.any():
+      k = np.arange(g.size) == 0
+    keep[g.name] = k
+  small, small_vars = shrink(model, variables, keep)
+  return small, small_vars, keep
+
+
+def count_params(variables: dict) -> int:
+  """Parameters (the ``params`` collection) of a network."""
+  return int(sum(np.size(x) for x in jax.tree.leaves(variables["params"])))
+
+
+__all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
+           "channel_masks", "zero_channels", "channel_norms", "channel_sums",
+           "group_soft_threshold", "alive_channels", "shrink", "register",
+           "supports", "count_params", "select_channels", "keep_counts",
+           "removed_channels", "num_channels", "channel_param_count",
+           "architecture", "shrink_to_alive", "slot_leaf"]
