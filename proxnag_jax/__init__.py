@@ -40,6 +40,7 @@ from proxnag_jax.transforms import ExtrapolationState
 from proxnag_jax.transforms import fista_momentum
 from proxnag_jax.transforms import get_masks
 from proxnag_jax.transforms import nesterov_extrapolation
+from proxnag_jax.transforms import prox_channel_l1
 from proxnag_jax.transforms import prox_group_l1
 from proxnag_jax.transforms import prox_l1
 from proxnag_jax.transforms import ProxState
@@ -50,6 +51,9 @@ from proxnag_jax.transforms import set_sparse_params
 from proxnag_jax.transforms import sparse_params
 from proxnag_jax.transforms import with_masks
 from proxnag_jax.transforms import WithMasksState
+from proxnag_jax import surgery
+from proxnag_jax.surgery import channel_groups
+from proxnag_jax.surgery import shrink
 
 __all__ = [
     "admm_penalty",
@@ -77,7 +81,11 @@ __all__ = [
     "fista_momentum",
     "get_masks",
     "nesterov_extrapolation",
+    "prox_channel_l1",
     "prox_group_l1",
+    "surgery",
+    "shrink",
+    "channel_groups",
     "prox_l1",
     "ProxState",
     "proxnag",

@@ -40,6 +40,7 @@ from proxnag_jax import data as data_lib
 from proxnag_jax import engine
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import methods as methods_lib
+from proxnag_jax import models as models_lib
 from proxnag_jax import report as report_lib
 from proxnag_jax import surgery
 from proxnag_jax.methods import base
@@ -896,7 +897,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
         f"{rep['sparsity']:.4%}.")
   summary = {
       "method": method.name, "model": config.model,
-      "dataset": config.dataset, "seed": config.seed,
+      "dataset": config.dataset, "num_classes": ds.num_classes,
+      "seed": config.seed,
       "target_sparsity": config.target_sparsity,
       "sparsity": n_pruned / max(n_prunable, 1),
       **counts,
@@ -947,7 +949,32 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   return summary
 
 
-__all__ = ["RunInit", "LoopResult", "run_loop", "train", "prune",
+def load_pruned(workdir: str):
+  """The network a finished pruning run exported: ``(model, variables)``.
+
+  For a structured method the model is the smaller network (built from the
+  ``architecture`` in ``summary.json``); for the others the original model
+  with its sparse params. ``model.apply(variables, x, train=False)``.
+
+  >>> model, variables = load_pruned("runs/gat_lenet5")
+  """
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a "
+                            "finished pruning run.")
+  with open(path) as f:
+    s = json.load(f)
+  arch = {k: tuple(v) if isinstance(v, list) else v
+          for k, v in (s.get("architecture") or {}).items()}
+  model = models_lib.get_model(s["model"], s.get("num_classes", 10), **arch)
+  saved = engine.load_final(workdir, "pruned")
+  variables = {"params": saved["params"]}
+  if saved.get("batch_stats"):
+    variables["batch_stats"] = saved["batch_stats"]
+  return model, variables
+
+
+__all__ = ["RunInit", "load_pruned", "LoopResult", "run_loop", "train", "prune",
            "prune_runs", "method_of", "validate", "dense_config",
            "load_dense", "budget_steps", "run_hparams", "finalize",
            "make_state", "make_hp", "init_run", "evaluate_params", "VMAP_FIELDS",

@@ -1,0 +1,259 @@
+"""Network surgery: channel groups, exact shrinking, the channel group lasso,
+channel selection and the smaller network's save / load. No dataset."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxnag_jax as pj
+from proxnag_jax import engine
+from proxnag_jax import models
+from proxnag_jax import surgery
+from proxnag_jax.methods import gat as gat_lib
+from proxnag_jax.models.vgg import VGG
+
+# Small members of every family surgery knows (and their input shapes).
+FAMILIES = {
+    "lenet5": (models.get_model("lenet5"), (28, 28, 1)),
+    "lenet5_bn": (models.get_model("lenet5_bn", widths=(6, 10, 40)),
+                  (28, 28, 1)),
+    "lenet300_100": (models.get_model("lenet300_100"), (28, 28, 1)),
+    "conv4": (models.get_model("conv4", widths=(8, 8, 16, 16), head=(32, 16)),
+              (16, 16, 3)),
+    "vgg": (VGG(cfg=(8, 8, "M", 16, "M", 16, "M")), (8, 8, 3)),
+    "resnet20": (models.get_model("resnet20", widths=(4, 8, 8)),
+                 (16, 16, 3)),
+    "resnet20_b": (models.get_model("resnet20_b", widths=(4, 8, 8)),
+                   (16, 16, 3)),
+}
+
+
+def _shapes(model, shape):
+  """The variables' shapes (all channel_groups needs), without running."""
+  return jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + shape), train=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _variables_of(name, seed=0):
+  model, shape = FAMILIES[name]
+  return _variables(model, shape, seed)
+
+
+def _variables(model, shape, seed=0):
+  """Random variables with nonzero biases / BN shifts and random BN
+  statistics, so nothing is exact by accident."""
+  v = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + shape),
+                                   train=False))(jax.random.PRNGKey(seed))
+  leaves, treedef = jax.tree.flatten(v)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  leaves = [x + 0.1 * jax.random.uniform(k, x.shape) for x, k in
+            zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _apply(model, variables, x):
+  """One compiled call (eager Flax dispatches, and compiles, op by op)."""
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+
+
+def _random_keep(groups, seed=0, frac=0.6):
+  rng = np.random.default_rng(seed)
+  keep = {}
+  for g in groups:
+    if g.prunable:
+      k = rng.random(g.size) < frac
+      k[rng.integers(g.size)] = True
+      keep[g.name] = k
+  return keep
+
+
+def _close(a, b):
+  """Equal up to float32 rounding relative to the output's scale (the two
+  networks sum the same products in a different order)."""
+  scale = float(jnp.max(jnp.abs(a))) + 1e-6
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                             atol=1e-5 * scale * 10)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_shrink_is_exact_when_removed_channels_are_zero(name):
+  model, shape = FAMILIES[name]
+  v = _variables_of(name)
+  groups = surgery.channel_groups(model, v)
+  keep = _random_keep(groups)
+  vz = surgery.zero_channels(v, groups, keep)
+  small, sv = surgery.shrink(model, vz, keep)
+  x = jax.random.normal(jax.random.PRNGKey(9), (3,) + shape)
+  _close(_apply(model, vz, x), _apply(small, sv, x))
+  # The smaller network is what its constructor builds (same shapes).
+  fresh = _shapes(small, shape)
+  assert (jax.tree.map(jnp.shape, fresh) == jax.tree.map(jnp.shape, sv))
+  removed = sum(int((~k).sum()) for k in keep.values())
+  assert removed > 0
+  assert surgery.count_params(sv) < surgery.count_params(v)
+
+
+def test_resnet_streams_follow_the_shortcut_option():
+  for name, prunable in (("resnet20", False), ("resnet20_b", True)):
+    model, shape = FAMILIES[name]
+    groups = surgery.channel_groups(model, _shapes(model, shape))
+    streams = [g for g in groups if g.name.startswith("stage")]
+    assert len(streams) == 3 and all(g.prunable == prunable
+                                     for g in streams)
+    inner = [g for g in groups if g.name.endswith("/inner")]
+    assert len(inner) == 9 and all(g.prunable for g in inner)
+  # Option B: a stage stream's producers are all the convs adding into it.
+  model, shape = FAMILIES["resnet20_b"]
+  g = {g.name: g for g in surgery.channel_groups(
+      model, _shapes(model, shape))}["stage2"]
+  kernels = {"/".join(s.path[:-1]) for s in g.kernels()}
+  assert kernels == {"layer2_0/shortcut_conv", "layer2_0/conv2",
+                     "layer2_1/conv2", "layer2_2/conv2"}
+
+
+def test_shrink_refuses_what_cannot_work():
+  model, shape = FAMILIES["resnet20"]
+  v = _variables_of("resnet20")
+  with pytest.raises(ValueError, match="cannot be pruned"):
+    surgery.shrink(model, v, {"stage1": np.arange(4) > 0})
+  with pytest.raises(ValueError, match="removes every channel"):
+    surgery.shrink(model, v, {"layer1_0/inner": np.zeros(4, bool)})
+  with pytest.raises(ValueError, match="has 3 entries"):
+    surgery.shrink(model, v, {"layer1_0/inner": np.ones(3, bool)})
+  with pytest.raises(ValueError, match="no channel group"):
+    surgery.shrink(model, v, {"conv9": np.ones(3, bool)})
+  with pytest.raises(ValueError, match="does not know"):
+    surgery.channel_groups(models.get_model("resnet18_imagenet"), {})
+
+
+def test_channel_masks_switch_off_all_producers():
+  model, shape = FAMILIES["lenet5_bn"]
+  v = _variables_of("lenet5_bn")
+  groups = surgery.channel_groups(model, v)
+  keep = {"conv2": np.arange(10) % 2 == 0}
+  m = surgery.channel_masks(v["params"], groups, keep)
+  assert not np.asarray(m["conv2"]["kernel"])[..., 1].any()
+  assert np.asarray(m["conv2"]["kernel"])[..., 0].all()
+  for leaf in ("scale", "bias"):
+    np.testing.assert_array_equal(np.asarray(m["bn2"][leaf]), keep["conv2"])
+  np.testing.assert_array_equal(np.asarray(m["conv2"]["bias"]),
+                                keep["conv2"])
+  # Consumers (fc1's rows) and other layers untouched.
+  assert np.asarray(m["fc1"]["kernel"]).all()
+  assert np.asarray(m["conv1"]["kernel"]).all()
+  alive = surgery.alive_channels(
+      surgery.zero_channels(v, groups, keep)["params"],
+      {g.name: g for g in groups}["conv2"])
+  np.testing.assert_array_equal(np.asarray(alive), keep["conv2"])
+
+
+def test_group_soft_threshold_matches_its_formula():
+  model, shape = FAMILIES["lenet5_bn"]
+  v = _variables_of("lenet5_bn")
+  groups = surgery.channel_groups(model, v)
+  g = {g.name: g for g in groups}["conv1"]
+  p = v["params"]
+  cols = np.concatenate([
+      np.asarray(p["conv1"]["kernel"]).reshape(-1, 6).T,
+      np.asarray(p["conv1"]["bias"])[:, None],
+      np.asarray(p["bn1"]["scale"])[:, None],
+      np.asarray(p["bn1"]["bias"])[:, None]], axis=1)      # (6, 25 + 3)
+  norms = np.linalg.norm(cols, axis=1)
+  assert surgery.channel_param_count(p, g) == 28
+  tau = float(np.median(norms)) / np.sqrt(28)   # zeroes about half
+  out = surgery.group_soft_threshold(p, groups, tau)
+  scale = np.maximum(0.0, 1.0 - tau * np.sqrt(28) / norms)
+  np.testing.assert_allclose(
+      np.asarray(out["conv1"]["kernel"]),
+      np.asarray(p["conv1"]["kernel"]) * scale, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(out["bn1"]["scale"]),
+                             np.asarray(p["bn1"]["scale"]) * scale,
+                             rtol=1e-5, atol=1e-7)
+  dead = ~np.asarray(surgery.alive_channels(out, g))
+  np.testing.assert_array_equal(dead, scale == 0)
+  assert 0 < dead.sum() < 6
+  # The classifier (not a group) passes through.
+  np.testing.assert_array_equal(np.asarray(out["fc2"]["kernel"]),
+                                np.asarray(p["fc2"]["kernel"]))
+
+
+def test_prox_channel_l1_composes_with_optax():
+  model, shape = FAMILIES["lenet5_bn"]
+  v = _variables_of("lenet5_bn")
+  groups = surgery.channel_groups(model, v)
+  params = v["params"]
+  tx = optax.inject_hyperparams(
+      lambda learning_rate, l1: pj.proxnag(learning_rate, l1, 0.9,
+                                           groups=groups))(
+                                               learning_rate=0.1, l1=0.0)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  state = pj.set_hyperparams(state, l1=50.0)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    upd, state = step(grads, state, params)
+    params = optax.apply_updates(params, upd)
+  sp = pj.sparse_params(state)
+  # A large lambda empties every prunable channel of the sparse iterate.
+  assert int(surgery.removed_channels(sp, groups)) == surgery.num_channels(
+      groups)
+  np.testing.assert_array_equal(np.asarray(sp["fc2"]["kernel"]),
+                                np.asarray(v["params"]["fc2"]["kernel"]))
+  with pytest.raises(ValueError, match="l1"):
+    pj.prox_channel_l1(-1.0, 0.1, groups)
+
+
+def test_select_channels_counts():
+  model, shape = FAMILIES["resnet20_b"]
+  groups = surgery.channel_groups(model, _shapes(model, shape))
+  rng = np.random.default_rng(0)
+  scores = {g.name: jnp.asarray(rng.random(g.size))
+            for g in surgery.prunable_groups(groups)}
+  n = surgery.num_channels(groups)
+  for s in (0.0, 0.3, 0.9, 0.99):
+    keep = jax.jit(functools.partial(surgery.select_channels, groups=groups,
+                                     scope="global"))(scores, sparsity=s)
+    kept = sum(int(k.sum()) for k in keep.values())
+    assert kept == n - min(round(s * n), n - len(keep))
+    assert all(int(k.sum()) >= 1 for k in keep.values())
+    keep = surgery.select_channels(scores, groups, s, "layer")
+    for g in surgery.prunable_groups(groups):
+      assert int(keep[g.name].sum()) == g.size - min(round(s * g.size),
+                                                     g.size - 1)
+      # The highest scores stay.
+      k = np.asarray(keep[g.name])
+      sc = np.asarray(scores[g.name])
+      if 0 < k.sum() < g.size:
+        assert sc[k].min() > sc[~k].max()
+
+
+def test_knee_finds_the_bend():
+  # 10% large scores over a flat floor of tiny ones: r(t) falls from 1 to
+  # 0.1 at the floor's top, then stays flat until the large ones.
+  s = np.concatenate([np.full(900, 1e-3) * np.linspace(0.5, 1, 900),
+                      np.linspace(1.0, 2.0, 100)])
+  t, rho = gat_lib.knee(jnp.asarray(s))
+  assert 1e-3 <= float(t) < 1.0
+  assert abs(float(rho) - 0.1) < 1e-6
+
+
+def test_shrunk_network_saves_and_loads(tmp_path):
+  model, shape = FAMILIES["lenet5_bn"]
+  v = _variables_of("lenet5_bn")
+  groups = surgery.channel_groups(model, v)
+  keep = _random_keep(groups, seed=3)
+  small, sv = surgery.shrink(model, surgery.zero_channels(v, groups, keep),
+                             keep)
+  engine.save_tree(str(tmp_path / "small"), sv)
+  loaded = engine.load_final(str(tmp_path / "small"))
+  rebuilt = models.get_model("lenet5_bn", **{
+      k: tuple(x) for k, x in surgery.architecture(small).items()})
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + shape)
+  np.testing.assert_array_equal(
+      np.asarray(small.apply(sv, x, train=False)),
+      np.asarray(rebuilt.apply(loaded, x, train=False)))
