@@ -36,6 +36,7 @@ CSV_FIELDS = ("method", "target_sparsity", "seed", "sparsity",
               "compression_ratio", "theoretical_speedup", "num_params",
               "stored_params", "num_nonzero", "epochs", "budget_epochs",
               "total_epochs_with_dense", "wall_time_s", "reached_target",
+              "channel_sparsity", "params_shrunk", "measured_speedup",
               "model", "dataset", "workdir")
 
 
@@ -246,6 +247,20 @@ def table_md(config, rows, note) -> str:
     lines += table("Sparsity by the methods' masks (mean; differs from the "
                    "exact zeros where kept weights are exactly zero):",
                    "mask_sparsity", fmt=mean_only)
+  if any(r.get("channel_sparsity") is not None for r in rows):
+    # Structured methods: the target is a fraction of channels, and the
+    # result a smaller network.
+    x = lambda st, d=1: f"{st[0]:.{d}f}x"
+    lines += table("Channels removed (% of the prunable channels, mean):",
+                   "channel_sparsity", fmt=mean_only)
+    lines += table("Parameters: dense / smaller network (mean):",
+                   "compression_ratio", scale=1.0, fmt=x)
+    lines += table("MACs: dense / smaller network (mean):",
+                   "theoretical_speedup", scale=1.0, fmt=x)
+    lines += table("Measured inference speed-up of the smaller network on "
+                   "this machine (dense / shrunk wall time, same batch; "
+                   "mean):", "measured_speedup", scale=1.0,
+                   fmt=lambda st: x(st, 2))
   budget = config.base.budget_epochs
   lines += table(f"Epochs trained (mean) against the budget ({budget:g} "
                  "epochs after the dense run for dense-start methods, "

@@ -1,0 +1,41 @@
+"""Structured pruning on LeNet-5 (BatchNorm) / MNIST: seed 003's gradient
+adaptive threshold against L1-filter, network slimming and group-lasso
+Prox-NAG, at 50% and 75% of the channels removed (CPU).
+
+  python -m train.sweep --config configs/sweep_structured_lenet5.py \
+      --workdir runs/sweep_structured_lenet5 --config.data_dir=../shared/data
+
+Budget: a 5-epoch dense LeNet-5-BN shared by all methods, then 5 epochs of
+pruning and fine-tuning each (group-lasso Prox-NAG and slimming spend up to
+half of them regularising). One seed (0); the table reports test and
+validation accuracy, channels removed, parameter and MAC ratios and the
+measured inference speed-up of the smaller network on this machine.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import structured_lenet5_mnist
+
+METHODS = ("gat", "l1_filter", "slimming", "group_proxnag")
+
+
+def get_config(arg: str = ""):
+  common.check_variant(arg)
+  c = ml_collections.ConfigDict()
+  c.data_dir = ""
+  c.methods = METHODS
+  c.sparsities = (0.5, 0.75)
+  c.seeds = (0,)
+  c.vmap_runs = False
+  b = structured_lenet5_mnist.get_config()
+  b.dense.num_epochs = 5
+  b.dense.warmup_epochs = 0.5
+  b.budget_epochs = 5.0
+  c.base = b
+  c.paper_table = {}
+  if arg == "smoke":
+    c.base = structured_lenet5_mnist.get_config("smoke")
+    c.base.budget_epochs = 1.0
+    c.sparsities = (0.5,)
+  return c
