@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from proxnag_jax import data as data_lib
+from proxnag_jax import distributed
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import models as models_lib
 from proxnag_jax import report as report_lib
@@ -76,8 +77,12 @@ def workdir_lock(workdir: str):
 
   An ``flock`` on ``workdir/.lock``: the kernel releases it when the process
   dies, however it dies, so a killed run never leaves a stale lock. A second
-  writer gets :class:`WorkdirLocked` at once.
+  writer gets :class:`WorkdirLocked` at once. With several processes only
+  process 0 locks (the others write nothing but their checkpoint shards).
   """
+  if not distributed.is_primary():
+    yield
+    return
   os.makedirs(workdir, exist_ok=True)
   f = open(os.path.join(workdir, LOCK_FILE), "a+")
   try:
@@ -351,6 +356,8 @@ class Progress:
   def __init__(self, total_steps: int, batch_size: int, desc: str = "",
                every_s: float = 5.0, stream=None):
     self.total, self.batch, self.desc = total_steps, batch_size, desc
+    if stream is None and not distributed.is_primary():
+      stream = open(os.devnull, "w")  # pylint: disable=consider-using-with
     self.every, self.stream = every_s, stream or sys.stderr
     self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.done, self.t0, self.last = 0, time.time(), 0.0
@@ -391,6 +398,9 @@ class Progress:
 
 
 def append_jsonl(path: str, record: dict) -> None:
+  """Appends one JSON line (process 0 only)."""
+  if not distributed.is_primary():
+    return
   with open(path, "a") as f:
     f.write(json.dumps(record, default=_json_default) + "\n")
 
@@ -404,6 +414,9 @@ def _json_default(o):
 
 
 def write_json(path: str, obj: dict) -> None:
+  """Writes ``obj`` atomically (process 0 only)."""
+  if not distributed.is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, default=_json_default)
@@ -589,7 +602,8 @@ def check_finite(value: float, where: str, ckpt_dir: str,
 def device_info() -> dict:
   devs = jax.devices()
   return {"backend": jax.default_backend(), "device_count": len(devs),
-          "device_kind": devs[0].device_kind}
+          "device_kind": devs[0].device_kind,
+          "process_count": jax.process_count()}
 
 
 # ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from proxnag_jax import data as data_lib
+from proxnag_jax import distributed
 from proxnag_jax import engine
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import methods as methods_lib
@@ -86,7 +87,7 @@ def _unstack(tree, n):
 
 
 def _truncate(path: str, lines: int) -> None:
-  if not os.path.exists(path):
+  if not distributed.is_primary() or not os.path.exists(path):
     return
   with open(path) as f:
     keep = f.readlines()[:lines]
@@ -184,7 +185,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
   else:
     for k, r in enumerate(runs):
       for p in (r.trace_path, r.metrics_path):
-        if p and os.path.exists(p):
+        if p and os.path.exists(p) and distributed.is_primary():
           os.remove(p)
       for rec in _event_lines(r.init_events, method.labels, 0):
         engine.append_jsonl(r.trace_path, rec)
@@ -457,8 +458,9 @@ def _train(config, workdir, method, overwrite, allow_changes,
   t0 = time.time()
   mesh = engine.make_mesh()
   ds, model, arrays = engine.setup(config, mesh, log)   # data errors first
-  resuming = engine.prepare_workdir(workdir, config, overwrite,
-                                    allow_changes)
+  resuming = bool(distributed.on_primary(
+      lambda: engine.prepare_workdir(workdir, config, overwrite,
+                                     allow_changes), "prepare_workdir"))
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // config.batch_size
   params, batch_stats = engine.init_variables(model, config, ds.input_shape)
@@ -488,6 +490,15 @@ def _train(config, workdir, method, overwrite, allow_changes,
   if res.stopped_at_step is not None:
     return {"stopped_at_epoch": res.stopped_at_step // spe}
   state, ev = res.states[0], res.evals[0]
+  _, variables = method.export_network(state, model)
+  # Saved by every process together (orbax); the rest is process 0's.
+  engine.save_tree(os.path.join(workdir, "final"),
+                   {"params": variables["params"],
+                    "batch_stats": variables.get("batch_stats", {})})
+  if not distributed.is_primary():
+    distributed.sync("train_summary")
+    return {"process_index": jax.process_index(),
+            "test_accuracy": ev["accuracy"], "test_loss": ev["loss"]}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     last = json.loads(f.readlines()[-1])
   sched = ctx.schedule(config.learning_rate)
@@ -509,13 +520,10 @@ def _train(config, workdir, method, overwrite, allow_changes,
                "test_examples": int(len(ds.test_labels))},
       "config": json.loads(config.to_json_best_effort()),
   }
-  _, variables = method.export_network(state, model)
-  engine.save_tree(os.path.join(workdir, "final"),
-                   {"params": variables["params"],
-                    "batch_stats": variables.get("batch_stats", {})})
   # The completion marker, written last and atomically: a run killed before
   # this line is resumed, never taken as finished.
   engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  distributed.sync("train_summary")
   log(f"done: test accuracy {summary['test_accuracy']:.4f}; "
       f"summary in {workdir}/summary.json ({time.time() - t0:.0f} s)")
   return summary
@@ -732,8 +740,9 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   mesh = engine.make_mesh()
   dcfg = dense_config(c0)
   ds, model, arrays = engine.setup(dcfg, mesh, log)     # data errors first
-  resuming = [engine.prepare_workdir(w, c, overwrite, allow_changes)
-              for c, w in zip(configs, workdirs)]
+  resuming = [bool(distributed.on_primary(
+      lambda c=c, w=w: engine.prepare_workdir(w, c, overwrite, allow_changes),
+      "prepare_workdir")) for c, w in zip(configs, workdirs)]
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // c0.batch_size
   flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
@@ -867,7 +876,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   dense_macs = (report_lib.count_macs(model, dense_vars, in_shape)["macs"]
                 if shrunk else macs["macs"])
   trace_path = os.path.join(workdir, "trace.jsonl")
-  trace = [json.loads(l) for l in open(trace_path)]
+  trace = ([json.loads(l) for l in open(trace_path)]
+           if distributed.is_primary() else [])
   n_prunable = dense_rep["prunable_params"]
   n_zero = round(config.target_sparsity * n_prunable)
   n_pruned = n_prunable - rep["prunable_nonzero"]
@@ -932,15 +942,18 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
   engine.save_tree(os.path.join(workdir, "pruned"),
                    {"params": params, "batch_stats": batch_stats,
                     "masks": masks})
-  report_lib.write_report(workdir, summary, params, masks, macs, flt)
-  report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
-  report_lib.plot_weight_histograms(dense_params, params, os.path.join(
-      workdir, "weight_histograms.png"), flt)
-  report_lib.plot_layer_sparsity(params, os.path.join(
-      workdir, "layer_sparsity.png"), prunable=flt)
+  if distributed.is_primary():
+    report_lib.write_report(workdir, summary, params, masks, macs, flt)
+    report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
+    report_lib.plot_weight_histograms(dense_params, params, os.path.join(
+        workdir, "weight_histograms.png"), flt)
+    report_lib.plot_layer_sparsity(params, os.path.join(
+        workdir, "layer_sparsity.png"), prunable=flt)
   # The completion marker (a sweep takes a cell with it as finished):
   # written last and atomically, so a kill before it leaves a resumable run.
   engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  # Every process sees the marker before any goes on (a sweep's next cell).
+  distributed.sync("prune_summary")
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
       f"{summary['test_accuracy']:.4f} (dense "
       f"{summary['dense_test_accuracy']:.4f}), "

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from proxnag_jax import distributed
 from proxnag_jax import engine
 from proxnag_jax import loop
 from proxnag_jax import methods as methods_lib
@@ -107,7 +108,8 @@ def run(config, workdir: str, *, overwrite: bool = False,
 
 
 def _run(config, workdir, overwrite, allow_changes, log):
-  engine.prepare_workdir(workdir, config, overwrite, allow_changes)
+  distributed.on_primary(lambda: engine.prepare_workdir(
+      workdir, config, overwrite, allow_changes), "prepare_workdir")
   cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
            for m in config.methods]
   note = budget_note(config)
@@ -142,6 +144,8 @@ def _run(config, workdir, overwrite, allow_changes, log):
                       allow_changes=allow_changes, log=quiet)
     else:
       loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
+  if not distributed.is_primary():     # process 0 writes the tables
+    return []
   rows = []
   for c in cells:
     wd = os.path.join(workdir, "cells", cell_name(*c))

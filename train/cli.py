@@ -7,6 +7,7 @@ one paragraph that says what to do; ``--debug`` shows the Python traceback
 instead (keep it for bugs).
 """
 
+import os
 import sys
 
 from absl import app
@@ -15,12 +16,14 @@ from absl import logging
 from ml_collections import config_flags
 
 from proxnag_jax import data as data_lib
+from proxnag_jax import distributed
 from proxnag_jax import engine
 from proxnag_jax import methods as methods_lib
 
 # Errors that are the user's to fix, not bugs.
 USER_ERRORS = (ValueError, FileNotFoundError, data_lib.DataError,
-               engine.TrainingDiverged, engine.WorkdirLocked)
+               engine.TrainingDiverged, engine.WorkdirLocked,
+               distributed.PrimaryFailed)
 
 
 def unused_method_flags(config, argv) -> list:
@@ -55,12 +58,29 @@ def run(fn, help_config: str = "Config file.") -> None:
       "config_changes.jsonl.")
   debug = flags.DEFINE_bool(
       "debug", False, "Show the Python traceback of a user error.")
+  coordinator = flags.DEFINE_string(
+      "coordinator_address", None, "Several processes: process 0's "
+      f"host:port (or ${distributed.ENV['coordinator_address']}).")
+  num_processes = flags.DEFINE_integer(
+      "num_processes", None, "Several processes: how many (or "
+      f"${distributed.ENV['num_processes']}).")
+  process_id = flags.DEFINE_integer(
+      "process_id", None, "Several processes: this one's id, 0 .. n-1 (or "
+      f"${distributed.ENV['process_id']}).")
+  auto_distributed = flags.DEFINE_bool(
+      "distributed", False, "Start jax.distributed from the cluster's "
+      "environment (SLURM, Open MPI, Cloud TPU).")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax is chatty at INFO
     try:
+      distributed.initialize(coordinator.value, num_processes.value,
+                             process_id.value, auto=auto_distributed.value)
+      if not distributed.is_primary():
+        # Process 0 reports; the others' progress would repeat it.
+        sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
       unused = unused_method_flags(config.value, sys.argv)
       if unused:
         raise ValueError(
