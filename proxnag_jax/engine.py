@@ -198,7 +198,22 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def put_replicated(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """``tree`` replicated on every device of ``mesh``.
+
+  With several processes each builds the global array from its own host
+  copy (they hold the same values: same config, seed and checkpoint);
+  ``jax.device_put`` would compare the copies across processes, and states
+  that hold NaN on purpose (Prox-NAG's "unset" loss average) never compare
+  equal."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, replicated(mesh))
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding,
+                                        lambda idx: x[idx])
+  return jax.tree.map(put, tree)
 
 
 # ---------------------------------------------------------------------------

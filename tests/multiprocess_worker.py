@@ -1,7 +1,13 @@
 """One process of a multi-process run on this machine (used by
-tests/test_distributed.py): ``python tests/multiprocess_worker.py PORT N ID
-WORKDIR DATA_DIR [STOP_AFTER_EPOCHS]`` trains the LeNet-5 smoke config with
-``jax.distributed`` over N CPU processes talking through gloo on localhost."""
+tests/test_distributed.py), with ``jax.distributed`` over N CPU processes
+talking through gloo on localhost:
+
+  python tests/multiprocess_worker.py PORT N ID train WORKDIR DATA_DIR [STOP]
+  python tests/multiprocess_worker.py PORT N ID prune WORKDIR DATA_DIR DENSE
+
+``train``: the LeNet-5 smoke config (stopped after STOP epochs if given);
+``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE.
+"""
 
 import json
 import os
@@ -14,17 +20,28 @@ from proxnag_jax import distributed  # pylint: disable=g-import-not-at-top
 
 
 def main():
-  port, n, pid, workdir, data_dir = sys.argv[1:6]
-  stop = int(sys.argv[6]) if len(sys.argv) > 6 else None
+  port, n, pid, mode, workdir, data_dir = sys.argv[1:7]
+  extra = sys.argv[7] if len(sys.argv) > 7 else None
   distributed.initialize(f"localhost:{port}", int(n), int(pid))
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = data_dir
-  out = loop.train(c, workdir, stop_after_epochs=stop,
-                   log=print if distributed.is_primary() else (lambda *_: None))
-  print("RESULT " + json.dumps({k: out.get(k) for k in (
-      "test_accuracy", "stopped_at_epoch", "process_index")}), flush=True)
+  log = print if distributed.is_primary() else (lambda *_: None)
+  if mode == "train":
+    c = lenet5_mnist.get_config("smoke")
+    c.data_dir = data_dir
+    out = loop.train(c, workdir, stop_after_epochs=int(extra) if extra
+                     else None, log=log)
+  else:
+    c = proxnag_lenet5_mnist.get_config("smoke")
+    c.data_dir = data_dir
+    c.dense_checkpoint = extra
+    out = loop.prune(c, workdir, log=log)
+  import jax  # pylint: disable=g-import-not-at-top
+  print("RESULT " + json.dumps({
+      "process_index": jax.process_index(),
+      **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
+                                 "sparsity")}}), flush=True)
 
 
 if __name__ == "__main__":

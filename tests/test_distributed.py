@@ -30,11 +30,11 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _run_processes(n, workdir, data_dir, *extra, timeout=600):
+def _run_processes(n, workdir, data_dir, *extra, mode="train", timeout=600):
   port = _port()
   procs = [subprocess.Popen(
-      [sys.executable, WORKER, str(port), str(n), str(i), workdir, data_dir,
-       *map(str, extra)], env=_env(1 if n > 1 else 2), cwd=ROOT,
+      [sys.executable, WORKER, str(port), str(n), str(i), mode, workdir,
+       data_dir, *map(str, extra)], env=_env(1 if n > 1 else 2), cwd=ROOT,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(n)]
   outs = []
@@ -68,9 +68,10 @@ def test_two_processes_match_one(one_process, two_processes):
   wd1, r1 = one_process
   wd2, r2 = two_processes
   # Only process 0 writes the run's files.
-  assert r2[1]["process_index"] == 1
+  assert [r["process_index"] for r in r2] == [0, 1]
   with open(os.path.join(wd2, "summary.json")) as f:
     s2 = json.load(f)
+  assert len(os.listdir(os.path.join(wd2, "final"))) > 0
   assert s2["process_count"] == 2 and s2["device_count"] == 2
   # The same global batches, order and augmentation: the same losses up to
   # the float32 order of the cross-process gradient sum (rtol 1e-3 after 16
@@ -93,3 +94,24 @@ def test_killed_two_process_run_resumes(tmp_path, mnist_dir, two_processes):
   assert again[0]["test_accuracy"] == ref[0]["test_accuracy"]
   a, b = _epochs(wd), _epochs(full)
   assert [x["train_loss"] for x in a] == [x["train_loss"] for x in b]
+
+
+def test_prune_on_two_processes(tmp_path, mnist_dir, one_process,
+                                two_processes):
+  """Prox-NAG from the same dense model, 1 process (2 devices) and 2
+  processes: the same decisions on both processes (identical sparsity and
+  accuracy), the exact target count of zeros, and the 1-process result to
+  float32 order (accuracy within 2 images in 500)."""
+  dense, _ = two_processes
+  r1 = _run_processes(1, str(tmp_path / "p1"), mnist_dir, dense,
+                      mode="prune")[0]
+  r2 = _run_processes(2, str(tmp_path / "p2"), mnist_dir, dense,
+                      mode="prune")
+  assert r2[0]["sparsity"] == r2[1]["sparsity"]
+  assert r2[0]["test_accuracy"] == r2[1]["test_accuracy"]
+  assert r2[0]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+  assert r1["sparsity"] == r2[0]["sparsity"]
+  assert abs(r1["test_accuracy"] - r2[0]["test_accuracy"]) <= 2 / 500
+  with open(tmp_path / "p2" / "summary.json") as f:
+    assert json.load(f)["process_count"] == 2
+  assert os.path.exists(tmp_path / "p2" / "report.md")

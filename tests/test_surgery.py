@@ -45,15 +45,22 @@ def _variables_of(name, seed=0):
 
 
 def _variables(model, shape, seed=0):
-  """Random variables with nonzero biases / BN shifts and random BN
-  statistics, so nothing is exact by accident."""
-  v = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + shape),
-                                   train=False))(jax.random.PRNGKey(seed))
-  leaves, treedef = jax.tree.flatten(v)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  leaves = [x + 0.1 * jax.random.uniform(k, x.shape) for x, k in
-            zip(leaves, keys)]
-  return jax.tree.unflatten(treedef, leaves)
+  """Random variables (numpy, no compiling): kernels scaled by their fan-in,
+  nonzero biases and BN shifts, random positive BN variances, so nothing
+  is exact by accident."""
+  rng = np.random.default_rng(seed)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(_shapes(model, shape))
+  out = []
+  for path, leaf in flat:
+    name = path[-1].key
+    if name == "var":
+      x = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name == "kernel":
+      x = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    else:
+      x = rng.normal(size=leaf.shape) * 0.3 + (1.0 if name == "scale" else 0)
+    out.append(jnp.asarray(x, jnp.float32))
+  return jax.tree.unflatten(treedef, out)
 
 
 def _apply(model, variables, x):
