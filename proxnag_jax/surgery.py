@@ -491,6 +491,27 @@ def select_channels(scores: dict, groups, sparsity, scope: str = "layer"
   return out
 
 
+def round_keep(keep: dict, scores: dict, groups, round_to: int) -> dict:
+  """Rounds every group's kept count to the nearest multiple of
+  ``round_to`` (at least ``round_to``, at most the group's size), keeping
+  the highest scores: CPU and GPU convolutions run much faster on channel
+  counts that are multiples of 8 (measured in docs/results.md: a shrunk
+  ResNet-20 with odd inner widths ran 1.38x faster than the dense one, the
+  same widths rounded up to multiples of 8 1.74x). Traceable; the target
+  count then holds only to within ``round_to / 2`` channels per group."""
+  if round_to <= 1:
+    return keep
+  out = dict(keep)
+  for g in prunable_groups(groups):
+    if g.name not in keep or g.size <= round_to:
+      continue
+    k = jnp.sum(keep[g.name], dtype=jnp.int32)
+    k = jnp.clip(jnp.round(k / round_to) * round_to, round_to,
+                 g.size).astype(jnp.int32)
+    out[g.name] = masks_lib.topk_mask(scores[g.name], k)
+  return out
+
+
 def keep_counts(groups, counts) -> dict:
   """``{name: n}`` for the prunable groups from a sequence of counts."""
   return {g.name: c for g, c in zip(prunable_groups(groups), counts)}
@@ -601,4 +622,4 @@ __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "group_soft_threshold", "alive_channels", "shrink", "register",
            "supports", "count_params", "select_channels", "keep_counts",
            "removed_channels", "num_channels", "channel_param_count",
-           "architecture", "shrink_to_alive", "slot_leaf"]
+           "architecture", "shrink_to_alive", "slot_leaf", "round_keep"]

@@ -299,3 +299,23 @@ def test_shrunk_network_trains():
     params, stats, opt, l = step(params, stats, opt)
     losses.append(float(l))
   assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_round_keep_gives_multiples_and_keeps_the_best():
+  model, shape = FAMILIES["resnet20_b"]
+  groups = surgery.channel_groups(model, _shapes(model, shape))
+  rng = np.random.default_rng(1)
+  scores = {g.name: jnp.asarray(rng.random(g.size))
+            for g in surgery.prunable_groups(groups)}
+  keep = surgery.select_channels(scores, groups, 0.4, "layer")
+  out = jax.jit(lambda k, s: surgery.round_keep(k, s, groups, 4))(keep,
+                                                                  scores)
+  for g in surgery.prunable_groups(groups):
+    k = int(out[g.name].sum())
+    if g.size > 4:
+      assert k % 4 == 0 and 4 <= k <= g.size
+      assert abs(k - int(keep[g.name].sum())) <= 2
+    sc, m = np.asarray(scores[g.name]), np.asarray(out[g.name])
+    if 0 < m.sum() < g.size:
+      assert sc[m].min() > sc[~m].max()
+  assert surgery.round_keep(keep, scores, groups, 1) is keep

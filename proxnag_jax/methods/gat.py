@@ -62,7 +62,7 @@ def knee(scores: jax.Array, grid: int = 100):
   return ts[i], r[i]
 
 
-def gat(budget: str = "target", grid: int = 100) -> Method:
+def gat(budget: str = "target", grid: int = 100, round_to: int = 1) -> Method:
   """Seed 003's structured pruning; see the module docstring."""
   if budget not in ("target", "knee"):
     raise ValueError(f"gat: budget must be 'target' or 'knee', got "
@@ -96,12 +96,12 @@ def gat(budget: str = "target", grid: int = 100) -> Method:
     else:
       n_keep = jnp.sum(sizes) - base.channel_target(hp, ctx)
       k = 1 + base.allocate(n_keep - len(gs), rho * sizes, sizes - 1)
-    keep = {}
+    keep, ranks = {}, {}
     for i, g in enumerate(gs):
       # Most effective weights first; the score sum breaks ties.
-      rank = counts[i] + sums[i] / (jnp.max(sums[i]) + 1e-30) * 0.5
-      keep[g.name] = masks_lib.topk_mask(rank, k[i])
-    return keep, rho
+      ranks[g.name] = counts[i] + sums[i] / (jnp.max(sums[i]) + 1e-30) * 0.5
+      keep[g.name] = masks_lib.topk_mask(ranks[g.name], k[i])
+    return surgery.round_keep(keep, ranks, ctx.groups, round_to), rho
 
   def init(key, state, ctx):
     del key

@@ -41,7 +41,8 @@ PRUNE, FINETUNE = 0, 1
 
 def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                   prune_lr: float = 0.01, prune_fraction: float = 0.5,
-                  finetune_lr: float = 0.01, weighted: bool = True) -> Method:
+                  finetune_lr: float = 0.01, weighted: bool = True,
+                  round_to: int = 1) -> Method:
   """Group-lasso Prox-NAG; see the module docstring."""
   if l1_init < 0 or l1_step < 0 or l1_init + l1_step == 0:
     raise ValueError("group_proxnag: l1_init and l1_step must be "
@@ -90,6 +91,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
     n_ch = surgery.num_channels(ctx.groups)
     sparsity = jnp.maximum(zeros, target).astype(jnp.float32) / n_ch
     keep = surgery.select_channels(scores, ctx.groups, sparsity, "global")
+    keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
     masks = surgery.channel_masks(params, ctx.groups, keep)
     state = state.replace(params=params)
     state = base.start_with_masks(state, masks, tx(state.hp, ctx))

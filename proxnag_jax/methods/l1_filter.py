@@ -28,8 +28,10 @@ from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Method
 
 
-def l1_filter(scope: str = "layer") -> Method:
-  """One-shot L1-norm filter pruning of the dense model, then fine-tuning."""
+def l1_filter(scope: str = "layer", round_to: int = 1) -> Method:
+  """One-shot L1-norm filter pruning of the dense model, then fine-tuning
+  (``round_to``: kept channel counts rounded to its multiples,
+  :func:`proxnag_jax.surgery.round_keep`)."""
   if scope not in ("layer", "global"):
     raise ValueError(f"l1_filter: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -46,6 +48,7 @@ def l1_filter(scope: str = "layer") -> Method:
       scores[g.name] = n / jnp.maximum(jnp.mean(n), 1e-12)
     keep = surgery.select_channels(scores, ctx.groups, state.hp["target"],
                                    scope)
+    keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
     state = base.prune_channels(state, keep, ctx, start=True,
                                 tx=base.masked_sgd(state.hp, ctx))
     return state, {"prune": base.event(

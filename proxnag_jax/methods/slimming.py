@@ -78,7 +78,8 @@ def scale_mask(params, groups):
       tuple(k.key for k in path) in scales for path, _ in flat])
 
 
-def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5) -> Method:
+def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
+             round_to: int = 1) -> Method:
   """Network slimming; see the module docstring."""
   if l1 < 0:
     raise ValueError("slimming: l1 must be non-negative.")
@@ -119,6 +120,7 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5) -> Method:
             jax.tree.map(jnp.abs, state.params), g, g.scales())
       keep = surgery.select_channels(scores, ctx.groups, state.hp["target"],
                                      "global")
+      keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
       return base.prune_channels(state, keep, ctx)
 
     state = jax.lax.cond(due, prune, lambda s: s, state)
