@@ -179,3 +179,19 @@ def test_structured_update_is_pure_under_jit_and_vmap():
       stacked, events = upd(keys, stacked, metrics)
     for kind, ev in events.items():
       assert ev["emit"].shape == (2,), (name, kind)
+
+
+def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
+                                              dense_bn_dir):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  wd, s = _run("l1_filter", tmp_path_factory, mnist_dir, dense_bn_dir)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "-m", "train.speed", "--run", wd, "--batch_size", "8",
+       "--repeats", "2"], cwd=root, capture_output=True, text=True,
+      check=True).stdout
+  r = json.loads(out[out.index("{"):])
+  assert r["measured_speedup"] > 0 and r["speedup_batch_size"] == 8
+  assert r["architecture"]["widths"] == s["architecture"]["widths"]
+  assert r["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
