@@ -47,7 +47,6 @@ from proxnag_jax import masks as masks_lib
 
 from proxnag_jax.models.cifar_resnet import CifarResNet
 from proxnag_jax.models.conv_n import ConvN
-from proxnag_jax.models.conv_n import WIDTHS as CONVN_WIDTHS
 from proxnag_jax.models.lenet import LeNet300100
 from proxnag_jax.models.lenet import LeNet5
 from proxnag_jax.models.vgg import VGG
@@ -512,11 +511,6 @@ def round_keep(keep: dict, scores: dict, groups, round_to: int) -> dict:
   return out
 
 
-def keep_counts(groups, counts) -> dict:
-  """``{name: n}`` for the prunable groups from a sequence of counts."""
-  return {g.name: c for g, c in zip(prunable_groups(groups), counts)}
-
-
 def removed_channels(params: PyTree, groups) -> jax.Array:
   """Channels of the prunable groups whose producers are all zero (int32,
   traceable)."""
@@ -620,6 +614,6 @@ def count_params(variables: dict) -> int:
 __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "channel_masks", "zero_channels", "channel_norms", "channel_sums",
            "group_soft_threshold", "alive_channels", "shrink", "register",
-           "supports", "count_params", "select_channels", "keep_counts",
+           "supports", "count_params", "select_channels",
            "removed_channels", "num_channels", "channel_param_count",
            "architecture", "shrink_to_alive", "slot_leaf", "round_keep"]

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+import helpers
 import proxnag_jax as pj
 from proxnag_jax import engine
 from proxnag_jax import loop
@@ -228,18 +229,9 @@ def test_contract_update_is_pure_under_jit_and_vmap(name):
                      total_steps=16, grad_fn=lambda p: jax.tree.map(
                          jnp.ones_like, p))
   n = base.num_prunable(params, ctx.prunable)
-  states = []
-  for t in (0.5, 0.8):
-    hp = loop.make_hp({"target": t, "n_zero": round(t * n), "lr": 0.1,
-                   "weight_decay": 0.0, "momentum": 0.9, **method.hparams})
-    states.append(loop.init_run(method, ctx, params, {}, hp, 0)[0])
-  stacked = loop._stack(states)
-  metrics = {"loss": jnp.ones(2), "accuracy": jnp.ones(2)}
-  upd = jax.jit(jax.vmap(lambda k, s, m: method.update(k, s, m, ctx)))
-  keys = jnp.stack([jax.random.PRNGKey(i) for i in range(2)])
-  for _ in range(4):
-    stacked = stacked.replace(step=stacked.step + 4)
-    stacked, events = upd(keys, stacked, metrics)
+  hps = [{"target": t, "n_zero": round(t * n), "lr": 0.1,
+          "weight_decay": 0.0, "momentum": 0.9} for t in (0.5, 0.8)]
+  events = helpers.vmapped_update_events(method, ctx, params, {}, hps)
   for kind, ev in events.items():
     assert "emit" in ev and ev["emit"].shape == (2,), kind
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 import proxnag_jax as pj
 from configs import proxnag_lenet5_mnist
 from proxnag_jax import engine
@@ -101,11 +102,7 @@ def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
   for x, y in zip(jax.tree.leaves(engine.load_final(full, "pruned")),
                   jax.tree.leaves(engine.load_final(part, "pruned"))):
     np.testing.assert_array_equal(x, y)
-  strip = lambda r: {k: v for k, v in r.items()
-                     if k not in ("images_per_s", "wall_time_s")}
-  ta = [json.loads(l) for l in open(os.path.join(full, "trace.jsonl"))]
-  tb = [json.loads(l) for l in open(os.path.join(part, "trace.jsonl"))]
-  assert [strip(r) for r in ta] == [strip(r) for r in tb]
+  assert helpers.trace_records(full) == helpers.trace_records(part)
 
 
 def test_unreachable_target_stops_with_model_saved(tmp_path, mnist_dir,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from configs import structured_lenet5_mnist
 from proxnag_jax import engine
 from proxnag_jax import loop
@@ -133,11 +134,7 @@ def test_structured_run_resumes_to_the_same_result(tmp_path, tmp_path_factory,
   for x, y in zip(jax.tree.leaves(engine.load_final(full, "pruned")),
                   jax.tree.leaves(engine.load_final(part, "pruned"))):
     np.testing.assert_array_equal(x, y)
-  strip = lambda r: {k: v for k, v in r.items()
-                     if k not in ("images_per_s", "wall_time_s")}
-  ta = [json.loads(l) for l in open(os.path.join(full, "trace.jsonl"))]
-  tb = [json.loads(l) for l in open(os.path.join(part, "trace.jsonl"))]
-  assert [strip(r) for r in ta] == [strip(r) for r in tb]
+  assert helpers.trace_records(full) == helpers.trace_records(part)
 
 
 def test_structured_user_errors(tmp_path, mnist_dir, dense_dir):
@@ -163,20 +160,10 @@ def test_structured_update_is_pure_under_jit_and_vmap():
   _, v, ctx = _tiny_ctx()
   for name in methods.STRUCTURED_METHODS:
     method = methods.get_method(name)
-    states = []
-    for t in (0.5, 0.8):
-      hp = loop.make_hp({"target": t, "n_zero": 0, "lr": 0.1,
-                         "weight_decay": 0.0, "momentum": 0.9,
-                         **method.hparams})
-      states.append(loop.init_run(method, ctx, v["params"], v["batch_stats"],
-                                  hp, 0)[0])
-    stacked = loop._stack(states)    # pylint: disable=protected-access
-    metrics = {"loss": jnp.ones(2), "accuracy": jnp.ones(2)}
-    upd = jax.jit(jax.vmap(lambda k, s, m: method.update(k, s, m, ctx)))
-    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(2)])
-    for _ in range(3):
-      stacked = stacked.replace(step=stacked.step + 4)
-      stacked, events = upd(keys, stacked, metrics)
+    hps = [{"target": t, "n_zero": 0, "lr": 0.1, "weight_decay": 0.0,
+            "momentum": 0.9} for t in (0.5, 0.8)]
+    events = helpers.vmapped_update_events(method, ctx, v["params"],
+                                           v["batch_stats"], hps, steps=3)
     for kind, ev in events.items():
       assert ev["emit"].shape == (2,), (name, kind)
 

@@ -215,12 +215,17 @@ def test_prox_channel_l1_composes_with_optax():
     pj.prox_channel_l1(-1.0, 0.1, groups)
 
 
-def test_select_channels_counts():
+def _resnet_b_scores(seed):
+  """ResNet-20-B's channel groups and random scores for each channel."""
   model, shape = FAMILIES["resnet20_b"]
   groups = surgery.channel_groups(model, _shapes(model, shape))
-  rng = np.random.default_rng(0)
-  scores = {g.name: jnp.asarray(rng.random(g.size))
-            for g in surgery.prunable_groups(groups)}
+  rng = np.random.default_rng(seed)
+  return groups, {g.name: jnp.asarray(rng.random(g.size))
+                  for g in surgery.prunable_groups(groups)}
+
+
+def test_select_channels_counts():
+  groups, scores = _resnet_b_scores(0)
   n = surgery.num_channels(groups)
   for s in (0.0, 0.3, 0.9, 0.99):
     keep = jax.jit(functools.partial(surgery.select_channels, groups=groups,
@@ -302,11 +307,7 @@ def test_shrunk_network_trains():
 
 
 def test_round_keep_gives_multiples_and_keeps_the_best():
-  model, shape = FAMILIES["resnet20_b"]
-  groups = surgery.channel_groups(model, _shapes(model, shape))
-  rng = np.random.default_rng(1)
-  scores = {g.name: jnp.asarray(rng.random(g.size))
-            for g in surgery.prunable_groups(groups)}
+  groups, scores = _resnet_b_scores(1)
   keep = surgery.select_channels(scores, groups, 0.4, "layer")
   out = jax.jit(lambda k, s: surgery.round_keep(k, s, groups, 4))(keep,
                                                                   scores)

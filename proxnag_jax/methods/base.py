@@ -143,6 +143,14 @@ def default_eval_params(state: RunState) -> PyTree:
   return state.params
 
 
+def sparse_iterate_while(state: RunState, active) -> PyTree:
+  """The proximal methods' params to evaluate: the optimizer's sparse
+  iterate ``w~`` (exact zeros) while ``active`` (their prune-train phase),
+  else the params (traceable)."""
+  sp = transforms.sparse_params(state.opt_state)
+  return jax.tree.map(lambda a, b: jnp.where(active, a, b), sp, state.params)
+
+
 def default_export(state: RunState, model, eval_params=default_eval_params,
                    forward=identity_forward):
   """The final network: the same model, with the evaluated params."""
@@ -460,5 +468,5 @@ __all__ = [
     "layer_topk_masks", "global_topk_masks", "topk_masks", "n_keep", "masks_of",
     "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
     "event", "check_groups", "channel_target", "prune_channels",
-    "shrink_export",
+    "shrink_export", "sparse_iterate_while",
 ]

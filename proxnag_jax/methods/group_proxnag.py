@@ -136,10 +136,8 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
         sparsity=base.sparsity_of(state.params, ctx.prunable))}
 
   def eval_params(state):
-    in_prune = state.method_state["phase"] == PRUNE
-    sp = transforms.sparse_params(state.opt_state)
-    return jax.tree.map(lambda a, b: jnp.where(in_prune, a, b), sp,
-                        state.params)
+    return base.sparse_iterate_while(state,
+                                     state.method_state["phase"] == PRUNE)
 
   def export(state, model):
     return base.shrink_export(state, model, eval_params)

@@ -360,10 +360,8 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     return state, events
 
   def eval_params(state):
-    in_prune = state.method_state["phase"] == PRUNE
-    sp = transforms.sparse_params(state.opt_state)
-    return jax.tree.map(lambda a, b: jnp.where(in_prune, a, b), sp,
-                        state.params)
+    return base.sparse_iterate_while(state,
+                                     state.method_state["phase"] == PRUNE)
 
   def done(state, ctx):
     del ctx
