@@ -63,6 +63,32 @@ def test_topk_mask_exact_with_ties_and_jit():
   assert int(m.sum()) == 3
 
 
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "signed_zeros",
+                                  "extremes"])
+def test_topk_mask_equals_a_stable_descending_sort(kind):
+  """The sort-free selection keeps exactly the first ``k`` of a stable
+  descending argsort (ties by position), for every ``k``, traced."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(257).astype(np.float32)
+  x = {"normal": x, "ties": np.round(x * 2), "zeros": np.zeros_like(x),
+       "signed_zeros": np.where(x > 0, 0.0, -0.0).astype(np.float32),
+       "extremes": np.concatenate([
+           [np.inf, -np.inf, np.finfo(np.float32).max,
+            np.finfo(np.float32).tiny, -np.finfo(np.float32).tiny, 1e-45,
+            -1e-45], x[7:]]).astype(np.float32)}[kind]
+  order = np.argsort(-x, kind="stable")
+  f = jax.jit(pj.topk_mask)
+  for k in (0, 1, 2, 128, 255, 256, 257):
+    want = np.zeros(x.size, bool)
+    want[order[:k]] = True
+    np.testing.assert_array_equal(np.asarray(f(jnp.asarray(x), k)), want)
+  # a 2-D leaf keeps its shape; vmapped over a batch of k
+  m = jax.vmap(pj.topk_mask, in_axes=(None, 0))(jnp.asarray(x[:256]).reshape(
+      16, 16), jnp.arange(0, 257, 64))
+  assert m.shape == (5, 16, 16)
+  np.testing.assert_array_equal(m.sum((1, 2)), np.arange(0, 257, 64))
+
+
 def test_magnitude_masks_under_jit_with_traced_sparsity():
   params = _params()
   f = jax.jit(lambda p, s: pj.magnitude_masks(p, s, scope="global"))
