@@ -270,13 +270,18 @@ def make_step(model, method, ctx, *, mean, std, augment: bool,
 
 def make_chunk(step: Callable, method, ctx, *, mesh: Mesh,
                vmapped: bool = False) -> Callable:
-  """Jitted ``chunk(state, images, labels, idx) -> (state, outs, done)``.
+  """Jitted ``chunk(state, images, labels, idx, n=None) -> (state, outs,
+  done)``.
 
-  Runs ``idx.shape[0]`` steps under ``jax.lax.scan`` (one dispatch and one
-  host sync per chunk). With ``vmapped`` the state has a leading run axis
-  and ``idx`` is ``(steps, runs, batch)``. A run whose ``method.done`` is
-  true takes no more steps (its outputs are marked ``active = False``).
-  ``done`` is returned for the host to stop the loop.
+  Runs the first ``n`` (default: all) of ``idx.shape[0]`` steps under
+  ``jax.lax.scan`` (one dispatch and one host sync per chunk). ``n`` is a
+  traced count, so chunks of every length up to ``idx.shape[0]`` share one
+  compiled program (the loop pads ``idx``: an epoch's or a checkpoint's
+  last, shorter chunk costs no recompilation); the padded steps are skipped
+  by a ``lax.cond`` and marked ``active = False``. With ``vmapped`` the
+  state has a leading run axis and ``idx`` is ``(steps, runs, batch)``. A
+  run whose ``method.done`` is true takes no more steps (its outputs are
+  marked inactive too). ``done`` is returned for the host to stop the loop.
   """
   if vmapped:
     one = jax.vmap(step, in_axes=(0, None, None, 0))
@@ -285,23 +290,32 @@ def make_chunk(step: Callable, method, ctx, *, mesh: Mesh,
     one = step
     done_fn = lambda s: method.done(s, ctx)
 
-  def chunk(state, images, labels, idx):
-    def body(state, i):
-      done = done_fn(state)
-      if vmapped:
-        new, out = one(state, images, labels, i)
-        keep = lambda a, b: jnp.where(
-            done.reshape(done.shape + (1,) * (a.ndim - 1)), b, a)
-        new = jax.tree.map(keep, new, state)
-      else:
-        out_shape = jax.eval_shape(one, state, images, labels, i)[1]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
-        new, out = jax.lax.cond(
-            done, lambda s: (s, zeros),
-            lambda s: one(s, images, labels, i), state)
-      return new, {"out": out, "active": ~done}
+  def chunk(state, images, labels, idx, n=None):
+    length = idx.shape[0]
+    n = jnp.int32(length) if n is None else jnp.asarray(n, jnp.int32)
+    out_shape = jax.eval_shape(one, state, images, labels, idx[0])[1]
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 out_shape)
 
-    state, outs = jax.lax.scan(body, state, idx)
+    def body(state, xs):
+      i, j = xs
+      done = done_fn(state)
+      valid = j < n
+      if vmapped:
+        def run(s):
+          new, out = one(s, images, labels, i)
+          keep = lambda a, b: jnp.where(
+              done.reshape(done.shape + (1,) * (a.ndim - 1)), b, a)
+          return jax.tree.map(keep, new, s), out
+        new, out = jax.lax.cond(valid, run, lambda s: (s, zeros()), state)
+      else:
+        new, out = jax.lax.cond(
+            done | ~valid, lambda s: (s, zeros()),
+            lambda s: one(s, images, labels, i), state)
+      return new, {"out": out, "active": ~done & valid}
+
+    state, outs = jax.lax.scan(body, state,
+                               (idx, jnp.arange(length, dtype=jnp.int32)))
     return state, outs, done_fn(state)
 
   rep = replicated(mesh)

@@ -150,7 +150,11 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
   eval_every = eval_every_steps or spe
   step_fn = engine.make_step(model, method, ctx, mean=mean, std=std,
                              augment=augment, mesh=mesh)
-  chunks = {}
+  # One compiled chunk for the whole loop: shorter chunks (an epoch's or a
+  # checkpoint's end) run in it padded, with their length traced.
+  chunk_len = max(1, min(int(chunk_steps), int(max_steps)))
+  chunk_fn = engine.make_chunk(step_fn, method, ctx, mesh=mesh,
+                               vmapped=vmapped)
   evaluate = engine.make_eval(model, method, mean=mean, std=std,
                               batch_size=eval_batch_size, mesh=mesh,
                               vmapped=vmapped)
@@ -265,14 +269,15 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
     if stop_at:
       bounds.append(stop_at)
     n = min(bounds) - t
-    if n not in chunks:
-      chunks[n] = engine.make_chunk(step_fn, method, ctx, mesh=mesh,
-                                    vmapped=vmapped)
     idx = index_batches(t, n)
+    if n < chunk_len:
+      idx = np.concatenate([idx, np.zeros((chunk_len - n,) + idx.shape[1:],
+                                          idx.dtype)])
     idx = jax.device_put(idx, rep)
-    state, outs, done_arr = chunks[n](state, arrays["train_x"],
-                                      arrays["train_y"], idx)
+    state, outs, done_arr = chunk_fn(state, arrays["train_x"],
+                                     arrays["train_y"], idx, np.int32(n))
     outs, done_arr = jax.device_get((outs, done_arr))
+    outs = jax.tree.map(lambda a: a[:n], outs)
     metrics, events = outs["out"]
     active = np.asarray(outs["active"]).reshape(n, n_runs)
     loss = np.asarray(metrics["loss"]).reshape(n, n_runs)

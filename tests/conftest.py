@@ -1,3 +1,4 @@
+import fcntl
 import os
 import sys
 
@@ -80,14 +81,40 @@ def mnist_dir():
 
 
 @pytest.fixture(scope="session")
-def dense_dir(tmp_path_factory, mnist_dir):
+def dense_dir(tmp_path_factory, worker_id, mnist_dir):
   """A finished dense LeNet-5 smoke run (real MNIST), shared by the pruning
-  and method tests as their dense checkpoint."""
+  and method tests as their dense checkpoint.
+
+  Under pytest-xdist (``-n 2``) the workers share one run: the first builds
+  it under a lock in the session's common temp dir, the others wait and
+  reuse it."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
-  wd = str(tmp_path_factory.mktemp("dense"))
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  c.batch_size = 64
-  loop.train(c, wd, log=lambda *_: None)
-  return wd
+
+  def build(wd):
+    c = lenet5_mnist.get_config("smoke")
+    c.data_dir = mnist_dir
+    c.batch_size = 64
+    loop.train(c, wd, log=lambda *_: None)
+    return wd
+
+  if worker_id == "master":
+    return build(str(tmp_path_factory.mktemp("dense")))
+  root = tmp_path_factory.getbasetemp().parent
+  wd, done = root / "dense_shared", root / "dense_shared.done"
+  with open(root / "dense_shared.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not done.exists():
+        build(str(wd))
+        done.touch()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return str(wd)
+
+
+@pytest.fixture(scope="session")
+def worker_id(request):
+  """The pytest-xdist worker (``'master'`` when xdist is not running)."""
+  wi = getattr(request.config, "workerinput", None)
+  return wi["workerid"] if wi else "master"

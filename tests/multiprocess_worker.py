@@ -36,6 +36,7 @@ def main():
     c = proxnag_lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
     c.dense_checkpoint = extra
+    c.checkpoint_every_steps = 0     # resume is tested on the train mode
     out = loop.prune(c, workdir, log=log)
   import jax  # pylint: disable=g-import-not-at-top
   print("RESULT " + json.dumps({

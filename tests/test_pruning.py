@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -171,14 +172,22 @@ def test_baselines_reach_target_and_resume(tmp_path, mnist_dir, dense_dir,
     np.testing.assert_array_equal(a, b)
 
 
-def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir):
+def _with_dense(wd, dense_dir):
+  """A sweep workdir whose shared dense model (seed 0) is the session's
+  dense smoke run (the sweep trains one only where none is there)."""
+  shutil.copytree(dense_dir, os.path.join(wd, "dense_seed0"))
+  return wd
+
+
+def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
   c.data_dir = mnist_dir
   c.methods = ("proxnag", "magnitude")
   c.sparsities = (0.5,)
-  wd = str(tmp_path / "sw")
+  c.base.checkpoint_every_steps = 0     # no mid-cell resume tested here
+  wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   rows = sweep.run(c, wd, **QUIET)
   assert [r["method"] for r in rows] == ["proxnag", "magnitude"]
   for f in ("results.csv", "table.md", "accuracy_vs_sparsity.png"):
@@ -206,7 +215,8 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir):
   c4.methods = ("magnitude",)
   c4.sparsities = (0.5, 0.8)
   c4.vmap_runs = True
-  v_rows = sweep.run(c4, str(tmp_path / "vm"), **QUIET)
+  c4.base.checkpoint_every_steps = 0
+  v_rows = sweep.run(c4, _with_dense(str(tmp_path / "vm"), dense_dir), **QUIET)
   assert [r["vmapped_runs"] for r in v_rows] == [2, 2]
   one = [r for r in rows if r["method"] == "magnitude"][0]
   assert v_rows[0]["sparsity"] == one["sparsity"]
