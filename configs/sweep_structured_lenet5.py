@@ -4,6 +4,13 @@ Prox-NAG, at 50% and 75% of the channels removed (CPU).
 
   python -m train.sweep --config configs/sweep_structured_lenet5.py \
       --workdir runs/sweep_structured_lenet5 --config.data_dir=../shared/data
+  python -m train.sweep --config configs/sweep_structured_lenet5.py:macs \
+      --workdir runs/sweep_structured_macs --config.data_dir=../shared/data
+
+``:macs``: the methods compared at equal cost: every method's target is the
+fraction of the dense network's MACs removed (``match='macs'``: each keeps
+its own channel ranking and allocation across layers, scaled until the
+shrunk network has at most ``1 - target`` of the MACs), at 50 / 75 / 90%.
 
 Budget: a 5-epoch dense LeNet-5-BN shared by all methods, then 5 epochs of
 pruning and fine-tuning each (group-lasso Prox-NAG and slimming spend up to
@@ -21,7 +28,7 @@ METHODS = ("gat", "l1_filter", "slimming", "group_proxnag")
 
 
 def get_config(arg: str = ""):
-  common.check_variant(arg)
+  common.check_variant(arg, ("smoke", "macs"))
   c = ml_collections.ConfigDict()
   c.data_dir = ""
   c.methods = METHODS
@@ -34,6 +41,12 @@ def get_config(arg: str = ""):
   b.budget_epochs = 5.0
   c.base = b
   c.paper_table = {}
+  if arg == "macs":
+    c.sparsities = (0.5, 0.75, 0.9)
+    for m in METHODS:
+      c.base[m].match = "macs"
+    c.target_note = ("Columns: the fraction of the dense network's MACs "
+                     "removed (every method matched to it).")
   if arg == "smoke":
     c.base = structured_lenet5_mnist.get_config("smoke")
     c.base.budget_epochs = 1.0

@@ -764,8 +764,16 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
     sched = lambda lr: optax.cosine_decay_schedule(lr, max(1, total))
   else:
     sched = engine.schedule_fn(dcfg, spe, total / spe)
+  costs = {}
+  if method.structured and groups:
+    tvars = {"params": template, "batch_stats": template_bs}
+    costs = {"params": surgery.cost_terms(tvars, groups, "params"),
+             "macs": surgery.cost_terms(tvars, groups, "macs", report_lib.
+                                        count_macs(model, tvars, (1,) + tuple(
+                                            ds.input_shape))["layers"])}
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
-                     total_steps=total, schedule=sched, groups=groups)
+                     total_steps=total, schedule=sched, groups=groups,
+                     costs=costs)
 
   runs, dense_info = [], []
   for c, wd in zip(configs, workdirs):
@@ -910,6 +918,16 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
         "masks but exactly zero (e.g. regrown at zero and not moved since); "
         f"mask sparsity {counts['mask_sparsity']:.4%}, exact-zero sparsity "
         f"{rep['sparsity']:.4%}.")
+  if method.structured:
+    structured["match"] = method.match
+    structured["macs_dense"] = int(dense_macs)
+    structured["macs_shrunk"] = int(macs["macs"])
+    done = {"channels": structured.get("channels_removed", 0) >= round(
+                config.target_sparsity * structured.get("channels", 0)),
+            "macs": macs["macs"] <= (1 - config.target_sparsity) * dense_macs
+                    * (1 + 1e-6),
+            "params": rep["num_params"] <= (1 - config.target_sparsity)
+                      * dense_rep["num_params"] * (1 + 1e-6)}[method.match]
   summary = {
       "method": method.name, "model": config.model,
       "dataset": config.dataset, "num_classes": ds.num_classes,
@@ -917,10 +935,7 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       "target_sparsity": config.target_sparsity,
       "sparsity": n_pruned / max(n_prunable, 1),
       **counts,
-      "reached_target": (
-          structured.get("channels_removed", 0) >= round(
-              config.target_sparsity * structured.get("channels", 0))
-          if method.structured else n_pruned >= n_zero),
+      "reached_target": done if method.structured else n_pruned >= n_zero,
       "compression_ratio": dense_rep["num_params"] / max(
           rep["stored_params"], 1),
       "prunable_compression_ratio": (

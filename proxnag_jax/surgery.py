@@ -524,6 +524,100 @@ def num_channels(groups) -> int:
 
 
 # ---------------------------------------------------------------------------
+# What a channel selection costs: params and MACs of the shrunk network.
+# ---------------------------------------------------------------------------
+
+
+class CostTerm(NamedTuple):
+  """One leaf's share of the shrunk network's cost: ``cost * f(in_group) *
+  f(out_group)``, ``f`` the kept fraction of a prunable group (1 for
+  ``None``: channels no group removes)."""
+
+  cost: float
+  in_group: Optional[str]
+  out_group: Optional[str]
+
+
+def _slot_groups(groups) -> tuple[dict, dict]:
+  """``(in_of, out_of)``: params path -> the prunable group it reads
+  (consumer) / writes (producer)."""
+  in_of, out_of = {}, {}
+  for g in prunable_groups(groups):
+    for sl in g.producers:
+      if sl.collection == "params":
+        out_of[sl.path] = g.name
+    for sl in g.consumers:
+      if sl.collection == "params":
+        in_of[sl.path] = g.name
+  return in_of, out_of
+
+
+def cost_terms(variables: dict, groups, kind: str,
+               layer_macs: Optional[list] = None) -> tuple:
+  """The shrunk network's parameter count (``kind='params'``) or MACs per
+  example (``'macs'``) as a sum of :class:`CostTerm` (exact: a kernel's
+  size and MACs are bilinear in its kept input and output channels, a bias
+  or BatchNorm entry linear in its channels).
+
+  Args:
+    variables: the dense network's variables.
+    groups: its channel groups.
+    kind: ``'params'`` or ``'macs'``.
+    layer_macs: for ``'macs'``, the ``layers`` list of
+      :func:`proxnag_jax.report.count_macs` (``name``, ``macs``).
+  """
+  in_of, out_of = _slot_groups(groups)
+  if kind == "params":
+    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    terms = []
+    for path, leaf in flat:
+      keys = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+      terms.append(CostTerm(float(np.size(leaf)), in_of.get(keys),
+                            out_of.get(keys)))
+    return tuple(terms)
+  if kind == "macs":
+    if layer_macs is None:
+      raise ValueError("cost_terms('macs') needs layer_macs (count_macs's "
+                       "'layers').")
+    return tuple(CostTerm(float(l["macs"]), in_of.get(tuple(
+        l["name"].split("/")) + ("kernel",)), out_of.get(tuple(
+            l["name"].split("/")) + ("kernel",))) for l in layer_macs)
+  raise ValueError(f"kind must be 'params' or 'macs', got {kind!r}.")
+
+
+def shrunk_cost(terms: tuple, groups, keep: dict) -> jax.Array:
+  """The cost (:func:`cost_terms`) of the network that keeps ``keep``
+  (``{group: bool per channel}``; a group not in ``keep`` keeps all).
+  Traceable, float32."""
+  sizes = {g.name: g.size for g in prunable_groups(groups)}
+  frac = {n: jnp.sum(k, dtype=jnp.float32) / sizes[n]
+          for n, k in keep.items() if n in sizes}
+  f = lambda n: frac.get(n, 1.0) if n is not None else 1.0
+  return sum((t.cost * f(t.in_group) * f(t.out_group) for t in terms),
+             jnp.float32(0))
+
+
+def select_for_cost(pick: Callable[[jax.Array], dict], terms: tuple, groups,
+                    target, iters: int = 24) -> dict:
+  """``pick(s)`` at the smallest channel fraction ``s`` in [0, 1] whose
+  shrunk network removes at least ``target`` of the cost (bisection;
+  ``pick`` must remove more channels as ``s`` grows). When even ``s = 1``
+  falls short (every group keeps a channel), ``pick(1)``. Traceable."""
+  dense = float(sum(t.cost for t in terms))
+  budget = (1.0 - jnp.asarray(target, jnp.float32)) * dense
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = 0.5 * (lo + hi)
+    ok = shrunk_cost(terms, groups, pick(mid)) <= budget
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, iters, body,
+                            (jnp.float32(0), jnp.float32(1)))
+  return pick(hi)
+
+
+# ---------------------------------------------------------------------------
 # Surgery.
 # ---------------------------------------------------------------------------
 
@@ -616,4 +710,5 @@ __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "group_soft_threshold", "alive_channels", "shrink", "register",
            "supports", "count_params", "select_channels",
            "removed_channels", "num_channels", "channel_param_count",
-           "architecture", "shrink_to_alive", "slot_leaf", "round_keep"]
+           "architecture", "shrink_to_alive", "slot_leaf", "round_keep",
+           "CostTerm", "cost_terms", "shrunk_cost", "select_for_cost"]

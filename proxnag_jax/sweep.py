@@ -209,7 +209,9 @@ def table_md(config, rows, note) -> str:
   lines = [f"# {config.base.model} on {config.base.dataset}: test accuracy "
            "(%) after pruning", "",
            f"{spread}. Final (not best) accuracies; hyperparameters are "
-           f"the config's, not chosen on the test set. {note}", "",
+           f"the config's, not chosen on the test set. {note}"
+           + (f" {config.target_note}" if config.get("target_note", "")
+              else ""), "",
            "A `*` marks a cell where a run did not reach its target "
            "sparsity (see the sparsity table).", "",
            head, sep,

@@ -100,6 +100,22 @@ def _tiny_ctx():
   return model, v, ctx
 
 
+@pytest.mark.parametrize("method,match", [("l1_filter", "macs"),
+                                          ("group_proxnag", "params")])
+def test_structured_target_as_a_fraction_of_macs_or_params(
+    method, match, tmp_path, mnist_dir, dense_bn_dir):
+  """``match='macs'`` / ``'params'``: the shrunk network keeps at most
+  ``1 - target`` of the dense MACs / params, and not much less (it is the
+  fewest channels that do)."""
+  c = _cfg(mnist_dir, dense_bn_dir, method, target_sparsity=0.6)
+  c[method].match = match
+  s = loop.prune(c, str(tmp_path / "r"), **QUIET)
+  assert s["match"] == match and s["reached_target"]
+  dense, small = ((s["macs_dense"], s["macs_shrunk"]) if match == "macs"
+                  else (s["params_dense"], s["params_shrunk"]))
+  assert 0.3 * dense < small <= 0.4 * dense * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("method", ["l1_filter", "gat"])
 def test_export_computes_what_the_masked_network_computes(method):
   """A pruned state through the full model (its masks applied) == the

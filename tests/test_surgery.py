@@ -320,3 +320,54 @@ def test_round_keep_gives_multiples_and_keeps_the_best():
     if 0 < m.sum() < g.size:
       assert sc[m].min() > sc[~m].max()
   assert surgery.round_keep(keep, scores, groups, 1) is keep
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_cost_terms_count_the_shrunk_network_exactly(name):
+  """The traced params / MACs of a channel selection equal the counts of the
+  network surgery actually builds (the cost model is exact)."""
+  from proxnag_jax import report  # pylint: disable=g-import-not-at-top
+  model, shape = FAMILIES[name]
+  v = _variables_of(name)
+  groups = surgery.channel_groups(model, v)
+  layer_macs = report.count_macs(model, v, (1,) + shape)["layers"]
+  p_terms = surgery.cost_terms(v, groups, "params")
+  m_terms = surgery.cost_terms(v, groups, "macs", layer_macs)
+  assert float(surgery.shrunk_cost(p_terms, groups, {})) == (
+      surgery.count_params({"params": v["params"]}))
+  for seed in (0, 1):
+    keep = _random_keep(groups, seed=seed, frac=0.5)
+    small, sv = surgery.shrink(model, surgery.zero_channels(v, groups, keep),
+                               keep)
+    want_p = surgery.count_params({"params": sv["params"]})
+    want_m = report.count_macs(small, sv, (1,) + shape)["macs"]
+    # float32 sums of integers below 2**24: exact to rounding of the sum
+    assert float(surgery.shrunk_cost(p_terms, groups, keep)) == (
+        pytest.approx(want_p, rel=1e-6))
+    assert float(surgery.shrunk_cost(m_terms, groups, keep)) == (
+        pytest.approx(want_m, rel=1e-6))
+
+
+def test_select_for_cost_meets_the_target_with_the_fewest_channels():
+  model, shape = FAMILIES["conv4"]
+  from proxnag_jax import report  # pylint: disable=g-import-not-at-top
+  v = _variables_of("conv4")
+  groups = surgery.channel_groups(model, v)
+  terms = surgery.cost_terms(v, groups, "macs", report.count_macs(
+      model, v, (1,) + shape)["layers"])
+  dense = sum(t.cost for t in terms)
+  rng = np.random.default_rng(0)
+  scores = {g.name: jnp.asarray(rng.random(g.size), jnp.float32)
+            for g in surgery.prunable_groups(groups)}
+  n = surgery.num_channels(groups)
+  pick = lambda s: surgery.select_channels(scores, groups, s, "global")
+  removed = lambda k: sum(int((~np.asarray(x)).sum()) for x in k.values())
+  for target in (0.3, 0.6, 0.9):
+    keep = jax.jit(lambda t: surgery.select_for_cost(pick, terms, groups, t))(
+        target)
+    cost = float(surgery.shrunk_cost(terms, groups, keep))
+    assert cost <= (1 - target) * dense * (1 + 1e-6)
+    # one channel fewer removed (the previous global count) misses it
+    fewer = pick((removed(keep) - 1) / n)
+    assert float(surgery.shrunk_cost(terms, groups, fewer)) > (
+        1 - target) * dense

@@ -89,6 +89,9 @@ class Context(NamedTuple):
     groups: the model's channel groups
       (:func:`proxnag_jax.surgery.channel_groups`; ``()`` for a model
       surgery does not know): what structured methods prune.
+    costs: ``{'params': terms, 'macs': terms}``
+      (:func:`proxnag_jax.surgery.cost_terms` of the dense network) for
+      structured methods whose target is a fraction of MACs or params.
   """
 
   prunable: PyTree
@@ -97,6 +100,7 @@ class Context(NamedTuple):
   schedule: Callable[[jax.Array], optax.Schedule] = optax.constant_schedule
   grad_fn: Optional[Callable[[PyTree], PyTree]] = None
   groups: tuple = ()
+  costs: dict = {}
 
 
 # ---------------------------------------------------------------------------
@@ -192,8 +196,12 @@ class Method(NamedTuple):
       values before ``init``: raises ValueError for settings that cannot
       work with this run (e.g. a budget that empties a layer).
     structured: the method removes whole channels (``ctx.groups``): its
-      target is the fraction of channels removed and its export the smaller
-      network.
+      target is a fraction of channels, MACs or params removed (``match``)
+      and its export the smaller network.
+    match: what a structured method's ``target_sparsity`` is a fraction of:
+      ``'channels'`` (removed), or ``'macs'`` / ``'params'`` (removed from
+      the dense network's count by the shrunk network), so that methods
+      that allocate channels differently are compared at equal cost.
   """
 
   name: str
@@ -212,6 +220,7 @@ class Method(NamedTuple):
   description: str = ""
   check: Optional[Callable] = None
   structured: bool = False
+  match: str = "channels"
 
   def steps(self, ctx: Context) -> int:
     return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps
@@ -429,6 +438,49 @@ def channel_target(hp: dict, ctx: Context) -> jax.Array:
   return jnp.round(hp["target"] * n).astype(jnp.int32)
 
 
+MATCHES = ("channels", "macs", "params")
+
+
+def check_match(name: str, match: str) -> None:
+  if match not in MATCHES:
+    raise ValueError(f"{name}: match must be one of {MATCHES}, got "
+                     f"{match!r}.")
+
+
+def keep_for_target(pick: Callable[[jax.Array], dict], hp: dict,
+                    ctx: Context, match: str) -> dict:
+  """The channels a structured method keeps, from its selection rule
+  ``pick(fraction of channels removed) -> {group: keep}``:
+
+  * ``match='channels'``: ``pick(hp['target'])``;
+  * ``'macs'`` / ``'params'``: ``pick(s)`` at the smallest ``s`` whose
+    shrunk network has at most ``1 - hp['target']`` of the dense network's
+    MACs / params (:func:`proxnag_jax.surgery.select_for_cost`), so every
+    method is held to the same cost whatever its allocation across layers.
+
+  Traceable."""
+  if match == "channels":
+    return pick(hp["target"])
+  if match not in ctx.costs:
+    raise ValueError(f"match={match!r} needs ctx.costs[{match!r}] (the loop "
+                     "builds it for structured methods).")
+  return surgery.select_for_cost(pick, ctx.costs[match], ctx.groups,
+                                 hp["target"])
+
+
+def target_met(keep: dict, hp: dict, ctx: Context, match: str) -> jax.Array:
+  """Whether keeping ``keep`` removes the target (as :func:`keep_for_target`
+  counts it). Traceable."""
+  if match == "channels":
+    removed = sum((jnp.sum(~k, dtype=jnp.int32) for k in keep.values()),
+                  jnp.int32(0))
+    return removed >= channel_target(hp, ctx)
+  terms = ctx.costs[match]
+  dense = float(sum(t.cost for t in terms))
+  return surgery.shrunk_cost(terms, ctx.groups, keep) <= (
+      1.0 - hp["target"]) * dense
+
+
 def prune_channels(state: RunState, keep: dict, ctx: Context, *,
                    start: bool = False, tx=None) -> RunState:
   """Switches off the channels ``keep`` drops (all their producer params),
@@ -468,5 +520,6 @@ __all__ = [
     "layer_topk_masks", "global_topk_masks", "topk_masks", "n_keep", "masks_of",
     "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
     "event", "check_groups", "channel_target", "prune_channels",
-    "shrink_export", "sparse_iterate_while",
+    "shrink_export", "sparse_iterate_while", "MATCHES", "check_match",
+    "keep_for_target", "target_met",
 ]

@@ -62,11 +62,18 @@ def knee(scores: jax.Array, grid: int = 100):
   return ts[i], r[i]
 
 
-def gat(budget: str = "target", grid: int = 100, round_to: int = 1) -> Method:
-  """Seed 003's structured pruning; see the module docstring."""
+def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
+        match: str = "channels") -> Method:
+  """Seed 003's structured pruning; see the module docstring (``match``:
+  what the target is a fraction of with ``budget='target'``,
+  :func:`proxnag_jax.methods.base.keep_for_target`)."""
   if budget not in ("target", "knee"):
     raise ValueError(f"gat: budget must be 'target' or 'knee', got "
                      f"{budget!r}.")
+  base.check_match("gat", match)
+  if budget == "knee" and match != "channels":
+    raise ValueError("gat: budget='knee' sets the channels itself; match "
+                     "applies to budget='target' only.")
   if grid < 3:
     raise ValueError("gat: grid must be >= 3.")
 
@@ -91,17 +98,24 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1) -> Method:
       rhos.append(rho)
     sizes = jnp.asarray([g.size for g in gs], jnp.int32)
     rho = jnp.stack(rhos)
+    ranks = {g.name: counts[i] + sums[i] / (jnp.max(sums[i]) + 1e-30) * 0.5
+             for i, g in enumerate(gs)}   # most effective weights first
+
+    def keep_k(k):
+      keep = {g.name: masks_lib.topk_mask(ranks[g.name], k[i])
+              for i, g in enumerate(gs)}
+      return surgery.round_keep(keep, ranks, ctx.groups, round_to)
+
     if budget == "knee":
-      k = jnp.clip(jnp.ceil(rho * sizes), 1, sizes).astype(jnp.int32)
-    else:
-      n_keep = jnp.sum(sizes) - base.channel_target(hp, ctx)
-      k = 1 + base.allocate(n_keep - len(gs), rho * sizes, sizes - 1)
-    keep, ranks = {}, {}
-    for i, g in enumerate(gs):
-      # Most effective weights first; the score sum breaks ties.
-      ranks[g.name] = counts[i] + sums[i] / (jnp.max(sums[i]) + 1e-30) * 0.5
-      keep[g.name] = masks_lib.topk_mask(ranks[g.name], k[i])
-    return surgery.round_keep(keep, ranks, ctx.groups, round_to), rho
+      return keep_k(jnp.clip(jnp.ceil(rho * sizes), 1, sizes).astype(
+          jnp.int32)), rho
+
+    def pick(s):   # remove round(s * channels), allocated by the knees
+      n_keep = jnp.sum(sizes) - jnp.round(
+          s * jnp.sum(sizes)).astype(jnp.int32)
+      return keep_k(1 + base.allocate(n_keep - len(gs), rho * sizes,
+                                      sizes - 1))
+    return base.keep_for_target(pick, hp, ctx, match), rho
 
   def init(key, state, ctx):
     del key
@@ -115,7 +129,7 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1) -> Method:
         mean_rho=jnp.mean(rho))}
 
   return Method("gat", init=init, export=base.shrink_export, start="dense",
-                check=check, structured=True,
+                check=check, structured=True, match=match,
                 description="seed 003: gradient (Taylor) weight scores, a "
                 "per-layer knee threshold, kernels with the most effective "
                 f"weights kept ({budget} budget), then fine-tuning; the "

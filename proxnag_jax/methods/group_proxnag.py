@@ -13,11 +13,13 @@ From the trained dense model:
    ``lambda`` rises linearly, ``l1_init + l1_step * epochs``, as the core
    method raises it between rounds; the count of all-zero channels of the
    sparse iterate is checked every step.
-2. When ``round(target * channels)`` channels are zero, or at
+2. When ``round(target * channels)`` channels are zero (with ``match``
+   ``'macs'`` / ``'params'``: when the network without the zero channels
+   has at most ``1 - target`` of the dense MACs / params), or at
    ``prune_fraction`` of the budget, the sparse iterate is kept and exactly
-   the target count is removed: the zero channels first, then (if too few
-   are zero) those of smallest ``||w_c|| / sqrt(p_c)`` (reported as
-   ``forced`` in the trace).
+   the target is removed: the zero channels first, then (if too few are
+   zero) those of smallest ``||w_c|| / sqrt(p_c)`` (reported as ``forced``
+   in the trace).
 3. **Fine-tune** the rest of the budget with those channels held at zero
    (Nesterov SGD, cosine from ``finetune_lr``); the export is the smaller
    dense network.
@@ -42,8 +44,11 @@ PRUNE, FINETUNE = 0, 1
 def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                   prune_lr: float = 0.01, prune_fraction: float = 0.5,
                   finetune_lr: float = 0.01, weighted: bool = True,
-                  round_to: int = 1) -> Method:
-  """Group-lasso Prox-NAG; see the module docstring."""
+                  round_to: int = 1, match: str = "channels") -> Method:
+  """Group-lasso Prox-NAG; see the module docstring (``match``: what the
+  target is a fraction of, :func:`proxnag_jax.methods.base.keep_for_target`).
+  """
+  base.check_match("group_proxnag", match)
   if l1_init < 0 or l1_step < 0 or l1_init + l1_step == 0:
     raise ValueError("group_proxnag: l1_init and l1_step must be "
                      "non-negative and not both zero.")
@@ -87,11 +92,16 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
           [s for s in g.producers if s.collection == "params"]))
       scores[g.name] = n / math.sqrt(surgery.channel_param_count(params, g))
     zeros = surgery.removed_channels(params, ctx.groups)
-    target = base.channel_target(state.hp, ctx)
     n_ch = surgery.num_channels(ctx.groups)
-    sparsity = jnp.maximum(zeros, target).astype(jnp.float32) / n_ch
-    keep = surgery.select_channels(scores, ctx.groups, sparsity, "global")
-    keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
+    # The zero channels (lowest scores) go first, whatever the target.
+    floor = zeros.astype(jnp.float32) / n_ch
+    keep = base.keep_for_target(
+        lambda s: surgery.round_keep(surgery.select_channels(
+            scores, ctx.groups, jnp.maximum(s, floor), "global"), scores,
+                                     ctx.groups, round_to),
+        state.hp, ctx, match)
+    removed = sum((jnp.sum(~k, dtype=jnp.int32) for k in keep.values()),
+                  jnp.int32(0))
     masks = surgery.channel_masks(params, ctx.groups, keep)
     state = state.replace(params=params)
     state = base.start_with_masks(state, masks, tx(state.hp, ctx))
@@ -99,7 +109,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
         state.opt_state, learning_rate=state.hp["finetune_lr"], l1=0.0)
     ms = {**state.method_state, "phase": jnp.int32(FINETUNE),
           "ft_start": state.step,
-          "forced": jnp.maximum(target - zeros, 0).astype(jnp.int32)}
+          "forced": jnp.maximum(removed - zeros, 0).astype(jnp.int32)}
     return state.replace(opt_state=opt, method_state=ms)
 
   def update(key, state, metrics, ctx):
@@ -110,7 +120,9 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
         state.step.astype(jnp.float32) / ctx.steps_per_epoch)
     sp = transforms.sparse_params(state.opt_state)
     zeros = surgery.removed_channels(sp, ctx.groups)
-    leave = in_prune & ((zeros >= base.channel_target(state.hp, ctx)) |
+    alive = {g.name: surgery.alive_channels(sp, g)
+             for g in surgery.prunable_groups(ctx.groups)}
+    leave = in_prune & (base.target_met(alive, state.hp, ctx, match) |
                         (state.step >= prune_end(ctx)))
     state = jax.lax.cond(
         in_prune & ~leave,
@@ -151,7 +163,8 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
              "prune_lr": float(prune_lr), "finetune_lr": float(finetune_lr)}
   return Method("group_proxnag", init=init, tx=tx, update=update,
                 eval_params=eval_params, export=export, summary=summary,
-                start="dense", check=check, structured=True, hparams=hparams,
+                start="dense", check=check, structured=True, match=match,
+                hparams=hparams,
                 description="group-lasso Prox-NAG: channel group lasso "
                 "proximal steps with Nesterov momentum and a rising lambda "
                 "until the target count of channels is zero, then "

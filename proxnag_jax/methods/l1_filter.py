@@ -28,13 +28,17 @@ from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Method
 
 
-def l1_filter(scope: str = "layer", round_to: int = 1) -> Method:
+def l1_filter(scope: str = "layer", round_to: int = 1,
+              match: str = "channels") -> Method:
   """One-shot L1-norm filter pruning of the dense model, then fine-tuning
   (``round_to``: kept channel counts rounded to its multiples,
-  :func:`proxnag_jax.surgery.round_keep`)."""
+  :func:`proxnag_jax.surgery.round_keep`; ``match``: what the target is a
+  fraction of, ``'channels'``, ``'macs'`` or ``'params'``,
+  :func:`proxnag_jax.methods.base.keep_for_target`)."""
   if scope not in ("layer", "global"):
     raise ValueError(f"l1_filter: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
+  base.check_match("l1_filter", match)
 
   def check(params, hp, ctx):
     del params, hp
@@ -46,9 +50,10 @@ def l1_filter(scope: str = "layer", round_to: int = 1) -> Method:
     for g in surgery.prunable_groups(ctx.groups):
       n = surgery.channel_norms(state.params, g, ord=1)
       scores[g.name] = n / jnp.maximum(jnp.mean(n), 1e-12)
-    keep = surgery.select_channels(scores, ctx.groups, state.hp["target"],
-                                   scope)
-    keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
+    keep = base.keep_for_target(
+        lambda s: surgery.round_keep(surgery.select_channels(
+            scores, ctx.groups, s, scope), scores, ctx.groups, round_to),
+        state.hp, ctx, match)
     state = base.prune_channels(state, keep, ctx, start=True,
                                 tx=base.masked_sgd(state.hp, ctx))
     return state, {"prune": base.event(
@@ -56,7 +61,7 @@ def l1_filter(scope: str = "layer", round_to: int = 1) -> Method:
         sparsity=base.sparsity_of(state.params, ctx.prunable))}
 
   return Method("l1_filter", init=init, export=base.shrink_export,
-                start="dense", check=check, structured=True,
+                start="dense", check=check, structured=True, match=match,
                 description=f"Li et al. 2017: one-shot L1-norm filter "
                 f"pruning ({scope} rate), then fine-tuning; the export is "
                 "the smaller network")

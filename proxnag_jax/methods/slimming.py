@@ -79,8 +79,10 @@ def scale_mask(params, groups):
 
 
 def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
-             round_to: int = 1) -> Method:
-  """Network slimming; see the module docstring."""
+             round_to: int = 1, match: str = "channels") -> Method:
+  """Network slimming; see the module docstring (``match``: what the target
+  is a fraction of, :func:`proxnag_jax.methods.base.keep_for_target`)."""
+  base.check_match("slimming", match)
   if l1 < 0:
     raise ValueError("slimming: l1 must be non-negative.")
   if not 0 < sparsity_fraction < 1:
@@ -118,9 +120,10 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
       for g in surgery.prunable_groups(ctx.groups):
         scores[g.name] = surgery.channel_sums(
             jax.tree.map(jnp.abs, state.params), g, g.scales())
-      keep = surgery.select_channels(scores, ctx.groups, state.hp["target"],
-                                     "global")
-      keep = surgery.round_keep(keep, scores, ctx.groups, round_to)
+      keep = base.keep_for_target(
+          lambda s: surgery.round_keep(surgery.select_channels(
+              scores, ctx.groups, s, "global"), scores, ctx.groups,
+                                       round_to), state.hp, ctx, match)
       return base.prune_channels(state, keep, ctx)
 
     state = jax.lax.cond(due, prune, lambda s: s, state)
@@ -130,7 +133,7 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
 
   return Method("slimming", init=init, tx=tx, update=update,
                 export=base.shrink_export, start="dense", check=check,
-                structured=True, hparams={"l1": float(l1)},
+                structured=True, match=match, hparams={"l1": float(l1)},
                 description=f"network slimming: L1 ({l1:g}) on BatchNorm "
                 f"scales for {sparsity_fraction:.0%} of the budget, one "
                 "global threshold, fine-tuning; the export is the smaller "
