@@ -8,6 +8,13 @@ from it, and writes ``results.csv``, ``table.md`` (paper Table 1 layout, mean
 ± std over seeds, with the paper's numbers beside ours when the config gives
 them) and ``accuracy_vs_sparsity.png`` (paper Fig. 9).
 
+``variants`` (optional) names methods with changed settings, so a
+hyperparameter search is one resumable sweep whose table shows each setting's
+validation accuracy: ``c.variants = {'proxnag_l1x10': {'method': 'proxnag',
+'l1_step': 2e-3}}`` and ``c.methods = ('proxnag', 'proxnag_l1x10')``; a
+variant's cells, rows and plot lines carry its name (``summary.json`` keeps
+the method's own name).
+
 With ``vmap_runs=True`` the unfinished cells of each method (differing only
 in seed and target sparsity) run as one ``jax.vmap``-ped program, checkpointed
 in ``DIR/groups/<method>_<n>cells_<hash>``; each cell still gets its own
@@ -45,11 +52,26 @@ def cell_name(method: str, sparsity: float, seed: int) -> str:
   return f"{method}_{round(100 * sparsity, 2):g}_seed{seed}"
 
 
+def method_of(config, name: str) -> tuple[str, dict]:
+  """``(method, setting overrides)`` of a sweep entry: a method's own name,
+  or a name in ``config.variants``."""
+  variants = config.get("variants", None) or {}
+  if name in variants:
+    v = dict(variants[name])
+    return v.pop("method", None), v
+  return name, {}
+
+
 def validate(config) -> None:
   for m in config.methods:
-    if m not in methods_lib.PRUNING_METHODS:
-      raise ValueError(f"unknown method {m!r}; valid methods: "
-                       f"{', '.join(methods_lib.PRUNING_METHODS)}.")
+    base, over = method_of(config, m)
+    if base not in methods_lib.PRUNING_METHODS:
+      raise ValueError(
+          f"unknown method {m!r}" + (f" (variant of {base!r})" if over or
+                                     base != m else "")
+          + f"; valid methods: {', '.join(methods_lib.PRUNING_METHODS)}, "
+          "or a name in config.variants ({'method': ..., settings}).")
+    methods_lib.method_config(base, **over)    # unknown settings fail here
   for s in config.sparsities:
     if not 0.0 < s < 1.0:
       raise ValueError(f"sparsity {s} is not in (0, 1): a method cannot "
@@ -64,8 +86,11 @@ def validate(config) -> None:
 
 def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
   c = copy.deepcopy(config.base)
+  method, over = method_of(config, method)
   with c.unlocked():
     c.method = method
+    for k, v in over.items():
+      c[method][k] = v
     c.target_sparsity = float(sparsity)
     c.seed = int(seed)
     c.data_dir = config.data_dir
@@ -75,8 +100,11 @@ def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
 
 def budget_note(config) -> str:
   b = config.base
-  starts = {m: methods_lib.get_method(m, **dict(b.get(m, None) or {})).start
-            for m in config.methods}
+  def start(m):
+    base, over = method_of(config, m)
+    return methods_lib.get_method(base, **{**dict(b.get(base, None) or {}),
+                                           **over}).start
+  starts = {m: start(m) for m in config.methods}
   dense = [m for m in config.methods if starts[m] == "dense"]
   scratch = [m for m in config.methods if starts[m] != "dense"]
   return (f"every method gets {b.dense.num_epochs + b.budget_epochs} epochs "
@@ -152,6 +180,7 @@ def _run(config, workdir, overwrite, allow_changes, log):
     with open(os.path.join(wd, "summary.json")) as f:
       summ = json.load(f)
     summ["workdir"] = wd
+    summ["method"] = c[0]      # a variant's name (the method's otherwise)
     rows.append(summ)
   write_outputs(config, workdir, rows, note)
   return rows

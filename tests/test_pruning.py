@@ -184,12 +184,24 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
   c.data_dir = mnist_dir
-  c.methods = ("proxnag", "magnitude")
+  # A variant: a method under its own name with changed settings.
+  c.variants = {"magnitude_layer": {"method": "magnitude", "scope": "layer"}}
+  c.methods = ("proxnag", "magnitude", "magnitude_layer")
   c.sparsities = (0.5,)
   c.base.checkpoint_every_steps = 0     # no mid-cell resume tested here
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   rows = sweep.run(c, wd, **QUIET)
-  assert [r["method"] for r in rows] == ["proxnag", "magnitude"]
+  assert [r["method"] for r in rows] == ["proxnag", "magnitude",
+                                         "magnitude_layer"]
+  with open(os.path.join(wd, "cells", "magnitude_layer_50_seed0",
+                         "config.json")) as f:
+    assert json.load(f)["magnitude"]["scope"] == "layer"
+  assert "| magnitude_layer |" in open(os.path.join(wd, "table.md")).read()
+  c5 = sweep_lenet5_mnist.get_config("smoke")
+  c5.variants = {"v": {"method": "magnitude", "lr": 1.0}}
+  c5.methods = ("v",)
+  with pytest.raises(ValueError, match="no setting"):
+    sweep.run(c5, str(tmp_path / "v"), **QUIET)
   for f in ("results.csv", "table.md", "accuracy_vs_sparsity.png"):
     assert os.path.getsize(os.path.join(wd, f)) > 0
   table = open(os.path.join(wd, "table.md")).read()
