@@ -251,15 +251,18 @@ def table_md(config, rows, note) -> str:
                  + " |" * (len(sps) - 1))
   paper = config.get("paper_table", None) or {}
   paper_sps = list(config.get("paper_sparsities", ()))
+  shown = set()
   for m in config.methods:
     cells = []
     for s in sps:
       cells.append(fmt_stat(_stats(rows, m, s))
                    + ("*" if _missed(rows, m, s) else ""))
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    if m in paper:
-      vals = dict(zip([round(x, 6) for x in paper_sps], paper[m]))
-      lines.append(f"| {m} (paper) | " + " | ".join(
+    pm = method_of(config, m)[0]     # a variant shows its method's numbers
+    if pm in paper and pm not in shown:
+      shown.add(pm)
+      vals = dict(zip([round(x, 6) for x in paper_sps], paper[pm]))
+      lines.append(f"| {pm} (paper) | " + " | ".join(
           f"{vals[round(s, 6)]:.2f}" if round(s, 6) in vals else ""
           for s in sps) + " |")
   def table(title, key, digits=2, scale=100.0, fmt=None):
