@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -324,26 +325,56 @@ def make_chunk(step: Callable, method, ctx, *, mesh: Mesh,
 
 def make_eval(model, method, *, mean, std, batch_size: int, mesh: Mesh,
               vmapped: bool = False) -> Callable:
-  """Jitted ``evaluate(state, images, labels) -> {'loss', 'accuracy'}``.
+  """``evaluate(state, images, labels) -> {'loss', 'accuracy'}``.
 
   Evaluates ``method.forward(method.eval_params(state))`` with the running
   BN statistics over the whole (device-resident) split, in batches under
   ``lax.scan``; a last partial batch is padded and weighted out, so every
   example counts once. ``vmapped``: one result per run.
+
+  Two jitted parts: the method's eval variables from the state (cheap), and
+  the evaluation of those variables, which is one compiled program per
+  model, split size and mesh for the whole process (cached here), so a
+  pruning run's phases, its dense model's check and every run of a sweep
+  share it instead of compiling it again for each optimizer-state layout.
   """
-  ndev = mesh.devices.size
-  batch_size = max(ndev, (batch_size // ndev) * ndev)
+  prog = _eval_program(model, _floats(mean), _floats(std), int(batch_size),
+                       mesh, bool(vmapped))
+
+  def variables_of(state):
+    v = {"params": method.forward(method.eval_params(state),
+                                  state.method_state)}
+    if state.batch_stats:
+      v["batch_stats"] = state.batch_stats
+    return v
+
+  vars_fn = jax.jit(jax.vmap(variables_of) if vmapped else variables_of)
 
   def evaluate(state, images, labels):
+    return prog(vars_fn(state), images, labels)
+
+  return evaluate
+
+
+def _floats(x) -> tuple:
+  return tuple(float(v) for v in np.ravel(np.asarray(x, np.float64)))
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_program(model, mean: tuple, std: tuple, batch_size: int,
+                  mesh: Mesh, vmapped: bool) -> Callable:
+  """Jitted ``(variables, images, labels) -> {'loss', 'accuracy'}``."""
+  ndev = mesh.devices.size
+  batch_size = max(ndev, (batch_size // ndev) * ndev)
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+
+  def evaluate(variables, images, labels):
     n = labels.shape[0]
     steps = -(-n // batch_size)
     idx = jnp.arange(steps * batch_size).reshape(steps, batch_size)
     weight = (idx < n).astype(jnp.float32)
     idx = jnp.minimum(idx, n - 1)
-    variables = {"params": method.forward(method.eval_params(state),
-                                          state.method_state)}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
 
     def body(carry, iw):
       i, w = iw

@@ -54,9 +54,18 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 def init_model(model: nn.Module, key: jax.Array, input_shape) -> dict:
-  """Initialises variables (``params`` and, if any, ``batch_stats``)."""
-  x = jnp.zeros(input_shape, jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(key, x)
+  """Initialises variables (``params`` and, if any, ``batch_stats``).
+
+  The jitted initialiser is compiled once per (model, input shape) in a
+  process (a pruning run initialises its model several times: the dense
+  run, the template, the runs from scratch)."""
+  return _init_fn(model, tuple(int(d) for d in input_shape))(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _init_fn(model: nn.Module, input_shape: tuple):
+  return jax.jit(lambda key: model.init(
+      key, jnp.zeros(input_shape, jnp.float32), train=False))
 
 
 __all__ = ["get_model", "init_model", "MODEL_NAMES", "CifarResNet", "ConvN",
