@@ -511,6 +511,13 @@ def round_keep(keep: dict, scores: dict, groups, round_to: int) -> dict:
   return out
 
 
+def num_removed(keep: dict) -> jax.Array:
+  """Channels a selection ``{group: bool keep per channel}`` removes
+  (int32, traceable)."""
+  return sum((jnp.sum(~k, dtype=jnp.int32) for k in keep.values()),
+             jnp.int32(0))
+
+
 def removed_channels(params: PyTree, groups) -> jax.Array:
   """Channels of the prunable groups whose producers are all zero (int32,
   traceable)."""
@@ -579,9 +586,9 @@ def cost_terms(variables: dict, groups, kind: str,
     if layer_macs is None:
       raise ValueError("cost_terms('macs') needs layer_macs (count_macs's "
                        "'layers').")
-    return tuple(CostTerm(float(l["macs"]), in_of.get(tuple(
-        l["name"].split("/")) + ("kernel",)), out_of.get(tuple(
-            l["name"].split("/")) + ("kernel",))) for l in layer_macs)
+    paths = [tuple(l["name"].split("/")) + ("kernel",) for l in layer_macs]
+    return tuple(CostTerm(float(l["macs"]), in_of.get(p), out_of.get(p))
+                 for l, p in zip(layer_macs, paths))
   raise ValueError(f"kind must be 'params' or 'macs', got {kind!r}.")
 
 
@@ -592,9 +599,8 @@ def shrunk_cost(terms: tuple, groups, keep: dict) -> jax.Array:
   sizes = {g.name: g.size for g in prunable_groups(groups)}
   frac = {n: jnp.sum(k, dtype=jnp.float32) / sizes[n]
           for n, k in keep.items() if n in sizes}
-  f = lambda n: frac.get(n, 1.0) if n is not None else 1.0
-  return sum((t.cost * f(t.in_group) * f(t.out_group) for t in terms),
-             jnp.float32(0))
+  return sum((t.cost * frac.get(t.in_group, 1.0) * frac.get(t.out_group, 1.0)
+              for t in terms), jnp.float32(0))
 
 
 def select_for_cost(pick: Callable[[jax.Array], dict], terms: tuple, groups,
@@ -711,4 +717,5 @@ __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "supports", "count_params", "select_channels",
            "removed_channels", "num_channels", "channel_param_count",
            "architecture", "shrink_to_alive", "slot_leaf", "round_keep",
-           "CostTerm", "cost_terms", "shrunk_cost", "select_for_cost"]
+           "CostTerm", "cost_terms", "shrunk_cost", "select_for_cost",
+           "num_removed"]

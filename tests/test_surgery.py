@@ -254,13 +254,21 @@ def test_knee_finds_the_bend():
   assert abs(float(rho) - 0.1) < 1e-6
 
 
-def test_shrunk_network_saves_and_loads(tmp_path):
-  model, shape = FAMILIES["lenet5_bn"]
-  v = _variables_of("lenet5_bn")
+def _shrunk(name, seed, frac=0.6):
+  """A random channel selection of a FAMILIES member and the network surgery
+  builds from it: ``(keep, small, small_variables)``."""
+  model, _ = FAMILIES[name]
+  v = _variables_of(name)
   groups = surgery.channel_groups(model, v)
-  keep = _random_keep(groups, seed=3)
+  keep = _random_keep(groups, seed=seed, frac=frac)
   small, sv = surgery.shrink(model, surgery.zero_channels(v, groups, keep),
                              keep)
+  return keep, small, sv
+
+
+def test_shrunk_network_saves_and_loads(tmp_path):
+  _, shape = FAMILIES["lenet5_bn"]
+  _, small, sv = _shrunk("lenet5_bn", seed=3)
   engine.save_tree(str(tmp_path / "small"), sv)
   loaded = engine.load_final(str(tmp_path / "small"))
   rebuilt = models.get_model("lenet5_bn", **{
@@ -274,12 +282,8 @@ def test_shrunk_network_saves_and_loads(tmp_path):
 def test_shrunk_network_trains():
   """The smaller network is an ordinary Flax model: a few SGD steps on a
   fixed batch lower its loss."""
-  model, shape = FAMILIES["lenet5_bn"]
-  v = _variables_of("lenet5_bn")
-  groups = surgery.channel_groups(model, v)
-  keep = _random_keep(groups, seed=5)
-  small, sv = surgery.shrink(model, surgery.zero_channels(v, groups, keep),
-                             keep)
+  _, shape = FAMILIES["lenet5_bn"]
+  _, small, sv = _shrunk("lenet5_bn", seed=5)
   x = jax.random.normal(jax.random.PRNGKey(0), (16,) + shape)
   y = jnp.arange(16) % 10
 
@@ -336,9 +340,7 @@ def test_cost_terms_count_the_shrunk_network_exactly(name):
   assert float(surgery.shrunk_cost(p_terms, groups, {})) == (
       surgery.count_params({"params": v["params"]}))
   for seed in (0, 1):
-    keep = _random_keep(groups, seed=seed, frac=0.5)
-    small, sv = surgery.shrink(model, surgery.zero_channels(v, groups, keep),
-                               keep)
+    keep, small, sv = _shrunk(name, seed, frac=0.5)
     want_p = surgery.count_params({"params": sv["params"]})
     want_m = report.count_macs(small, sv, (1,) + shape)["macs"]
     # float32 sums of integers below 2**24: exact to rounding of the sum

@@ -472,9 +472,7 @@ def target_met(keep: dict, hp: dict, ctx: Context, match: str) -> jax.Array:
   """Whether keeping ``keep`` removes the target (as :func:`keep_for_target`
   counts it). Traceable."""
   if match == "channels":
-    removed = sum((jnp.sum(~k, dtype=jnp.int32) for k in keep.values()),
-                  jnp.int32(0))
-    return removed >= channel_target(hp, ctx)
+    return surgery.num_removed(keep) >= channel_target(hp, ctx)
   terms = ctx.costs[match]
   dense = float(sum(t.cost for t in terms))
   return surgery.shrunk_cost(terms, ctx.groups, keep) <= (

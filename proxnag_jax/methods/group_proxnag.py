@@ -100,8 +100,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
             scores, ctx.groups, jnp.maximum(s, floor), "global"), scores,
                                      ctx.groups, round_to),
         state.hp, ctx, match)
-    removed = sum((jnp.sum(~k, dtype=jnp.int32) for k in keep.values()),
-                  jnp.int32(0))
+    removed = surgery.num_removed(keep)
     masks = surgery.channel_masks(params, ctx.groups, keep)
     state = state.replace(params=params)
     state = base.start_with_masks(state, masks, tx(state.hp, ctx))
