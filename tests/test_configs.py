@@ -20,7 +20,8 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 @pytest.mark.parametrize("name", NAMES)
 def test_config_and_smoke_variant_validate(name):
   mod = importlib.import_module(f"configs.{name}")
-  for arg in ("", "smoke"):
+  for arg in dict.fromkeys(("", "smoke") + tuple(getattr(mod, "VARIANTS",
+                                                         ()))):
     c = mod.get_config(arg)
     if "methods" in c:
       sweep.validate(c)
