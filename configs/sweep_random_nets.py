@@ -30,7 +30,7 @@ from configs import common
 from configs import proxnag_lenet5_mnist
 from configs import resnet20_cifar10
 
-SBP_STEPS = (0.03, 0.1, 0.3, 1.0)
+SBP_STEPS = (0.03, 0.1, 0.3, 1.0, 3.0)
 VARIANTS = ("smoke", "conv2", "conv2_smoke", "sbp_search") + tuple(
     f"conv{d}_full" for d in (2, 4, 6, 8))
 

@@ -671,6 +671,22 @@ def test_score_methods_gradient_masks_and_frozen_weights(name):
     assert r.min() >= 0.0 and r.max() <= 1.0
 
 
+def test_score_stats_counts_the_box_bounds():
+  from proxnag_jax.methods import edge_popup as ep  # pylint: disable=g-import-not-at-top
+  r = jnp.array([[0.0, 0.25], [1.0, 0.5], [1.0, 0.75], [0.5, 0.5]])  # fan_in 4
+  scores = {"k": r, "b": jnp.zeros(2)}
+  prunable = {"k": True, "b": False}
+  mask = {"k": r >= 0.75, "b": jnp.ones(2, bool)}
+  (row,) = ep.score_stats(scores, prunable, mask, relaxed=True)
+  assert row["shape"] == (4, 2) and row["init_halfwidth"] == 0.5
+  assert row["at_lower"] == 1 / 8 and row["at_upper"] == 2 / 8
+  assert row["kept_at_upper"] == 2 / 3
+  np.testing.assert_allclose(row["mean_dist"], 2.0 / 8, rtol=1e-6)
+  assert row["max_dist"] == 0.5
+  (row,) = ep.score_stats(scores, prunable, mask, relaxed=False)
+  assert row["at_upper"] is None and row["max_dist"] == 1.0
+
+
 def test_reweighted_layer_relative_keeps_small_scale_layers():
   """One global threshold on raw magnitudes empties a layer of small
   weights; measured relative to each layer's RMS it does not."""

@@ -203,4 +203,38 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       "weights")
 
 
-__all__ = ["edge_popup", "sbp", "signed_constant"]
+def score_stats(scores, prunable, mask, relaxed: bool) -> list[dict]:
+  """Where learned scores sit, per prunable leaf (host-side, for reports).
+
+  ``relaxed``: SBP's relaxation ``r in [0, 1]`` (centre 0.5), else
+  edge-popup's signed scores (centre 0). Per leaf: ``init_halfwidth``
+  ``b = sqrt(1 / fan_in)`` (the scores start uniform within ``b`` of the
+  centre, so at a mean distance ``b / 2``), ``mean_dist`` / ``max_dist`` of
+  ``|s - centre|`` now and, for SBP only (else ``None``), ``at_lower`` /
+  ``at_upper`` (fraction with ``r <= 0`` / ``r >= 1``: where the box
+  projection binds) and ``kept_at_upper`` (fraction of the kept weights
+  with ``r >= 1``).
+  """
+  out = []
+  flat = jax.tree_util.tree_leaves_with_path(scores)
+  for (path, s), p, m in zip(flat, jax.tree.leaves(prunable),
+                             jax.tree.leaves(mask)):
+    if not bool(jnp.all(p)):
+      continue
+    s = jnp.asarray(s, jnp.float32)
+    m = jnp.asarray(m).astype(bool)
+    d = jnp.abs(s - (0.5 if relaxed else 0.0))
+    row = {"leaf": jax.tree_util.keystr(path), "shape": tuple(s.shape),
+           "init_halfwidth": math.sqrt(1.0 / _fan_in(s)),
+           "mean_dist": float(d.mean()), "max_dist": float(d.max()),
+           "at_lower": None, "at_upper": None, "kept_at_upper": None}
+    if relaxed:
+      row.update(at_lower=float(jnp.mean(s <= 0.0)),
+                 at_upper=float(jnp.mean(s >= 1.0)),
+                 kept_at_upper=int(jnp.sum(m & (s >= 1.0))) /
+                 max(1, int(jnp.sum(m))))
+    out.append(row)
+  return out
+
+
+__all__ = ["edge_popup", "sbp", "score_stats", "signed_constant"]

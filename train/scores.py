@@ -1,0 +1,63 @@
+"""Where an edge-popup or SBP run's learned scores ended up, per layer.
+
+  python -m train.scores --run runs/random_lenet300/cells/sbp_50_seed0
+
+Reads the run's latest checkpoint and prints, per prunable layer, how far the
+scores are from their centre (0.5 for SBP's ``[0, 1]`` relaxation, 0 for
+edge-popup; they start uniform within ``b = sqrt(1 / fan_in)`` of it, a mean
+distance of ``b / 2``) and, for SBP, the
+fraction of scores at the box's bounds (where the projection binds); also
+written to ``RUN/score_stats.json``.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import orbax.checkpoint as ocp
+
+from proxnag_jax import engine
+from proxnag_jax.methods import edge_popup
+
+_RUN = flags.DEFINE_string("run", None, "A train.prune / sweep cell workdir "
+                           "of method edge_popup or sbp.")
+flags.mark_flag_as_required("run")
+
+
+def main(argv):
+  del argv
+  summary = os.path.join(_RUN.value, "summary.json")
+  if not os.path.exists(summary):
+    raise app.UsageError(f"{summary} does not exist: --run must be a "
+                         "finished edge_popup or sbp run.")
+  with open(summary) as f:
+    method = json.load(f).get("method")
+  if method not in ("edge_popup", "sbp"):
+    raise app.UsageError(f"{_RUN.value} ran {method!r}; score statistics "
+                         "are for edge_popup and sbp runs.")
+  ckpt = engine.Checkpointer(os.path.join(_RUN.value, "checkpoints"))
+  step = ckpt.latest_step()
+  if step is None:
+    raise app.UsageError(f"{_RUN.value}/checkpoints holds no checkpoint.")
+  state = ckpt.mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  ms = state["method_state"]
+  rows = edge_popup.score_stats(state["params"], ms["prunable"], ms["mask"],
+                                relaxed=method == "sbp")
+  print(f"{_RUN.value} ({method}, step {step}):")
+  pct = lambda v: "—" if v is None else f"{v:.1%}"
+  print("| layer | shape | init ± b | mean dist (init b/2) | max dist | "
+        "at 0 | at 1 | kept at 1 |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
+  for r in rows:
+    print(f"| {r['leaf']} | {'x'.join(map(str, r['shape']))} | "
+          f"{r['init_halfwidth']:.4f} | {r['mean_dist']:.4f} | "
+          f"{r['max_dist']:.3f} | {pct(r['at_lower'])} | "
+          f"{pct(r['at_upper'])} | {pct(r['kept_at_upper'])} |")
+  engine.write_json(os.path.join(_RUN.value, "score_stats.json"),
+                    {"method": method, "step": step, "layers": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)
