@@ -15,11 +15,14 @@ trained for ``dense.num_epochs`` and its accuracy is the table's dense row).
 * default: LeNet-300-100 on MNIST at 50 / 70 / 90% (CPU): 10 epochs.
 * ``conv2``: Conv-2 on CIFAR-10 at 50 / 70% (CPU, shortened: 10 epochs
   on one 10,000-image shard, not the reference's 100 epochs on 50,000).
-* ``sbp_search``: SBP's step size on LeNet-300-100 at 50 / 90%, seed 0,
-  chosen on the validation split (SBP is our reading of an abstract, so
-  its one free setting is searched; edge-popup keeps its reference's 0.1):
-  ``python -m train.sweep --config configs/sweep_random_nets.py:sbp_search
-  --workdir runs/random_sbp_search --config.data_dir=../shared/data``.
+* ``step_search``: both methods' score step size (SGD learning rate) on
+  LeNet-300-100 at 50 / 70 / 90%, seed 0, over ``STEPS``, to be chosen on
+  the validation split; ``conv2_step_search``: the same on Conv-2 at 50%
+  over ``CONV2_STEPS`` (the seed's claim's setting). Variant names are
+  ``<method>_lr<step>`` with ``p`` for the decimal point
+  (``sbp_lr0p3``): ``python -m train.sweep --config
+  configs/sweep_random_nets.py:step_search --workdir runs/random_step_search
+  --config.data_dir=../shared/data``.
 * ``conv2_full`` (and ``conv4_full`` ... ``conv8_full``): the reference
   schedule, 100 epochs, batch 128, on all 50,000 images (GPU).
 """
@@ -30,9 +33,17 @@ from configs import common
 from configs import proxnag_lenet5_mnist
 from configs import resnet20_cifar10
 
-SBP_STEPS = (0.03, 0.1, 0.3, 1.0, 3.0)
-VARIANTS = ("smoke", "conv2", "conv2_smoke", "sbp_search") + tuple(
-    f"conv{d}_full" for d in (2, 4, 6, 8))
+STEPS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+CONV2_STEPS = (0.1, 0.3, 1.0, 3.0)
+VARIANTS = ("smoke", "conv2", "conv2_smoke", "step_search",
+            "conv2_step_search") + tuple(f"conv{d}_full" for d in (2, 4, 6, 8))
+
+
+def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
+  """``{'<method>_lr<step>': {'method': m, 'learning_rate': step}}``
+  (ConfigDict keys may not contain dots: 0.3 -> ``lr0p3``)."""
+  return {f"{m}_lr" + f"{lr:g}".replace(".", "p"):
+          {"method": m, "learning_rate": lr} for m in methods for lr in steps}
 
 
 def get_config(arg: str = ""):
@@ -55,6 +66,11 @@ def get_config(arg: str = ""):
     b.dense.num_epochs = 50 if arg.endswith("full") else 5
     b.budget_epochs = 50.0 if arg.endswith("full") else 5.0
     c.sparsities = (0.5, 0.7)
+    if arg == "conv2_step_search":
+      v = step_variants(CONV2_STEPS)
+      c.variants, c.methods = v, tuple(v)     # in step order
+      c.sparsities = (0.5,)
+      c.seeds = (0,)
     if not arg.endswith("full"):
       b.train_subset = 10000
       b.val_size = 1000
@@ -73,13 +89,9 @@ def get_config(arg: str = ""):
     b.dense.warmup_epochs = 0.0
     b.budget_epochs = 5.0
     c.sparsities = (0.5, 0.7, 0.9)
-    if arg == "sbp_search":
-      # ConfigDict keys may not contain dots: lr 0.03 -> sbp_lr0p03.
-      c.variants = {"sbp_lr" + f"{lr:g}".replace(".", "p"):
-                    {"method": "sbp", "learning_rate": lr}
-                    for lr in SBP_STEPS}
-      c.methods = tuple(c.variants)
-      c.sparsities = (0.5, 0.9)
+    if arg == "step_search":
+      v = step_variants(STEPS)
+      c.variants, c.methods = v, tuple(v)     # in step order
       c.seeds = (0,)
     if arg == "smoke":
       b.dense = proxnag_lenet5_mnist.get_config("smoke").dense
