@@ -15,6 +15,12 @@ validation accuracy: ``c.variants = {'proxnag_l1x10': {'method': 'proxnag',
 variant's cells, rows and plot lines carry its name (``summary.json`` keeps
 the method's own name).
 
+``reuse_from`` (``--reuse_from=DIR,...``) copies finished cells from other
+sweep workdirs instead of running them again, when a cell there ran exactly
+this cell's config (whatever its name: a search's ``sbp_lr0p1_50_seed0`` can
+serve as ``sbp_50_seed0``) from an identical dense config; what was copied
+is listed in ``DIR/reused.jsonl``.
+
 With ``vmap_runs=True`` the unfinished cells of each method (differing only
 in seed and target sparsity) run as one ``jax.vmap``-ped program, checkpointed
 in ``DIR/groups/<method>_<n>cells_<hash>``; each cell still gets its own
@@ -28,6 +34,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -127,17 +134,90 @@ def _dense_for(config, workdir, seed, log) -> str:
   return dense_dir
 
 
+def _result_fields(cfg: dict) -> dict:
+  """A run's config as compared for reuse: the fields that change results,
+  without the dense checkpoint's path (its config is compared instead)."""
+  out = engine._comparable(cfg)  # pylint: disable=protected-access
+  out.pop("dense_checkpoint", None)
+  return out
+
+
+def _read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def reuse_cells(config, workdir: str, sources, log=print) -> int:
+  """Copies into ``workdir`` the finished cells of the sweep workdirs
+  ``sources`` that ran exactly the config of one of this sweep's unfinished
+  cells, with the same dense config; returns how many were copied."""
+  candidates = []       # (result fields, cell dir, dense dir)
+  for src in sources:
+    if not os.path.isdir(os.path.join(src, "cells")):
+      raise ValueError(f"--reuse_from {src!r} is not a sweep workdir (it "
+                       "has no cells/ folder).")
+    for name in sorted(os.listdir(os.path.join(src, "cells"))):
+      d = os.path.join(src, "cells", name)
+      cfg = _read_json(os.path.join(d, "config.json"))
+      if cfg is None or not os.path.exists(os.path.join(d, "summary.json")):
+        continue
+      candidates.append((_result_fields(cfg), d, cfg.get("dense_checkpoint")))
+  copied = 0
+  for c in [(m, s, seed) for seed in config.seeds for s in config.sparsities
+            for m in config.methods]:
+    dst = os.path.join(workdir, "cells", cell_name(*c))
+    if os.path.exists(os.path.join(dst, "summary.json")):
+      continue
+    cc = cell_config(config, *c, "")
+    want = _result_fields(json.loads(cc.to_json_best_effort()))
+    want_dense = engine._comparable(json.loads(  # pylint: disable=protected-access
+        loop.dense_config(cc).to_json_best_effort()))
+    own_dense = os.path.join(workdir, f"dense_seed{c[2]}")
+    for fields, src, src_dense in candidates:
+      if fields != want or not src_dense:
+        continue
+      dcfg = _read_json(os.path.join(src_dense, "config.json"))
+      if dcfg is None or engine._comparable(dcfg) != want_dense:  # pylint: disable=protected-access
+        continue
+      if os.path.exists(os.path.join(own_dense, "summary.json")):
+        mine = _read_json(os.path.join(own_dense, "config.json"))
+        if mine is None or engine._comparable(mine) != want_dense:  # pylint: disable=protected-access
+          continue
+      else:
+        if os.path.exists(own_dense):
+          shutil.rmtree(own_dense)
+        shutil.copytree(src_dense, own_dense)
+        engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
+            "dense": os.path.basename(own_dense), "from": src_dense})
+      if os.path.exists(dst):
+        shutil.rmtree(dst)      # an unfinished run of the same config
+      shutil.copytree(src, dst)
+      engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
+          "cell": cell_name(*c), "from": src})
+      log(f"reused {src} as {cell_name(*c)}")
+      copied += 1
+      break
+  return copied
+
+
 def run(config, workdir: str, *, overwrite: bool = False,
-        allow_changes: bool = False,
+        allow_changes: bool = False, reuse_from=(),
         log: Callable[[str], None] = print) -> list[dict]:
   validate(config)
   with engine.workdir_lock(workdir):
-    return _run(config, workdir, overwrite, allow_changes, log)
+    return _run(config, workdir, overwrite, allow_changes, log,
+                tuple(reuse_from or ()))
 
 
-def _run(config, workdir, overwrite, allow_changes, log):
+def _run(config, workdir, overwrite, allow_changes, log, reuse_from=()):
   distributed.on_primary(lambda: engine.prepare_workdir(
       workdir, config, overwrite, allow_changes), "prepare_workdir")
+  if reuse_from:
+    distributed.on_primary(lambda: reuse_cells(config, workdir, reuse_from,
+                                               log), "reuse_cells")
   cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
            for m in config.methods]
   note = budget_note(config)

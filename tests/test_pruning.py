@@ -261,3 +261,57 @@ def test_sweep_table_spread_and_missed_targets():
   assert "| proxnag | 98.10 |" in one and "±" not in one.split(
       "| method |")[1].split("Validation")[0]
   assert "One seed" in one
+
+
+def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
+  """``reuse_cells`` copies a finished cell of another sweep that ran this
+  cell's config under another name, and nothing whose config (or dense
+  config) differs."""
+  from configs import sweep_random_nets  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  search = sweep_random_nets.get_config("smoke")
+  search.variants = sweep_random_nets.step_variants((0.1, 0.3), ("sbp",))
+  search.methods = ("sbp_lr0p1", "sbp_lr0p3")
+  src = tmp_path / "search"
+
+  def fake_run(config, method, dense_cfg_change=None):
+    cc = sweep.cell_config(config, method, 0.5, 0,
+                           str(src / "dense_seed0"))
+    d = loop.dense_config(cc)
+    if dense_cfg_change:
+      d.num_epochs += 1
+    os.makedirs(src / "dense_seed0", exist_ok=True)
+    engine.write_json(str(src / "dense_seed0" / "config.json"),
+                      json.loads(d.to_json_best_effort()))
+    engine.write_json(str(src / "dense_seed0" / "summary.json"), {})
+    cell = src / "cells" / sweep.cell_name(method, 0.5, 0)
+    os.makedirs(cell)
+    engine.write_json(str(cell / "config.json"),
+                      json.loads(cc.to_json_best_effort()))
+    engine.write_json(str(cell / "summary.json"), {"method": "sbp"})
+
+  fake_run(search, "sbp_lr0p1")
+  fake_run(search, "sbp_lr0p3")
+  final = sweep_random_nets.get_config("smoke")
+  final.methods = ("sbp", "edge_popup")
+  final.sparsities = (0.5,)
+  dst = tmp_path / "final"
+  os.makedirs(dst)
+  # sbp at its default step 0.1 is the search's sbp_lr0p1, renamed.
+  assert sweep.reuse_cells(final, str(dst), [str(src)], log=lambda m: None) == 1
+  assert (dst / "cells" / "sbp_50_seed0" / "summary.json").exists()
+  assert (dst / "dense_seed0" / "summary.json").exists()
+  assert not (dst / "cells" / "edge_popup_50_seed0").exists()
+  with open(dst / "reused.jsonl") as f:
+    assert [json.loads(l).get("cell") for l in f] == [None, "sbp_50_seed0"]
+  # Another step, or another dense config: nothing to reuse.
+  final.base.sbp.learning_rate = 1.0
+  assert sweep.reuse_cells(final, str(tmp_path / "b"), [str(src)],
+                           log=lambda m: None) == 0
+  shutil.rmtree(src)
+  fake_run(search, "sbp_lr0p1", dense_cfg_change=True)
+  final.base.sbp.learning_rate = 0.1
+  assert sweep.reuse_cells(final, str(tmp_path / "c"), [str(src)],
+                           log=lambda m: None) == 0
+  with pytest.raises(ValueError, match="not a sweep workdir"):
+    sweep.reuse_cells(final, str(tmp_path / "d"), [str(tmp_path / "none")])

@@ -1,14 +1,26 @@
 """Methods x sparsities x seeds with one budget (paper Table 1 and Fig. 9).
 
   python -m train.sweep --config configs/sweep_lenet5_mnist.py --workdir DIR \
-      --config.data_dir=../shared/data
+      --config.data_dir=../shared/data [--reuse_from=OTHER_SWEEP_DIR,...]
 
-Finished cells are skipped on a re-run; writes DIR/results.csv, table.md and
-accuracy_vs_sparsity.png.
+Finished cells are skipped on a re-run; ``--reuse_from`` copies finished
+cells of other sweeps that ran exactly a cell's config (``sweep.reuse_cells``);
+writes DIR/results.csv, table.md and accuracy_vs_sparsity.png.
 """
+
+from absl import flags
 
 from proxnag_jax import sweep
 from train import cli
 
+_REUSE = flags.DEFINE_list(
+    "reuse_from", [], "Sweep workdirs whose finished cells may be copied "
+    "when they ran exactly one of this sweep's cell configs.")
+
+
+def _run(config, workdir, **kw):
+  return sweep.run(config, workdir, reuse_from=_REUSE.value, **kw)
+
+
 if __name__ == "__main__":
-  cli.run(sweep.run, "Sweep config.")
+  cli.run(_run, "Sweep config.")
