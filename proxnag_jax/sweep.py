@@ -153,7 +153,8 @@ def _read_json(path):
 def reuse_cells(config, workdir: str, sources, log=print) -> int:
   """Copies into ``workdir`` the finished cells of the sweep workdirs
   ``sources`` that ran exactly the config of one of this sweep's unfinished
-  cells, with the same dense config; returns how many were copied."""
+  cells, with the same dense config, and their finished dense runs of this
+  sweep's dense config; returns how many cells were copied."""
   candidates = []       # (result fields, cell dir, dense dir)
   for src in sources:
     if not os.path.isdir(os.path.join(src, "cells")):
@@ -166,6 +167,25 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
         continue
       candidates.append((_result_fields(cfg), d, cfg.get("dense_checkpoint")))
   copied = 0
+  for seed in config.seeds:      # a dense run alone (the table's dense row)
+    own_dense = os.path.join(workdir, f"dense_seed{seed}")
+    if os.path.exists(os.path.join(own_dense, "summary.json")):
+      continue
+    want_dense = engine._comparable(json.loads(loop.dense_config(  # pylint: disable=protected-access
+        cell_config(config, config.methods[0], config.sparsities[0], seed,
+                    "")).to_json_best_effort()))
+    for src in sources:
+      d = os.path.join(src, f"dense_seed{seed}")
+      dcfg = _read_json(os.path.join(d, "config.json"))
+      if (os.path.exists(os.path.join(d, "summary.json")) and dcfg is not None
+          and engine._comparable(dcfg) == want_dense):  # pylint: disable=protected-access
+        if os.path.exists(own_dense):
+          shutil.rmtree(own_dense)
+        shutil.copytree(d, own_dense)
+        engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
+            "dense": os.path.basename(own_dense), "from": d})
+        log(f"reused {d} as {os.path.basename(own_dense)}")
+        break
   for c in [(m, s, seed) for seed in config.seeds for s in config.sparsities
             for m in config.methods]:
     dst = os.path.join(workdir, "cells", cell_name(*c))

@@ -304,14 +304,17 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   assert not (dst / "cells" / "edge_popup_50_seed0").exists()
   with open(dst / "reused.jsonl") as f:
     assert [json.loads(l).get("cell") for l in f] == [None, "sbp_50_seed0"]
-  # Another step, or another dense config: nothing to reuse.
+  # Another step: no cell to reuse, only the (same) dense run.
   final.base.sbp.learning_rate = 1.0
   assert sweep.reuse_cells(final, str(tmp_path / "b"), [str(src)],
                            log=lambda m: None) == 0
+  assert (tmp_path / "b" / "dense_seed0" / "summary.json").exists()
+  assert not (tmp_path / "b" / "cells").exists()
   shutil.rmtree(src)
   fake_run(search, "sbp_lr0p1", dense_cfg_change=True)
   final.base.sbp.learning_rate = 0.1
   assert sweep.reuse_cells(final, str(tmp_path / "c"), [str(src)],
                            log=lambda m: None) == 0
+  assert not (tmp_path / "c").exists()
   with pytest.raises(ValueError, match="not a sweep workdir"):
     sweep.reuse_cells(final, str(tmp_path / "d"), [str(tmp_path / "none")])
