@@ -136,10 +136,12 @@ def _dense_for(config, workdir, seed, log) -> str:
 
 def _result_fields(cfg: dict) -> dict:
   """A run's config as compared for reuse: the fields that change results,
-  without the dense checkpoint's path (its config is compared instead)."""
+  without the dense checkpoint's path (its config is compared instead) and
+  the sub-configs of the methods it does not run."""
   out = engine._comparable(cfg)  # pylint: disable=protected-access
   out.pop("dense_checkpoint", None)
-  return out
+  return {k: v for k, v in out.items() if k == out.get("method")
+          or k not in methods_lib.PRUNING_METHODS}
 
 
 def _read_json(path):
@@ -165,7 +167,12 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
       cfg = _read_json(os.path.join(d, "config.json"))
       if cfg is None or not os.path.exists(os.path.join(d, "summary.json")):
         continue
-      candidates.append((_result_fields(cfg), d, cfg.get("dense_checkpoint")))
+      # Its sweep's dense run of its seed (the path in its config may name
+      # the sweep's folder before a rename).
+      dense = os.path.join(src, f"dense_seed{cfg.get('seed')}")
+      if not os.path.isdir(dense):
+        dense = cfg.get("dense_checkpoint")
+      candidates.append((_result_fields(cfg), d, dense))
   copied = 0
   for seed in config.seeds:      # a dense run alone (the table's dense row)
     own_dense = os.path.join(workdir, f"dense_seed{seed}")

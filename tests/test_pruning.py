@@ -272,6 +272,7 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   search = sweep_random_nets.get_config("smoke")
   search.variants = sweep_random_nets.step_variants((0.1, 0.3), ("sbp",))
   search.methods = ("sbp_lr0p1", "sbp_lr0p3")
+  search.base.edge_popup.learning_rate = 0.5     # a method sbp does not run
   src = tmp_path / "search"
 
   def fake_run(config, method, dense_cfg_change=None):
@@ -295,9 +296,10 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   final = sweep_random_nets.get_config("smoke")
   final.methods = ("sbp", "edge_popup")
   final.sparsities = (0.5,)
+  final.base.sbp.learning_rate = 0.1
   dst = tmp_path / "final"
   os.makedirs(dst)
-  # sbp at its default step 0.1 is the search's sbp_lr0p1, renamed.
+  # sbp at step 0.1 is the search's sbp_lr0p1, renamed.
   assert sweep.reuse_cells(final, str(dst), [str(src)], log=lambda m: None) == 1
   assert (dst / "cells" / "sbp_50_seed0" / "summary.json").exists()
   assert (dst / "dense_seed0" / "summary.json").exists()
