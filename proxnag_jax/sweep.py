@@ -134,11 +134,14 @@ def _dense_for(config, workdir, seed, log) -> str:
   return dense_dir
 
 
+_comparable = engine._comparable  # pylint: disable=protected-access
+
+
 def _result_fields(cfg: dict) -> dict:
   """A run's config as compared for reuse: the fields that change results,
   without the dense checkpoint's path (its config is compared instead) and
   the sub-configs of the methods it does not run."""
-  out = engine._comparable(cfg)  # pylint: disable=protected-access
+  out = _comparable(cfg)
   out.pop("dense_checkpoint", None)
   return {k: v for k, v in out.items() if k == out.get("method")
           or k not in methods_lib.PRUNING_METHODS}
@@ -152,47 +155,64 @@ def _read_json(path):
     return None
 
 
+def _finished_with(run_dir, fields, compare=_comparable) -> bool:
+  """Whether ``run_dir`` holds a finished run whose config compares equal
+  to ``fields``."""
+  cfg = _read_json(os.path.join(run_dir, "config.json"))
+  return (cfg is not None and compare(cfg) == fields and
+          os.path.exists(os.path.join(run_dir, "summary.json")))
+
+
+def _copy_run(src, dst, workdir, what, log) -> None:
+  if os.path.exists(dst):
+    shutil.rmtree(dst)          # an unfinished run of the same config
+  shutil.copytree(src, dst)
+  engine.append_jsonl(os.path.join(workdir, "reused.jsonl"),
+                      {what: os.path.basename(dst), "from": src})
+  log(f"reused {src} as {os.path.basename(dst)}")
+
+
 def reuse_cells(config, workdir: str, sources, log=print) -> int:
   """Copies into ``workdir`` the finished cells of the sweep workdirs
   ``sources`` that ran exactly the config of one of this sweep's unfinished
   cells, with the same dense config, and their finished dense runs of this
   sweep's dense config; returns how many cells were copied."""
-  candidates = []       # (result fields, cell dir, dense dir)
   for src in sources:
     if not os.path.isdir(os.path.join(src, "cells")):
       raise ValueError(f"--reuse_from {src!r} is not a sweep workdir (it "
                        "has no cells/ folder).")
+  # Each finished source cell with its sweep's dense run of its seed (the
+  # path in its config may name the sweep's folder before a rename).
+  candidates = []
+  for src in sources:
     for name in sorted(os.listdir(os.path.join(src, "cells"))):
       d = os.path.join(src, "cells", name)
       cfg = _read_json(os.path.join(d, "config.json"))
-      if cfg is None or not os.path.exists(os.path.join(d, "summary.json")):
-        continue
-      # Its sweep's dense run of its seed (the path in its config may name
-      # the sweep's folder before a rename).
-      dense = os.path.join(src, f"dense_seed{cfg.get('seed')}")
-      if not os.path.isdir(dense):
-        dense = cfg.get("dense_checkpoint")
-      candidates.append((_result_fields(cfg), d, dense))
-  copied = 0
+      if cfg is not None and os.path.exists(os.path.join(d, "summary.json")):
+        dense = os.path.join(src, f"dense_seed{cfg.get('seed')}")
+        candidates.append((_result_fields(cfg), d, dense if os.path.isdir(
+            dense) else cfg.get("dense_checkpoint") or ""))
+
+  def dense_fields(cc):
+    return _comparable(json.loads(loop.dense_config(cc).to_json_best_effort()))
+
+  def get_dense(seed, want, src_dense=None) -> bool:
+    """This sweep's dense run of ``seed`` is (or is now, copied) one of
+    config ``want``."""
+    own = os.path.join(workdir, f"dense_seed{seed}")
+    if os.path.exists(os.path.join(own, "summary.json")):
+      return _finished_with(own, want)
+    for d in ([src_dense] if src_dense else
+              [os.path.join(src, f"dense_seed{seed}") for src in sources]):
+      if _finished_with(d, want):
+        _copy_run(d, own, workdir, "dense", log)
+        return True
+    return False
+
   for seed in config.seeds:      # a dense run alone (the table's dense row)
-    own_dense = os.path.join(workdir, f"dense_seed{seed}")
-    if os.path.exists(os.path.join(own_dense, "summary.json")):
-      continue
-    want_dense = engine._comparable(json.loads(loop.dense_config(  # pylint: disable=protected-access
-        cell_config(config, config.methods[0], config.sparsities[0], seed,
-                    "")).to_json_best_effort()))
-    for src in sources:
-      d = os.path.join(src, f"dense_seed{seed}")
-      dcfg = _read_json(os.path.join(d, "config.json"))
-      if (os.path.exists(os.path.join(d, "summary.json")) and dcfg is not None
-          and engine._comparable(dcfg) == want_dense):  # pylint: disable=protected-access
-        if os.path.exists(own_dense):
-          shutil.rmtree(own_dense)
-        shutil.copytree(d, own_dense)
-        engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
-            "dense": os.path.basename(own_dense), "from": d})
-        log(f"reused {d} as {os.path.basename(own_dense)}")
-        break
+    get_dense(seed, dense_fields(cell_config(
+        config, config.methods[0], config.sparsities[0], seed, "")))
+  copied = 0
   for c in [(m, s, seed) for seed in config.seeds for s in config.sparsities
             for m in config.methods]:
     dst = os.path.join(workdir, "cells", cell_name(*c))
@@ -200,33 +220,12 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
       continue
     cc = cell_config(config, *c, "")
     want = _result_fields(json.loads(cc.to_json_best_effort()))
-    want_dense = engine._comparable(json.loads(  # pylint: disable=protected-access
-        loop.dense_config(cc).to_json_best_effort()))
-    own_dense = os.path.join(workdir, f"dense_seed{c[2]}")
     for fields, src, src_dense in candidates:
-      if fields != want or not src_dense:
-        continue
-      dcfg = _read_json(os.path.join(src_dense, "config.json"))
-      if dcfg is None or engine._comparable(dcfg) != want_dense:  # pylint: disable=protected-access
-        continue
-      if os.path.exists(os.path.join(own_dense, "summary.json")):
-        mine = _read_json(os.path.join(own_dense, "config.json"))
-        if mine is None or engine._comparable(mine) != want_dense:  # pylint: disable=protected-access
-          continue
-      else:
-        if os.path.exists(own_dense):
-          shutil.rmtree(own_dense)
-        shutil.copytree(src_dense, own_dense)
-        engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
-            "dense": os.path.basename(own_dense), "from": src_dense})
-      if os.path.exists(dst):
-        shutil.rmtree(dst)      # an unfinished run of the same config
-      shutil.copytree(src, dst)
-      engine.append_jsonl(os.path.join(workdir, "reused.jsonl"), {
-          "cell": cell_name(*c), "from": src})
-      log(f"reused {src} as {cell_name(*c)}")
-      copied += 1
-      break
+      if (fields == want and src_dense and
+          get_dense(c[2], dense_fields(cc), src_dense)):
+        _copy_run(src, dst, workdir, "cell", log)
+        copied += 1
+        break
   return copied
 
 
