@@ -229,10 +229,45 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
   return copied
 
 
+def report_partial(config, workdir: str, log=print) -> list[dict]:
+  """Tables and plot of the cells finished so far, in ``workdir/partial/``,
+  without running anything (safe beside the sweep that writes
+  ``workdir``). The workdir must hold a sweep of this config."""
+  path = os.path.join(workdir, "config.json")
+  old = _read_json(path)
+  if old is None:
+    raise ValueError(f"{path} is missing or unreadable: {workdir!r} holds no "
+                     "sweep to report on.")
+  if _comparable(old) != _comparable(json.loads(config.to_json_best_effort())):
+    raise ValueError(f"{workdir!r} holds a sweep of another config; pass the "
+                     "config it was run with.")
+  cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
+           for m in config.methods]
+  rows = []
+  for c in cells:
+    summ = _read_json(os.path.join(workdir, "cells", cell_name(*c),
+                                   "summary.json"))
+    if summ is not None:
+      summ.update(workdir=os.path.join(workdir, "cells", cell_name(*c)),
+                  method=c[0])
+      rows.append(summ)
+  if not rows:
+    raise ValueError(f"no cell of {workdir!r} has finished yet.")
+  out = os.path.join(workdir, "partial")
+  os.makedirs(out, exist_ok=True)
+  write_outputs(config, out, rows, f"**Partial: {len(rows)} of {len(cells)} "
+                "cells finished; (n=k) marks a value over fewer seeds than "
+                f"the sweep's.** {budget_note(config)}")
+  log(f"{len(rows)} of {len(cells)} cells finished; wrote {out}/table.md")
+  return rows
+
+
 def run(config, workdir: str, *, overwrite: bool = False,
-        allow_changes: bool = False, reuse_from=(),
+        allow_changes: bool = False, reuse_from=(), report_only=False,
         log: Callable[[str], None] = print) -> list[dict]:
   validate(config)
+  if report_only:
+    return report_partial(config, workdir, log)
   with engine.workdir_lock(workdir):
     return _run(config, workdir, overwrite, allow_changes, log,
                 tuple(reuse_from or ()))
@@ -361,8 +396,10 @@ def table_md(config, rows, note) -> str:
   for m in config.methods:
     cells = []
     for s in sps:
-      cells.append(fmt_stat(_stats(rows, m, s))
-                   + ("*" if _missed(rows, m, s) else ""))
+      st = _stats(rows, m, s)
+      few = st is not None and st[2] < len(config.seeds)
+      cells.append(fmt_stat(st) + ("*" if _missed(rows, m, s) else "")
+                   + (f" (n={st[2]})" if few else ""))
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
     pm = method_of(config, m)[0]     # a variant shows its method's numbers
     if pm in paper and pm not in shown:

@@ -320,3 +320,31 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   assert not (tmp_path / "c").exists()
   with pytest.raises(ValueError, match="not a sweep workdir"):
     sweep.reuse_cells(final, str(tmp_path / "d"), [str(tmp_path / "none")])
+
+
+def test_sweep_report_only_tables_the_finished_cells(tmp_path):
+  from configs import sweep_random_nets  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_random_nets.get_config("smoke")
+  c.methods, c.sparsities, c.seeds = ("sbp", "edge_popup"), (0.5,), (0, 1)
+  wd = str(tmp_path)
+  engine.prepare_workdir(wd, c)
+  for (m, seed), acc in {("sbp", 0): 0.90, ("sbp", 1): 0.92,
+                         ("edge_popup", 0): 0.95}.items():
+    d = os.path.join(wd, "cells", sweep.cell_name(m, 0.5, seed))
+    os.makedirs(d)
+    engine.write_json(os.path.join(d, "summary.json"), {
+        "method": m, "seed": seed, "target_sparsity": 0.5, "sparsity": 0.5,
+        "test_accuracy": acc, "val_accuracy": acc, "dense_test_accuracy": 0.97,
+        "epochs": 2.0, "reached_target": True})
+  rows = sweep.run(c, wd, report_only=True, log=lambda m: None)
+  assert len(rows) == 3
+  with open(os.path.join(wd, "partial", "table.md")) as f:
+    table = f.read()
+  assert "Partial: 3 of 4 cells finished" in table
+  assert "| sbp | 91.00 ± 1.41 |" in table
+  assert "| edge_popup | 95.00 (n=1) |" in table
+  assert not os.path.exists(os.path.join(wd, "table.md"))   # the sweep's own
+  c.seeds = (0, 1, 2)
+  with pytest.raises(ValueError, match="another config"):
+    sweep.run(c, wd, report_only=True)

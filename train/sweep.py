@@ -1,11 +1,14 @@
 """Methods x sparsities x seeds with one budget (paper Table 1 and Fig. 9).
 
   python -m train.sweep --config configs/sweep_lenet5_mnist.py --workdir DIR \
-      --config.data_dir=../shared/data [--reuse_from=OTHER_SWEEP_DIR,...]
+      --config.data_dir=../shared/data [--reuse_from=OTHER_SWEEP_DIR,...] \
+      [--report_only]
 
 Finished cells are skipped on a re-run; ``--reuse_from`` copies finished
 cells of other sweeps that ran exactly a cell's config (``sweep.reuse_cells``);
-writes DIR/results.csv, table.md and accuracy_vs_sparsity.png.
+writes DIR/results.csv, table.md and accuracy_vs_sparsity.png
+(``--report_only``: the same for the cells finished so far, in DIR/partial/,
+running nothing).
 """
 
 from absl import flags
@@ -13,13 +16,18 @@ from absl import flags
 from proxnag_jax import sweep
 from train import cli
 
+_REPORT = flags.DEFINE_bool(
+    "report_only", False, "Run nothing: write DIR/partial/table.md (and the "
+    "csv and plot) from the cells finished so far; safe beside a running "
+    "sweep.")
 _REUSE = flags.DEFINE_list(
     "reuse_from", [], "Sweep workdirs whose finished cells may be copied "
     "when they ran exactly one of this sweep's cell configs.")
 
 
 def _run(config, workdir, **kw):
-  return sweep.run(config, workdir, reuse_from=_REUSE.value, **kw)
+  return sweep.run(config, workdir, reuse_from=_REUSE.value,
+                   report_only=_REPORT.value, **kw)
 
 
 if __name__ == "__main__":
