@@ -13,8 +13,9 @@ Both methods train only masks over frozen random weights (the scores, SGD
 with a cosine schedule, momentum 0.9; each method's step size chosen on the
 validation split by the searches below, ``LENET300_STEP`` and
 ``CONV2_STEP``; the ``*_full`` GPU variants keep the reference's 0.1), from
-scratch, for the same number of epochs as the dense reference (``dense.num_epochs + budget_epochs``; the dense model is
-trained for ``dense.num_epochs`` and its accuracy is the table's dense row).
+scratch, for the same number of epochs as the dense reference
+(``dense.num_epochs + budget_epochs``; the dense model is trained for
+``dense.num_epochs`` and its accuracy is the table's dense row).
 
 * default: LeNet-300-100 on MNIST at 50 / 70 / 90% (CPU): 10 epochs.
 * ``conv2``: Conv-2 on CIFAR-10 at 50 / 70% (CPU, shortened: 10 epochs

@@ -580,10 +580,10 @@ NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
                      "eval_batch_size", "workdir", "chunk_steps")
 
 
-def _comparable(cfg: dict) -> dict:
+def comparable_config(cfg: dict) -> dict:
   """The config without the fields that do not change results, at any
   depth (a sweep's base config holds them too)."""
-  return {k: _comparable(v) if isinstance(v, dict) else v
+  return {k: comparable_config(v) if isinstance(v, dict) else v
           for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
 
 
@@ -613,8 +613,8 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
             f"{path} is unreadable, so the run in {workdir!r} cannot be "
             "checked against this config. Pass --overwrite to start over, or "
             "use another --workdir.")
-      if _comparable(old) != _comparable(cfg):
-        a, b = _comparable(old), _comparable(cfg)
+      if comparable_config(old) != comparable_config(cfg):
+        a, b = comparable_config(old), comparable_config(cfg)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if allow_changes:
           append_jsonl(os.path.join(workdir, "config_changes.jsonl"), {

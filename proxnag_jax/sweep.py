@@ -134,14 +134,33 @@ def _dense_for(config, workdir, seed, log) -> str:
   return dense_dir
 
 
-_comparable = engine._comparable  # pylint: disable=protected-access
+def cells_of(config) -> list[tuple]:
+  """The sweep's cells ``(method, sparsity, seed)``, seed by seed."""
+  return [(m, s, seed) for seed in config.seeds for s in config.sparsities
+          for m in config.methods]
+
+
+def _rows(workdir, cells, finished_only=False) -> list[dict]:
+  """The cells' summaries (``method``: the sweep's name for it, a
+  variant's or the method's; ``finished_only``: skip unfinished cells)."""
+  rows = []
+  for c in cells:
+    wd = os.path.join(workdir, "cells", cell_name(*c))
+    path = os.path.join(wd, "summary.json")
+    if finished_only and not os.path.exists(path):
+      continue
+    with open(path) as f:
+      summ = json.load(f)
+    summ.update(workdir=wd, method=c[0])
+    rows.append(summ)
+  return rows
 
 
 def _result_fields(cfg: dict) -> dict:
   """A run's config as compared for reuse: the fields that change results,
   without the dense checkpoint's path (its config is compared instead) and
   the sub-configs of the methods it does not run."""
-  out = _comparable(cfg)
+  out = engine.comparable_config(cfg)
   out.pop("dense_checkpoint", None)
   return {k: v for k, v in out.items() if k == out.get("method")
           or k not in methods_lib.PRUNING_METHODS}
@@ -155,11 +174,11 @@ def _read_json(path):
     return None
 
 
-def _finished_with(run_dir, fields, compare=_comparable) -> bool:
+def _finished_with(run_dir, fields) -> bool:
   """Whether ``run_dir`` holds a finished run whose config compares equal
   to ``fields``."""
   cfg = _read_json(os.path.join(run_dir, "config.json"))
-  return (cfg is not None and compare(cfg) == fields and
+  return (cfg is not None and engine.comparable_config(cfg) == fields and
           os.path.exists(os.path.join(run_dir, "summary.json")))
 
 
@@ -194,7 +213,8 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
             dense) else cfg.get("dense_checkpoint") or ""))
 
   def dense_fields(cc):
-    return _comparable(json.loads(loop.dense_config(cc).to_json_best_effort()))
+    return engine.comparable_config(json.loads(
+        loop.dense_config(cc).to_json_best_effort()))
 
   def get_dense(seed, want, src_dense=None) -> bool:
     """This sweep's dense run of ``seed`` is (or is now, copied) one of
@@ -213,8 +233,7 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
     get_dense(seed, dense_fields(cell_config(
         config, config.methods[0], config.sparsities[0], seed, "")))
   copied = 0
-  for c in [(m, s, seed) for seed in config.seeds for s in config.sparsities
-            for m in config.methods]:
+  for c in cells_of(config):
     dst = os.path.join(workdir, "cells", cell_name(*c))
     if os.path.exists(os.path.join(dst, "summary.json")):
       continue
@@ -238,19 +257,12 @@ def report_partial(config, workdir: str, log=print) -> list[dict]:
   if old is None:
     raise ValueError(f"{path} is missing or unreadable: {workdir!r} holds no "
                      "sweep to report on.")
-  if _comparable(old) != _comparable(json.loads(config.to_json_best_effort())):
+  want = json.loads(config.to_json_best_effort())
+  if engine.comparable_config(old) != engine.comparable_config(want):
     raise ValueError(f"{workdir!r} holds a sweep of another config; pass the "
                      "config it was run with.")
-  cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
-           for m in config.methods]
-  rows = []
-  for c in cells:
-    summ = _read_json(os.path.join(workdir, "cells", cell_name(*c),
-                                   "summary.json"))
-    if summ is not None:
-      summ.update(workdir=os.path.join(workdir, "cells", cell_name(*c)),
-                  method=c[0])
-      rows.append(summ)
+  cells = cells_of(config)
+  rows = _rows(workdir, cells, finished_only=True)
   if not rows:
     raise ValueError(f"no cell of {workdir!r} has finished yet.")
   out = os.path.join(workdir, "partial")
@@ -279,8 +291,7 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=()):
   if reuse_from:
     distributed.on_primary(lambda: reuse_cells(config, workdir, reuse_from,
                                                log), "reuse_cells")
-  cells = [(m, s, seed) for seed in config.seeds for s in config.sparsities
-           for m in config.methods]
+  cells = cells_of(config)
   note = budget_note(config)
   vmap = bool(config.get("vmap_runs", False))
   log(f"sweep: {len(cells)} cells{' (vmapped per method)' if vmap else ''}; "
@@ -315,14 +326,7 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=()):
       loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
   if not distributed.is_primary():     # process 0 writes the tables
     return []
-  rows = []
-  for c in cells:
-    wd = os.path.join(workdir, "cells", cell_name(*c))
-    with open(os.path.join(wd, "summary.json")) as f:
-      summ = json.load(f)
-    summ["workdir"] = wd
-    summ["method"] = c[0]      # a variant's name (the method's otherwise)
-    rows.append(summ)
+  rows = _rows(workdir, cells)
   write_outputs(config, workdir, rows, note)
   return rows
 
