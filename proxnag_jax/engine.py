@@ -577,7 +577,10 @@ class Checkpointer:
 # Config fields that do not change results; a resumed run may change them.
 NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
                      "download",
-                     "eval_batch_size", "workdir", "chunk_steps")
+                     "eval_batch_size", "workdir", "chunk_steps",
+                     # A sweep's reporting: what its table shows.
+                     "select_on_val", "paper_table", "paper_sparsities",
+                     "paper_dense", "target_note")
 
 
 def comparable_config(cfg: dict) -> dict:

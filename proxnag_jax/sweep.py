@@ -13,7 +13,11 @@ hyperparameter search is one resumable sweep whose table shows each setting's
 validation accuracy: ``c.variants = {'proxnag_l1x10': {'method': 'proxnag',
 'l1_step': 2e-3}}`` and ``c.methods = ('proxnag', 'proxnag_l1x10')``; a
 variant's cells, rows and plot lines carry its name (``summary.json`` keeps
-the method's own name).
+the method's own name). ``select_on_val`` (optional) makes the choice among
+them part of the sweep: ``c.select_on_val = {'proxnag': ('proxnag',
+'proxnag_l1x10')}`` adds a row (and a bold plot line) holding, per column,
+the test accuracy of the entry with the best mean validation accuracy, and
+writes the choices to ``selection.json``.
 
 ``reuse_from`` (``--reuse_from=DIR,...``) copies finished cells from other
 sweep workdirs instead of running them again, when a cell there ran exactly
@@ -85,6 +89,14 @@ def validate(config) -> None:
                        "produce it.")
   if not config.seeds:
     raise ValueError("config.seeds is empty.")
+  for name, members in (config.get("select_on_val", None) or {}).items():
+    missing = [m for m in members if m not in config.methods]
+    if not members or missing or name in config.methods:
+      raise ValueError(
+          f"select_on_val[{name!r}] must name a group of entries of "
+          f"config.methods (missing: {missing or 'none'}) under a name that "
+          "is not itself one of them, e.g. {'proxnag': ('proxnag_lam1e-2', "
+          "'proxnag_lam2e-2')}.")
   # Every cell's config, before anything is written.
   for m in config.methods:
     loop.validate(cell_config(config, m, config.sparsities[0],
@@ -339,8 +351,15 @@ def write_outputs(config, workdir, rows, note) -> None:
       w.writerow(r)
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(table_md(config, rows, note))
+  chosen = chosen_on_val(config, rows)
+  if chosen:
+    engine.write_json(os.path.join(workdir, "selection.json"), {
+        name: {f"{s:g}": (None if p is None else {
+            "entry": p[0], "val_accuracy": p[1], "seeds": p[2]})
+               for s, p in by_s.items()} for name, by_s in chosen.items()})
   plot_accuracy(rows, os.path.join(workdir, "accuracy_vs_sparsity.png"),
-                title=f"{config.base.model} on {config.base.dataset}")
+                title=f"{config.base.model} on {config.base.dataset}",
+                chosen=chosen)
 
 
 def _stats(rows, method, s, key="test_accuracy", scale=100.0):
@@ -364,6 +383,27 @@ def _missed(rows, method, s) -> int:
   return sum(1 for r in rows if r["method"] == method and
              abs(r["target_sparsity"] - s) < 1e-9 and
              not r.get("reached_target", True))
+
+
+def chosen_on_val(config, rows) -> dict:
+  """``{name: {sparsity: (entry, mean val accuracy %, seeds) or None}}`` for
+  each group of ``config.select_on_val`` (``{name: (entry, ...)}``, entries
+  of ``config.methods``, e.g. one method's hyperparameter variants): per
+  column, the entry with the highest mean validation accuracy over its
+  seeds (the first listed on a tie). The test set plays no part; the table
+  reports the chosen entry's test accuracy."""
+  out = {}
+  for name, members in (config.get("select_on_val", None) or {}).items():
+    out[name] = {}
+    for s in config.sparsities:
+      best = None
+      for m in members:
+        st = _stats(rows, m, s, "val_accuracy")
+        if st is not None and (best is None or st[0] > best[1]):
+          best = (m, st[0], st[2])
+      out[name][s] = best
+    # Plain floats and strings: also written to selection.json.
+  return out
 
 
 def table_md(config, rows, note) -> str:
@@ -397,6 +437,16 @@ def table_md(config, rows, note) -> str:
   paper = config.get("paper_table", None) or {}
   paper_sps = list(config.get("paper_sparsities", ()))
   shown = set()
+  selections = config.get("select_on_val", None) or {}
+
+  def paper_row(pm):
+    if pm in paper and pm not in shown:
+      shown.add(pm)
+      vals = dict(zip([round(x, 6) for x in paper_sps], paper[pm]))
+      lines.append(f"| {pm} (paper) | " + " | ".join(
+          f"{vals[round(s, 6)]:.2f}" if round(s, 6) in vals else ""
+          for s in sps) + " |")
+
   for m in config.methods:
     cells = []
     for s in sps:
@@ -406,12 +456,27 @@ def table_md(config, rows, note) -> str:
                    + (f" (n={st[2]})" if few else ""))
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
     pm = method_of(config, m)[0]     # a variant shows its method's numbers
-    if pm in paper and pm not in shown:
-      shown.add(pm)
-      vals = dict(zip([round(x, 6) for x in paper_sps], paper[pm]))
-      lines.append(f"| {pm} (paper) | " + " | ".join(
-          f"{vals[round(s, 6)]:.2f}" if round(s, 6) in vals else ""
-          for s in sps) + " |")
+    if pm not in selections:         # (else after the chosen row)
+      paper_row(pm)
+  chosen = chosen_on_val(config, rows)
+  for name, by_s in chosen.items():
+    cells = []
+    for s in sps:
+      pick = by_s[s]
+      st = _stats(rows, pick[0], s) if pick else None
+      few = st is not None and st[2] < len(config.seeds)
+      cells.append("" if st is None else fmt_stat(st) + (
+          "*" if _missed(rows, pick[0], s) else "") + (
+              f" (n={st[2]})" if few else "") + f" ({pick[0]})")
+    lines.append(f"| **{name}, chosen on validation** | " + " | ".join(cells)
+                 + " |")
+    paper_row(name)
+  if chosen:
+    lines += ["", "Chosen on validation: per column, the entry of each "
+              "group with the highest mean validation accuracy (named in "
+              "brackets; the test set plays no part in the choice): "
+              + "; ".join(f"{n} among {', '.join(config.select_on_val[n])}"
+                          for n in chosen) + "."]
   def table(title, key, digits=2, scale=100.0, fmt=None):
     out = ["", title, "", head, sep]
     for m in config.methods:
@@ -454,7 +519,10 @@ def table_md(config, rows, note) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(rows, path, title="") -> None:
+def plot_accuracy(rows, path, title="", chosen=None) -> None:
+  """Test accuracy vs pruning rate, one line per sweep entry (mean and
+  sample std over seeds); ``chosen`` (:func:`chosen_on_val`) adds a bold
+  line per group through the entries chosen on validation."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -466,6 +534,13 @@ def plot_accuracy(rows, path, title="") -> None:
                 yerr=[x[1] or 0.0 for x in st], marker="o", capsize=3,
                 label=m,
                 lw=2.5 if m == "proxnag" else 1.2)
+  for name, by_s in (chosen or {}).items():
+    pts = [(s, _stats(rows, p[0], s)) for s, p in sorted(by_s.items()) if p]
+    if pts:
+      ax.errorbar([100 * s for s, _ in pts], [st[0] for _, st in pts],
+                  yerr=[st[1] or 0.0 for _, st in pts], marker="s",
+                  capsize=3, color="k", lw=2.5,
+                  label=f"{name} (chosen on validation)")
   dense = np.mean([100 * r["dense_test_accuracy"]
                    for r in {r["seed"]: r for r in rows}.values()])
   ax.axhline(dense, color="k", ls="--", lw=0.8, label="dense")

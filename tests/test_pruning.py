@@ -263,6 +263,60 @@ def test_sweep_table_spread_and_missed_targets():
   assert "One seed" in one
 
 
+def test_sweep_chooses_on_validation_not_test(tmp_path):
+  from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_lenet5_mnist.get_config()
+  c.variants = {"proxnag_a": {"method": "proxnag", "l1_step": 1e-3},
+                "proxnag_b": {"method": "proxnag", "l1_step": 1e-2}}
+  c.methods, c.sparsities = ("proxnag_a", "proxnag_b", "magnitude"), (0.5, 0.9)
+  c.select_on_val = {"proxnag": ("proxnag_a", "proxnag_b")}
+  c.paper_table = {"proxnag": (91.0, 90.0)}
+  c.paper_sparsities = (0.5, 0.9)
+  sweep.validate(c)
+
+  def row(m, s, seed, test, val):
+    return {"method": m, "target_sparsity": s, "seed": seed,
+            "test_accuracy": test, "val_accuracy": val,
+            "dense_test_accuracy": 0.99, "sparsity": s, "mask_sparsity": s,
+            "epochs": 3.0, "reached_target": True}
+
+  rows = []
+  for seed in range(3):
+    # 50%: a has the better validation and the worse test accuracy;
+    # 90%: b has the better validation accuracy.
+    rows += [row("proxnag_a", 0.5, seed, 0.90, 0.95),
+             row("proxnag_b", 0.5, seed, 0.97, 0.94),
+             row("proxnag_a", 0.9, seed, 0.80, 0.85),
+             row("proxnag_b", 0.9, seed, 0.82, 0.86),
+             row("magnitude", 0.5, seed, 0.9, 0.9),
+             row("magnitude", 0.9, seed, 0.8, 0.8)]
+  chosen = sweep.chosen_on_val(c, rows)
+  assert [chosen["proxnag"][s][0] for s in (0.5, 0.9)] == ["proxnag_a",
+                                                           "proxnag_b"]
+  t = sweep.table_md(c, rows, "note")
+  row_line = ("| **proxnag, chosen on validation** | 90.00 ± 0.00 "
+              "(proxnag_a) | 82.00 ± 0.00 (proxnag_b) |")
+  assert row_line in t
+  # The paper's row follows the chosen row, once.
+  assert t.count("| proxnag (paper) |") == 1
+  assert t.index(row_line) < t.index("| proxnag (paper) |")
+  # Over fewer seeds than the sweep's, the count is shown.
+  t2 = sweep.table_md(c, [r for r in rows if r["seed"] == 0], "note")
+  assert "(n=1) (proxnag_a)" in t2
+  sweep.write_outputs(c, str(tmp_path), rows, "note")
+  with open(tmp_path / "selection.json") as f:
+    sel = json.load(f)
+  assert sel["proxnag"]["0.9"]["entry"] == "proxnag_b"
+  assert abs(sel["proxnag"]["0.9"]["val_accuracy"] - 86.0) < 1e-9
+  assert (tmp_path / "accuracy_vs_sparsity.png").exists()
+  for bad in ({"proxnag": ("proxnag_a", "proxnag_c")},
+              {"proxnag_a": ("proxnag_a", "proxnag_b")}, {"proxnag": ()}):
+    c.select_on_val = bad
+    with pytest.raises(ValueError, match="select_on_val"):
+      sweep.validate(c)
+
+
 def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   """``reuse_cells`` copies a finished cell of another sweep that ran this
   cell's config under another name, and nothing whose config (or dense
