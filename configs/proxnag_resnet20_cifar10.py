@@ -24,8 +24,11 @@ def get_config(arg: str = ""):
   c.dense = resnet20_cifar10.get_config()
   proxnag_lenet5_mnist.prune_defaults(c)
   p = c.proxnag
-  p.l1_init = 2e-4
-  p.l1_step = 2e-4
+  # 2e-4 (LeNet-5's scale) zeroed 0.05% of ResNet-20's weights in a round
+  # (issue 14); 1e-2 is the middle of the steps configs/sweep_resnet20_cpu.py
+  # compares on the validation split.
+  p.l1_init = 1e-2
+  p.l1_step = 1e-2
   p.max_rounds = 12
   p.prune_lr = 0.01
   p.prune_max_epochs = 5.0

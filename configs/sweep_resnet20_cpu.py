@@ -12,7 +12,7 @@ held out for validation), then 10 epochs for the methods that start from it
 first (the paper's hardest column); add 0.7 and 0.5 to ``sparsities`` as
 time allows.
 
-Lambda. The ResNet config's lambda steps (2e-4, from LeNet-5's scale) zeroed
+Lambda. The ResNet config's former lambda steps (2e-4, LeNet-5's scale) zeroed
 0.05% of ResNet-20's weights in a round (issue 14): the prox zeroes a weight
 whose gradient stays below lambda, and ResNet-20's gradients are about two
 orders of magnitude larger. So Prox-NAG runs at three lambda steps a factor
@@ -39,13 +39,18 @@ def _name(lam: float) -> str:
   return f"proxnag_lam{lam:.0e}".replace("e-0", "e-")
 
 
+def lambda_variants(lams) -> dict:
+  """Prox-NAG sweep entries, one per lambda step (``l1_init = l1_step``)."""
+  return {_name(l): {"method": "proxnag", "l1_init": l, "l1_step": l}
+          for l in lams}
+
+
 def get_config(arg: str = ""):
   common.check_variant(arg)
   smoke = arg == "smoke"
   c = ml_collections.ConfigDict()
   c.data_dir = ""
-  c.variants = {_name(l): {"method": "proxnag", "l1_init": l, "l1_step": l}
-                for l in LAMBDAS}
+  c.variants = lambda_variants(LAMBDAS)
   c.methods = tuple(_name(l) for l in LAMBDAS) + ("magnitude", "snip")
   # The table's Prox-NAG row: per column, the lambda with the best
   # validation accuracy (selection.json); each lambda's row stays beside it.
