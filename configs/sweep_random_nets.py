@@ -23,7 +23,8 @@ scratch, for the same number of epochs as the dense reference
 * ``step_search``: both methods' score step size (SGD learning rate) on
   LeNet-300-100 at 50 / 70 / 90%, seed 0, over ``STEPS``, to be chosen on
   the validation split; ``conv2_step_search``: the same on Conv-2 at 50%
-  over ``CONV2_STEPS`` (the seed's claim's setting). Variant names are
+  over ``CONV2_STEPS`` (the seed's claim's setting). The tables' "chosen on
+  validation" rows make the choice (``select_on_val``). Variant names are
   ``<method>_lr<step>`` with ``p`` for the decimal point
   (``sbp_lr0p3``): ``python -m train.sweep --config
   configs/sweep_random_nets.py:step_search --workdir runs/random_step_search
@@ -58,6 +59,12 @@ def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
           {"method": m, "learning_rate": lr} for m in methods for lr in steps}
 
 
+def step_selection(variants, methods=("edge_popup", "sbp")) -> dict:
+  """``select_on_val`` of a step search: per method, its step variants."""
+  return {m: tuple(k for k, v in variants.items() if v["method"] == m)
+          for m in methods}
+
+
 def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
@@ -84,6 +91,7 @@ def get_config(arg: str = ""):
     if arg == "conv2_step_search":
       v = step_variants(CONV2_STEPS)
       c.variants, c.methods = v, tuple(v)     # in step order
+      c.select_on_val = step_selection(v)
       c.sparsities = (0.5,)
       c.seeds = (0,)
     if not arg.endswith("full"):
@@ -109,6 +117,8 @@ def get_config(arg: str = ""):
     if arg == "step_search":
       v = step_variants(STEPS)
       c.variants, c.methods = v, tuple(v)     # in step order
+      # One step per method for all sparsities (LENET300_STEP).
+      c.select_on_val, c.select_scope = step_selection(v), "all"
       c.seeds = (0,)
     if arg == "smoke":
       b.dense = proxnag_lenet5_mnist.get_config("smoke").dense

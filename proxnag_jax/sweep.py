@@ -97,6 +97,9 @@ def validate(config) -> None:
           f"config.methods (missing: {missing or 'none'}) under a name that "
           "is not itself one of them, e.g. {'proxnag': ('proxnag_lam1e-2', "
           "'proxnag_lam2e-2')}.")
+  if config.get("select_scope", "column") not in ("column", "all"):
+    raise ValueError(f"select_scope={config.select_scope!r}: 'column' (a "
+                     "choice per sparsity) or 'all' (one for every column).")
   # Every cell's config, before anything is written.
   for m in config.methods:
     loop.validate(cell_config(config, m, config.sparsities[0],
@@ -388,21 +391,38 @@ def _missed(rows, method, s) -> int:
 def chosen_on_val(config, rows) -> dict:
   """``{name: {sparsity: (entry, mean val accuracy %, seeds) or None}}`` for
   each group of ``config.select_on_val`` (``{name: (entry, ...)}``, entries
-  of ``config.methods``, e.g. one method's hyperparameter variants): per
-  column, the entry with the highest mean validation accuracy over its
-  seeds (the first listed on a tie). The test set plays no part; the table
+  of ``config.methods``, e.g. one method's hyperparameter variants): the
+  entry with the highest mean validation accuracy over its seeds (the first
+  listed on a tie), per column, or with ``config.select_scope = 'all'`` one
+  entry for every column, by its validation accuracy averaged over the
+  columns where every entry of the group has finished (the val accuracy
+  given is then that average). The test set plays no part; the table
   reports the chosen entry's test accuracy."""
+  scope = config.get("select_scope", "column")
   out = {}
   for name, members in (config.get("select_on_val", None) or {}).items():
+    val = {(m, s): _stats(rows, m, s, "val_accuracy") for m in members
+           for s in config.sparsities}
+    if scope == "all":
+      cols = [s for s in config.sparsities
+              if all(val[m, s] is not None for m in members)]
+      best = None
+      for m in members:
+        if cols:
+          v = float(np.mean([val[m, s][0] for s in cols]))
+          n = min(val[m, s][2] for s in cols)
+          if best is None or v > best[1]:
+            best = (m, v, n)
+      out[name] = {s: best for s in config.sparsities}
+      continue
     out[name] = {}
     for s in config.sparsities:
       best = None
       for m in members:
-        st = _stats(rows, m, s, "val_accuracy")
+        st = val[m, s]
         if st is not None and (best is None or st[0] > best[1]):
           best = (m, st[0], st[2])
       out[name][s] = best
-    # Plain floats and strings: also written to selection.json.
   return out
 
 
@@ -472,8 +492,12 @@ def table_md(config, rows, note) -> str:
                  + " |")
     paper_row(name)
   if chosen:
-    lines += ["", "Chosen on validation: per column, the entry of each "
-              "group with the highest mean validation accuracy (named in "
+    how = ("per column, the entry of each group with the highest mean "
+           "validation accuracy" if config.get("select_scope", "column")
+           == "column" else "one entry of each group for every column, the "
+           "one with the highest validation accuracy averaged over the "
+           "columns")
+    lines += ["", f"Chosen on validation: {how} (named in "
               "brackets; the test set plays no part in the choice): "
               + "; ".join(f"{n} among {', '.join(config.select_on_val[n])}"
                           for n in chosen) + "."]
@@ -527,19 +551,24 @@ def plot_accuracy(rows, path, title="", chosen=None) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for m in sorted({r["method"] for r in rows}):
+  entries = list(dict.fromkeys(r["method"] for r in rows))  # sweep order
+  colors = plt.get_cmap("tab20" if len(entries) > 10 else "tab10").colors
+  for i, m in enumerate(entries):
     sps = sorted({r["target_sparsity"] for r in rows if r["method"] == m})
     st = [_stats(rows, m, s) for s in sps]
     ax.errorbar([100 * s for s in sps], [x[0] for x in st],
                 yerr=[x[1] or 0.0 for x in st], marker="o", capsize=3,
-                label=m,
+                label=m, color=colors[i % len(colors)],
+                alpha=0.6 if chosen else 1.0,
                 lw=2.5 if m == "proxnag" else 1.2)
-  for name, by_s in (chosen or {}).items():
+  styles = (("-", "s"), ("--", "D"), ("-.", "^"), (":", "v"))
+  for i, (name, by_s) in enumerate((chosen or {}).items()):
     pts = [(s, _stats(rows, p[0], s)) for s, p in sorted(by_s.items()) if p]
     if pts:
+      ls, marker = styles[i % len(styles)]
       ax.errorbar([100 * s for s, _ in pts], [st[0] for _, st in pts],
-                  yerr=[st[1] or 0.0 for _, st in pts], marker="s",
-                  capsize=3, color="k", lw=2.5,
+                  yerr=[st[1] or 0.0 for _, st in pts], marker=marker,
+                  ls=ls, capsize=3, color="k", lw=2.2,
                   label=f"{name} (chosen on validation)")
   dense = np.mean([100 * r["dense_test_accuracy"]
                    for r in {r["seed"]: r for r in rows}.values()])
@@ -547,7 +576,8 @@ def plot_accuracy(rows, path, title="", chosen=None) -> None:
   ax.set_xlabel("pruning rate (%)")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(f"Accuracy after pruning: {title}")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7 if len(entries) > 8 else 8,
+            ncol=2 if len(entries) > 8 else 1)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

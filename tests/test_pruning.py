@@ -304,12 +304,28 @@ def test_sweep_chooses_on_validation_not_test(tmp_path):
   # Over fewer seeds than the sweep's, the count is shown.
   t2 = sweep.table_md(c, [r for r in rows if r["seed"] == 0], "note")
   assert "(n=1) (proxnag_a)" in t2
+  # One choice for every column: b's validation mean over both (90.0) beats
+  # a's (90.0 too: a tie keeps the first listed); make b better at 50%.
+  c.select_scope = "all"
+  assert {p[0] for p in sweep.chosen_on_val(c, rows)["proxnag"].values()} == {
+      "proxnag_a"}
+  rows_b = [dict(r, val_accuracy=0.96) if r["method"] == "proxnag_b" and
+            r["target_sparsity"] == 0.5 else r for r in rows]
+  all_b = sweep.chosen_on_val(c, rows_b)["proxnag"]
+  assert [all_b[s][0] for s in (0.5, 0.9)] == ["proxnag_b", "proxnag_b"]
+  assert abs(all_b[0.5][1] - 91.0) < 1e-9     # mean of 96 and 86
+  assert "averaged over the columns" in sweep.table_md(c, rows_b, "note")
+  c.select_scope = "column"
   sweep.write_outputs(c, str(tmp_path), rows, "note")
   with open(tmp_path / "selection.json") as f:
     sel = json.load(f)
   assert sel["proxnag"]["0.9"]["entry"] == "proxnag_b"
   assert abs(sel["proxnag"]["0.9"]["val_accuracy"] - 86.0) < 1e-9
   assert (tmp_path / "accuracy_vs_sparsity.png").exists()
+  c.select_scope = "best"
+  with pytest.raises(ValueError, match="select_scope"):
+    sweep.validate(c)
+  c.select_scope = "column"
   for bad in ({"proxnag": ("proxnag_a", "proxnag_c")},
               {"proxnag_a": ("proxnag_a", "proxnag_b")}, {"proxnag": ()}):
     c.select_on_val = bad
