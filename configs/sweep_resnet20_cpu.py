@@ -74,8 +74,10 @@ def get_config(arg: str = ""):
   else:
     b.budget_epochs = 3.0
     b.proxnag.fill_budget = True
-    c.methods = (_name(LAMBDAS[0]), "magnitude")
-    c.select_on_val = {"proxnag": (_name(LAMBDAS[0]),)}
+    # A lambda that reaches 30% within the smoke run's few steps.
+    c.variants = lambda_variants((0.2,))
+    c.methods = (_name(0.2), "magnitude")
+    c.select_on_val = {"proxnag": (_name(0.2),)}
     c.sparsities = (0.3,)
   c.base = b
   c.paper_table = {k: tuple(v) for k, v in

@@ -463,6 +463,8 @@ def table_md(config, rows, note) -> str:
     if pm in paper and pm not in shown:
       shown.add(pm)
       vals = dict(zip([round(x, 6) for x in paper_sps], paper[pm]))
+      if not any(round(s, 6) in vals for s in sps):
+        return                       # none of the paper's columns here
       lines.append(f"| {pm} (paper) | " + " | ".join(
           f"{vals[round(s, 6)]:.2f}" if round(s, 6) in vals else ""
           for s in sps) + " |")
