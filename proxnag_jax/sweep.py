@@ -566,6 +566,7 @@ def plot_accuracy(rows, path, title="", chosen=None) -> None:
   styles = (("-", "s"), ("--", "D"), ("-.", "^"), (":", "v"))
   for i, (name, by_s) in enumerate((chosen or {}).items()):
     pts = [(s, _stats(rows, p[0], s)) for s, p in sorted(by_s.items()) if p]
+    pts = [(s, st) for s, st in pts if st is not None]   # (a partial sweep)
     if pts:
       ls, marker = styles[i % len(styles)]
       ax.errorbar([100 * s for s, _ in pts], [st[0] for _, st in pts],

@@ -315,6 +315,13 @@ def test_sweep_chooses_on_validation_not_test(tmp_path):
   assert [all_b[s][0] for s in (0.5, 0.9)] == ["proxnag_b", "proxnag_b"]
   assert abs(all_b[0.5][1] - 91.0) < 1e-9     # mean of 96 and 86
   assert "averaged over the columns" in sweep.table_md(c, rows_b, "note")
+  # A partial sweep: the chosen entry has no 90% cell yet.
+  part = [r for r in rows_b if not (r["method"] == "proxnag_b" and
+                                    r["target_sparsity"] == 0.9)]
+  assert sweep.chosen_on_val(c, part)["proxnag"][0.9][0] == "proxnag_b"
+  os.makedirs(tmp_path / "part")
+  sweep.write_outputs(c, str(tmp_path / "part"), part, "note")
+  assert (tmp_path / "part" / "accuracy_vs_sparsity.png").exists()
   c.select_scope = "column"
   sweep.write_outputs(c, str(tmp_path), rows, "note")
   with open(tmp_path / "selection.json") as f:
