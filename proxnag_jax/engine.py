@@ -70,16 +70,22 @@ class CheckpointError(ValueError):
 
 
 LOCK_FILE = ".lock"
+# Sweep workers (``train.sweep --worker``) serialise their set-up with it.
+PREPARE_LOCK_FILE = ".prepare.lock"
+LOCK_FILES = (LOCK_FILE, PREPARE_LOCK_FILE)
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str):
+def workdir_lock(workdir: str, shared: bool = False):
   """Holds an exclusive lock on ``workdir`` (one writer per workdir).
 
   An ``flock`` on ``workdir/.lock``: the kernel releases it when the process
   dies, however it dies, so a killed run never leaves a stale lock. A second
   writer gets :class:`WorkdirLocked` at once. With several processes only
   process 0 locks (the others write nothing but their checkpoint shards).
+  ``shared``: a shared lock, which any number of cooperating processes
+  (sweep workers, which claim cells with :func:`try_lock`) hold together and
+  which keeps out an exclusive holder, and the other way round.
   """
   if not distributed.is_primary():
     yield
@@ -87,23 +93,48 @@ def workdir_lock(workdir: str):
   os.makedirs(workdir, exist_ok=True)
   f = open(os.path.join(workdir, LOCK_FILE), "a+")
   try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                | fcntl.LOCK_NB)
   except BlockingIOError:
     f.seek(0)
     who = f.read().strip() or "another process"
     f.close()
     raise WorkdirLocked(
         f"workdir {workdir!r} is in use by {who}: one process writes to a "
-        "workdir at a time. Wait for it to finish (or stop it), or use "
-        "another --workdir.") from None
-  f.seek(0)
-  f.truncate()
-  f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        "workdir at a time (or several sweep workers, all started with "
+        "--worker). Wait for it to finish (or stop it), or use another "
+        "--workdir.") from None
+  if not shared:
+    f.seek(0)
+    f.truncate()
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}"
+          f"{' (sweep worker)' if shared else ''}\n")
   f.flush()
   try:
     yield
   finally:
     fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+@contextlib.contextmanager
+def try_lock(path: str, blocking: bool = False):
+  """An exclusive ``flock`` on the file ``path`` (created if missing) for the
+  ``with`` block; yields whether it was taken (``blocking``: waits for it, so
+  always True). Released when the block ends or the process dies."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  f = open(path, "a+")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+  finally:
     f.close()
 
 
@@ -609,7 +640,7 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
     except (OSError, ValueError):
       old = None
     # Anything besides the config (and the lock) means a run got going.
-    ran = bool(set(os.listdir(workdir)) - {"config.json", LOCK_FILE})
+    ran = bool(set(os.listdir(workdir)) - {"config.json", *LOCK_FILES})
     if not overwrite and ran:
       if old is None:
         raise ValueError(
@@ -642,7 +673,7 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
 def _clear_dir(workdir: str) -> None:
   """Removes everything in ``workdir`` but its lock file."""
   for name in os.listdir(workdir):
-    if name == LOCK_FILE:
+    if name in LOCK_FILES:
       continue
     p = os.path.join(workdir, name)
     if os.path.isdir(p) and not os.path.islink(p):

@@ -33,6 +33,7 @@ workdir, summary and report.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -291,21 +292,52 @@ def report_partial(config, workdir: str, log=print) -> list[dict]:
 
 def run(config, workdir: str, *, overwrite: bool = False,
         allow_changes: bool = False, reuse_from=(), report_only=False,
+        worker: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
+  """Runs the sweep's unfinished cells and writes its outputs (see the
+  module docstring); returns the cells' summaries.
+
+  ``worker``: one of several processes running the same sweep in the same
+  ``workdir`` together (one per core, device or host sharing the disk):
+  each claims the next unfinished cell no other worker holds (an ``flock``
+  per cell in ``workdir/claims/``, released however the process ends),
+  the dense model of a seed is trained by the first worker that needs it
+  while the others wait for it, and the last worker to finish writes the
+  tables (a worker that ends while others still run cells returns the
+  finished cells' summaries and writes nothing). Workers keep out a
+  non-worker run of the workdir and the other way round.
+  """
   validate(config)
   if report_only:
     return report_partial(config, workdir, log)
-  with engine.workdir_lock(workdir):
+  if worker:
+    if distributed.process_count() > 1:
+      raise ValueError("--worker runs one process per worker; it does not "
+                       "combine with a multi-process (jax.distributed) run.")
+    if config.get("vmap_runs", False):
+      raise ValueError("--worker claims cells one by one: set "
+                       "--config.vmap_runs=False.")
+  with engine.workdir_lock(workdir, shared=worker):
     return _run(config, workdir, overwrite, allow_changes, log,
-                tuple(reuse_from or ()))
+                tuple(reuse_from or ()), worker)
 
 
-def _run(config, workdir, overwrite, allow_changes, log, reuse_from=()):
-  distributed.on_primary(lambda: engine.prepare_workdir(
-      workdir, config, overwrite, allow_changes), "prepare_workdir")
-  if reuse_from:
-    distributed.on_primary(lambda: reuse_cells(config, workdir, reuse_from,
-                                               log), "reuse_cells")
+def _claim(workdir, name, blocking=False):
+  return engine.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
+                         blocking=blocking)
+
+
+def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
+         worker=False):
+  # Workers set the workdir up one at a time (the first creates it).
+  with (engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
+                        blocking=True) if worker
+        else contextlib.nullcontext()):
+    distributed.on_primary(lambda: engine.prepare_workdir(
+        workdir, config, overwrite, allow_changes), "prepare_workdir")
+    if reuse_from:
+      distributed.on_primary(lambda: reuse_cells(config, workdir, reuse_from,
+                                                 log), "reuse_cells")
   cells = cells_of(config)
   note = budget_note(config)
   vmap = bool(config.get("vmap_runs", False))
@@ -319,31 +351,61 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=()):
             else [[c] for c in todo])
   groups = [g for g in groups if g]
   for i, group in enumerate(groups):
-    dense = {seed: _dense_for(config, workdir, seed, log)
-             for seed in sorted({c[2] for c in group})}
-    cfgs = [cell_config(config, m, s, seed, dense[seed])
-            for m, s, seed in group]
-    wds = [os.path.join(workdir, "cells", cell_name(*c)) for c in group]
-    elapsed = time.time() - t0
-    eta = (f", ETA {elapsed / i * (len(groups) - i) / 60:.0f} min" if i
-           else "")
-    names = ", ".join(cell_name(*c) for c in group)
-    log(f"[{i + 1}/{len(groups)}] {names} (sweep time {elapsed / 60:.1f} "
-        f"min{eta})")
-    if len(group) > 1:
-      tag = hashlib.sha1(names.encode()).hexdigest()[:8]
-      gdir = os.path.join(workdir, "groups",
-                          f"{group[0][0]}_{len(group)}cells_{tag}")
-      os.makedirs(gdir, exist_ok=True)
-      loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True,
-                      allow_changes=allow_changes, log=quiet)
-    else:
-      loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
+    with contextlib.ExitStack() as claims:
+      if worker:
+        name = cell_name(*group[0])
+        if not claims.enter_context(_claim(workdir, name)):
+          log(f"[{i + 1}/{len(groups)}] {name}: another worker runs it")
+          continue
+        if os.path.exists(os.path.join(workdir, "cells", name,
+                                       "summary.json")):
+          continue                     # finished by another worker
+      _run_group(config, workdir, group, i, len(groups), t0, allow_changes,
+                 quiet, log, worker)
   if not distributed.is_primary():     # process 0 writes the tables
     return []
+  if worker:
+    rows = _rows(workdir, cells, finished_only=True)
+    if len(rows) < len(cells):
+      log(f"this worker is done; {len(cells) - len(rows)} cells are still "
+          "running in other workers (the last to finish writes the tables)")
+      return rows
+    with engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
+                         blocking=True):
+      write_outputs(config, workdir, rows, note)
+    return rows
   rows = _rows(workdir, cells)
   write_outputs(config, workdir, rows, note)
   return rows
+
+
+def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
+               worker):
+  """Runs one cell (or one vmapped group of cells) of the sweep."""
+  dense = {}
+  for seed in sorted({c[2] for c in group}):
+    # A worker waits while another trains the seed's dense model.
+    with (_claim(workdir, f"dense_seed{seed}", blocking=True) if worker
+          else contextlib.nullcontext()):
+      dense[seed] = _dense_for(config, workdir, seed, log)
+  cfgs = [cell_config(config, m, s, seed, dense[seed])
+          for m, s, seed in group]
+  wds = [os.path.join(workdir, "cells", cell_name(*c)) for c in group]
+  elapsed = time.time() - t0
+  eta = (f", ETA {elapsed / i * (n - i) / 60:.0f} min" if i and not worker
+         else "")
+  names = ", ".join(cell_name(*c) for c in group)
+  log(f"[{i + 1}/{n}] {names} (sweep time {elapsed / 60:.1f} "
+      f"min{eta})")
+  if len(group) > 1:
+    tag = hashlib.sha1(names.encode()).hexdigest()[:8]
+    gdir = os.path.join(workdir, "groups",
+                        f"{group[0][0]}_{len(group)}cells_{tag}")
+    os.makedirs(gdir, exist_ok=True)
+    loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True,
+                    allow_changes=allow_changes, log=quiet)
+  else:
+    loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
 
 
 def write_outputs(config, workdir, rows, note) -> None:

@@ -236,6 +236,42 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   assert abs(v_rows[1]["sparsity"] - 0.8) < 1e-3
 
 
+def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
+  """Sweep workers: a cell another worker holds is skipped, the tables wait
+  for the last cell, and workers and a plain sweep keep each other out. (A
+  held claim file plays the other worker: flock is per open file.)"""
+  from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_lenet5_mnist.get_config("smoke")
+  c.data_dir = mnist_dir
+  c.methods, c.sparsities = ("magnitude", "random"), (0.5,)
+  c.base.checkpoint_every_steps = 0
+  wd = _with_dense(str(tmp_path / "sw"), dense_dir)
+  msgs = []
+  held = os.path.join(wd, "claims", "random_50_seed0.lock")
+  with engine.try_lock(held) as got:
+    assert got
+    rows = sweep.run(c, wd, worker=True, log=msgs.append)
+    assert [r["method"] for r in rows] == ["magnitude"]
+    assert any("random_50_seed0: another worker runs it" in m for m in msgs)
+    assert not os.path.exists(os.path.join(wd, "table.md"))
+    # While a worker holds the workdir, a plain sweep is kept out.
+    with engine.workdir_lock(wd, shared=True):
+      with pytest.raises(engine.WorkdirLocked, match="in use"):
+        sweep.run(c, wd, **QUIET)
+  # Released (the other worker died): the next worker runs the last cell and
+  # writes the tables.
+  rows = sweep.run(c, wd, worker=True, **QUIET)
+  assert [r["method"] for r in rows] == ["magnitude", "random"]
+  assert "| random |" in open(os.path.join(wd, "table.md")).read()
+  with engine.workdir_lock(wd):
+    with pytest.raises(engine.WorkdirLocked, match="in use"):
+      sweep.run(c, wd, worker=True, **QUIET)
+  c.vmap_runs = True
+  with pytest.raises(ValueError, match="vmap_runs=False"):
+    sweep.run(c, wd, worker=True, **QUIET)
+
+
 def test_sweep_table_spread_and_missed_targets():
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,8 @@ Finished cells are skipped on a re-run; ``--reuse_from`` copies finished
 cells of other sweeps that ran exactly a cell's config (``sweep.reuse_cells``);
 writes DIR/results.csv, table.md and accuracy_vs_sparsity.png
 (``--report_only``: the same for the cells finished so far, in DIR/partial/,
-running nothing).
+running nothing). ``--worker``: start several (e.g. ``taskset -c K`` or
+``CUDA_VISIBLE_DEVICES=K`` each) on the same DIR to share its cells.
 """
 
 from absl import flags
@@ -25,9 +26,16 @@ _REUSE = flags.DEFINE_list(
     "when they ran exactly one of this sweep's cell configs.")
 
 
+_WORKER = flags.DEFINE_bool(
+    "worker", False, "One of several processes running this sweep in the "
+    "same workdir together (start one per core or device, each with "
+    "--worker): each claims the next unfinished cell no other worker holds; "
+    "the last to finish writes the tables.")
+
+
 def _run(config, workdir, **kw):
   return sweep.run(config, workdir, reuse_from=_REUSE.value,
-                   report_only=_REPORT.value, **kw)
+                   report_only=_REPORT.value, worker=_WORKER.value, **kw)
 
 
 if __name__ == "__main__":
