@@ -662,6 +662,12 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
             "--overwrite to discard it, or --allow_changes to resume it with "
             "the new values.")
       return True
+    if (not overwrite and old is not None
+        and comparable_config(old) == comparable_config(cfg)):
+      # This config, set up but not yet run: nothing to discard (and a sweep
+      # worker starting beside another may be creating files right now).
+      write_json(path, cfg)
+      return False
     # A different run to discard, or a config that never got to run (e.g. a
     # bad value that failed before the first checkpoint): start afresh.
     _clear_dir(workdir)

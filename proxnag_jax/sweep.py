@@ -317,6 +317,11 @@ def run(config, workdir: str, *, overwrite: bool = False,
     if config.get("vmap_runs", False):
       raise ValueError("--worker claims cells one by one: set "
                        "--config.vmap_runs=False.")
+    if overwrite:
+      raise ValueError("--overwrite with --worker would let every worker "
+                       "wipe the cells of the others: clear the workdir once "
+                       "(delete it, or one run with --overwrite and no "
+                       "--worker), then start the workers.")
   with engine.workdir_lock(workdir, shared=worker):
     return _run(config, workdir, overwrite, allow_changes, log,
                 tuple(reuse_from or ()), worker)

@@ -267,6 +267,8 @@ def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
   with engine.workdir_lock(wd):
     with pytest.raises(engine.WorkdirLocked, match="in use"):
       sweep.run(c, wd, worker=True, **QUIET)
+  with pytest.raises(ValueError, match="wipe"):
+    sweep.run(c, wd, worker=True, overwrite=True, **QUIET)
   c.vmap_runs = True
   with pytest.raises(ValueError, match="vmap_runs=False"):
     sweep.run(c, wd, worker=True, **QUIET)

@@ -87,6 +87,15 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
   b.learning_rate = 0.01
   # Only config.json there: not a run yet, so the new config replaces it.
   assert not engine.prepare_workdir(wd, b)
+  # The same config again (e.g. a second sweep worker): nothing to discard;
+  # anything besides the config and the lock files means a run got going.
+  open(os.path.join(wd, engine.PREPARE_LOCK_FILE), "w").close()
+  assert not engine.prepare_workdir(wd, b)
+  os.makedirs(os.path.join(wd, "claims"))
+  assert engine.prepare_workdir(wd, b)
+  os.rmdir(os.path.join(wd, "claims"))
+  assert json.load(open(os.path.join(wd, "config.json")))[
+      "learning_rate"] == 0.01
   with open(os.path.join(wd, "trace.jsonl"), "w") as f:
     f.write("{}\n")
   with pytest.raises(ValueError, match="different config.*allow_changes"):
