@@ -327,6 +327,12 @@ def run(config, workdir: str, *, overwrite: bool = False,
                 tuple(reuse_from or ()), worker)
 
 
+def _setup_lock(workdir):
+  """Workers set the workdir up, and write its tables, one at a time."""
+  return engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
+                         blocking=True)
+
+
 def _claim(workdir, name, blocking=False):
   return engine.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
                          blocking=blocking)
@@ -335,9 +341,7 @@ def _claim(workdir, name, blocking=False):
 def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
          worker=False):
   # Workers set the workdir up one at a time (the first creates it).
-  with (engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
-                        blocking=True) if worker
-        else contextlib.nullcontext()):
+  with _setup_lock(workdir) if worker else contextlib.nullcontext():
     distributed.on_primary(lambda: engine.prepare_workdir(
         workdir, config, overwrite, allow_changes), "prepare_workdir")
     if reuse_from:
@@ -375,8 +379,7 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
       log(f"this worker is done; {len(cells) - len(rows)} cells are still "
           "running in other workers (the last to finish writes the tables)")
       return rows
-    with engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
-                         blocking=True):
+    with _setup_lock(workdir):
       write_outputs(config, workdir, rows, note)
     return rows
   rows = _rows(workdir, cells)
