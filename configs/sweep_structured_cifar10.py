@@ -44,6 +44,9 @@ def get_config(arg: str = ""):
   for m in METHODS:
     b[m].match = "macs"
     b[m].round_to = 8
+  if arg != "smoke":
+    # A CPU epoch is ~350 steps (~5 min on one core): lose at most that.
+    b.checkpoint_every_steps = 350
   if arg == "full":
     c.seeds = (0, 1, 2)
   elif arg == "smoke":

@@ -93,46 +93,64 @@ def count_macs(model: nn.Module, variables: dict, input_shape,
           "theoretical_speedup": dense / sparse if sparse else float("inf")}
 
 
-def inference_time(model: nn.Module, variables: dict, input_shape,
-                   batch_size: int = 256, repeats: int = 20) -> float:
-  """Median wall time (s) of one jitted inference batch of
-  ``(batch_size, *input_shape)`` (after a warm-up call), on the default
-  device."""
+def _inference_fn(model: nn.Module, variables: dict, input_shape,
+                  batch_size: int):
+  """A warmed-up ``() -> seconds`` timing one jitted inference batch."""
   fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
   x = jax.random.normal(jax.random.PRNGKey(0),
                         (batch_size,) + tuple(input_shape), jnp.float32)
   variables = jax.device_put(variables)
-  fn(variables, x).block_until_ready()
-  times = []
-  for _ in range(repeats):
+  for _ in range(2):   # compile, then one more so caches are warm
+    fn(variables, x).block_until_ready()
+
+  def timed():
     t = time.perf_counter()
     fn(variables, x).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+    return time.perf_counter() - t
+  return timed
+
+
+def inference_time(model: nn.Module, variables: dict, input_shape,
+                   batch_size: int = 256, repeats: int = 20) -> float:
+  """Median wall time (s) of one jitted inference batch of
+  ``(batch_size, *input_shape)`` (after warm-up calls), on the default
+  device."""
+  timed = _inference_fn(model, variables, input_shape, batch_size)
+  return float(np.median([timed() for _ in range(repeats)]))
 
 
 def measure_speedup(dense_model, dense_vars, small_model, small_vars,
                     input_shape, batch_size: int = 256,
                     repeats: int = 20) -> dict:
   """Inference speed of a dense network and its shrunk version, measured on
-  this machine with the same batch (alternating, median of ``repeats``).
+  this machine with the same batch.
 
-  Returns ``{'dense_images_per_s', 'shrunk_images_per_s',
-  'measured_speedup', 'speedup_batch_size', 'speedup_device'}`` where
-  ``measured_speedup`` is dense / shrunk wall time per image.
+  The two networks are timed in ``repeats`` interleaved pairs (the order
+  alternating between pairs), and ``measured_speedup`` is the median of the
+  per-pair ratios dense / shrunk wall time: a machine whose speed drifts
+  (a shared or throttled CPU) then slows both sides of a pair alike. On
+  this project's 2-core CPUs, medians of separate runs of 20 varied by
+  +-20% between calls of the same network; paired ratios are steadier.
+
+  Returns ``{'dense_images_per_s', 'shrunk_images_per_s' (from the median
+  times), 'measured_speedup', 'speedup_batch_size', 'speedup_device'}``.
   """
-  t_dense = inference_time(dense_model, dense_vars, input_shape, batch_size,
-                           repeats)
-  t_small = inference_time(small_model, small_vars, input_shape, batch_size,
-                           repeats)
-  # Again, so neither network has the machine to itself by luck of order.
-  t_dense = min(t_dense, inference_time(dense_model, dense_vars,
-                                        input_shape, batch_size, repeats))
-  t_small = min(t_small, inference_time(small_model, small_vars,
-                                        input_shape, batch_size, repeats))
-  return {"dense_images_per_s": batch_size / t_dense,
-          "shrunk_images_per_s": batch_size / t_small,
-          "measured_speedup": t_dense / t_small,
+  if repeats < 1:
+    raise ValueError("measure_speedup: repeats must be >= 1.")
+  dense = _inference_fn(dense_model, dense_vars, input_shape, batch_size)
+  small = _inference_fn(small_model, small_vars, input_shape, batch_size)
+  t_dense, t_small = [], []
+  for i in range(repeats):
+    if i % 2:
+      t_small.append(small())
+      t_dense.append(dense())
+    else:
+      t_dense.append(dense())
+      t_small.append(small())
+  ratios = np.asarray(t_dense) / np.asarray(t_small)
+  return {"dense_images_per_s": batch_size / float(np.median(t_dense)),
+          "shrunk_images_per_s": batch_size / float(np.median(t_small)),
+          "measured_speedup": float(np.median(ratios)),
           "speedup_batch_size": batch_size,
           "speedup_device": str(jax.devices()[0].device_kind)}
 

@@ -198,3 +198,31 @@ def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
   assert r["measured_speedup"] > 0 and r["speedup_batch_size"] == 8
   assert r["architecture"]["widths"] == s["architecture"]["widths"]
   assert r["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
+  with open(os.path.join(wd, "speed.json")) as f:
+    saved = json.load(f)
+  assert saved["measured_speedup"] == r["measured_speedup"]
+  assert saved["cpu_count"] >= 1
+  busy = saved["other_processes_cores"]
+  # (clock-tick granularity: /proc/stat counts in 10 ms ticks)
+  assert busy is None or 0 <= busy <= saved["cpu_count"] + 0.5
+
+
+def test_speed_of_a_sweep_times_only_structured_cells(tmp_path_factory,
+                                                      mnist_dir, dense_bn_dir):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from train import speed  # pylint: disable=g-import-not-at-top
+  wd, s = _run("l1_filter", tmp_path_factory, mnist_dir, dense_bn_dir)
+  sweep = tmp_path_factory.mktemp("sweep")
+  shutil.copytree(wd, sweep / "cells" / "l1_filter_50_seed0")
+  # An unstructured cell (no smaller network) and an unfinished one.
+  (sweep / "cells" / "magnitude_50_seed0").mkdir()
+  with open(sweep / "cells" / "magnitude_50_seed0" / "summary.json",
+            "w") as f:
+    json.dump({"method": "magnitude", "architecture": None}, f)
+  (sweep / "cells" / "gat_50_seed0").mkdir()
+  cells = speed.structured_cells(str(sweep))
+  assert [os.path.basename(c) for c in cells] == ["l1_filter_50_seed0"]
+  row = speed.time_run(cells[0], batch_size=8, repeats=2)
+  assert row["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
+  table = speed.sweep_table([row])
+  assert "| l1_filter_50_seed0 |" in table and table.count("\n") == 3

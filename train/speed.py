@@ -3,17 +3,31 @@
   python -m train.speed --run runs/structured/cells/gat_50_seed0 \
       [--dense runs/structured/dense_seed0] [--batch_size 256] [--repeats 20]
   python -m train.speed --run DIR --widths=8,16,256   # any widths instead
+  python -m train.speed --sweep runs/structured      # every structured cell
 
 Loads the run's network (``loop.load_pruned``: the smaller network of a
 structured method) and the dense model it started from (``--dense``, default
 the run's ``dense_checkpoint``), times one jitted inference batch of each on
-this machine (median of ``--repeats`` after a warm-up, twice alternately, the
-faster kept: ``report.measure_speedup``) and prints the result as JSON.
+this machine in ``--repeats`` interleaved pairs after a warm-up (the median
+of the per-pair ratios: ``report.measure_speedup``) and prints the result as
+JSON.
 ``--widths`` (or ``--block_widths``) times a freshly initialised network of
 the same model with those widths instead of the run's.
+
+The result is also written to ``RUN/speed.json`` (not with ``--widths``)
+with ``other_processes_cores``: how many cores other processes kept busy
+while it timed (from /proc/stat; ~0 on an idle machine; timings taken
+beside other jobs are not speed results). ``--sweep DIR`` times every finished structured cell
+of a sweep in one process and writes ``DIR/speed.md`` (a table: MACs ratio,
+measured speed-up, images/s) and ``DIR/speed.json``; the cells'
+``summary.json`` keep the timing taken at the end of each run.
 """
 
+import datetime
+import glob
 import json
+import os
+import time
 
 from absl import app
 from absl import flags
@@ -25,6 +39,8 @@ from proxnag_jax import report
 from proxnag_jax import surgery
 
 _RUN = flags.DEFINE_string("run", None, "A finished train.prune workdir.")
+_SWEEP = flags.DEFINE_string("sweep", None, "A train.sweep workdir: time "
+                             "every finished structured cell.")
 _DENSE = flags.DEFINE_string("dense", None, "The dense train.train workdir "
                              "(default: the run's dense_checkpoint).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per timed batch.")
@@ -32,39 +48,141 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per network.")
 _WIDTHS = flags.DEFINE_list("widths", None, "Time these widths instead.")
 _BLOCK = flags.DEFINE_list("block_widths", None,
                            "CIFAR ResNets: time these block widths instead.")
-flags.mark_flag_as_required("run")
 
 
-def main(argv):
-  del argv
-  with open(f"{_RUN.value}/summary.json") as f:
+def machine() -> dict:
+  """Where and when a timing was taken."""
+  return {"cpu_count": os.cpu_count(),
+          "time": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def _busy_cpu_s() -> float | None:
+  """CPU seconds all processes have spent busy since boot (Linux)."""
+  try:
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+  return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def others_load(fn):
+  """Runs ``fn()``; returns its result and the mean number of cores other
+  processes kept busy meanwhile (``None`` where /proc/stat is missing): 0
+  on an idle machine, ~1 beside one single-core job."""
+  b0, t0, w0 = _busy_cpu_s(), os.times(), time.perf_counter()
+  out = fn()
+  b1, t1, w1 = _busy_cpu_s(), os.times(), time.perf_counter()
+  if b0 is None or b1 is None:
+    return out, None
+  own = (t1.user + t1.system) - (t0.user + t0.system)
+  return out, max(0.0, (b1 - b0) - own) / max(w1 - w0, 1e-9)
+
+
+def time_run(run: str, dense: str | None = None, batch_size: int = 256,
+             repeats: int = 20, widths=None, block_widths=None) -> dict:
+  """Times ``run``'s exported network against its dense model (see the
+  module docstring); returns the dict written to ``RUN/speed.json``."""
+  with open(f"{run}/summary.json") as f:
     s = json.load(f)
-  model, variables = loop.load_pruned(_RUN.value)
+  model, variables = loop.load_pruned(run)
   n_cls = s.get("num_classes", 10)
   dense_model = models.get_model(s["model"], n_cls)
-  saved = engine.load_final(_DENSE.value or s["dense_checkpoint"])
+  saved = engine.load_final(dense or s["dense_checkpoint"])
   dense_vars = {"params": saved["params"]}
   if saved.get("batch_stats"):
     dense_vars["batch_stats"] = saved["batch_stats"]
   in_shape = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}.get(
       s["dataset"], (32, 32, 3))
   over = {}
-  if _WIDTHS.value:
-    over["widths"] = tuple(int(w) for w in _WIDTHS.value)
-  if _BLOCK.value:
-    over["block_widths"] = tuple(int(w) for w in _BLOCK.value)
+  if widths:
+    over["widths"] = tuple(int(w) for w in widths)
+  if block_widths:
+    over["block_widths"] = tuple(int(w) for w in block_widths)
   if over:
     import jax  # pylint: disable=g-import-not-at-top
     model = models.get_model(s["model"], n_cls, **over)
     variables = models.init_model(model, jax.random.PRNGKey(0),
                                   (1,) + in_shape)
-  out = report.measure_speedup(dense_model, dense_vars, model, variables,
-                               in_shape, batch_size=_BATCH.value,
-                               repeats=_REPEATS.value)
+  out = {"run": run, **machine()}
+  timing, others = others_load(lambda: report.measure_speedup(
+      dense_model, dense_vars, model, variables, in_shape,
+      batch_size=batch_size, repeats=repeats))
+  out.update(timing)
+  out["other_processes_cores"] = None if others is None else round(others, 2)
   out["theoretical_speedup"] = (
       report.count_macs(dense_model, dense_vars, (1,) + in_shape)["macs"] /
       report.count_macs(model, variables, (1,) + in_shape)["macs_sparse"])
   out["architecture"] = surgery.architecture(model)
+  if over:
+    out["timed_widths_instead"] = {k: list(v) for k, v in over.items()}
+  return out
+
+
+def structured_cells(sweep_dir: str) -> list[str]:
+  """The finished cells of a sweep that exported a smaller network."""
+  cells = []
+  for f in sorted(glob.glob(os.path.join(sweep_dir, "cells", "*",
+                                         "summary.json"))):
+    with open(f) as fh:
+      if json.load(fh).get("architecture"):
+        cells.append(os.path.dirname(f))
+  return cells
+
+
+def _fmt(x) -> str:
+  return "n/a" if x is None else f"{x:.2f}"
+
+
+def sweep_table(rows: list[dict]) -> str:
+  lines = ["| cell | MACs ÷ | measured speed-up | dense img/s | "
+           "shrunk img/s | cores busy with other jobs |",
+           "|---|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(
+        f"| {os.path.basename(r['run'])} | {r['theoretical_speedup']:.1f}x | "
+        f"{r['measured_speedup']:.2f}x | {r['dense_images_per_s']:,.0f} | "
+        f"{r['shrunk_images_per_s']:,.0f} | "
+        f"{_fmt(r['other_processes_cores'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if bool(_RUN.value) == bool(_SWEEP.value):
+    raise app.UsageError("give exactly one of --run and --sweep.")
+  if _SWEEP.value:
+    if _WIDTHS.value or _BLOCK.value:
+      raise app.UsageError("--widths/--block_widths go with --run.")
+    cells = structured_cells(_SWEEP.value)
+    if not cells:
+      raise app.UsageError(f"{_SWEEP.value}/cells holds no finished "
+                           "structured run (summary.json with an "
+                           "architecture).")
+    rows = []
+    for c in cells:
+      rows.append(time_run(c, _DENSE.value, _BATCH.value, _REPEATS.value))
+      print(f"{os.path.basename(c)}: {rows[-1]['measured_speedup']:.2f}x "
+            f"(MACs {rows[-1]['theoretical_speedup']:.1f}x fewer)",
+            flush=True)
+    table = sweep_table(rows)
+    with open(os.path.join(_SWEEP.value, "speed.md"), "w") as f:
+      f.write(f"Inference timing, batch {_BATCH.value}, median of "
+              f"{_REPEATS.value} (`python -m train.speed --sweep "
+              f"{_SWEEP.value}`), {rows[0]['time']}; cpu_count "
+              f"{rows[0]['cpu_count']}.\n\n" + table)
+    engine.write_json(os.path.join(_SWEEP.value, "speed.json"),
+                      {"cells": rows})
+    print(table)
+    return
+  if not os.path.exists(f"{_RUN.value}/summary.json"):
+    raise app.UsageError(f"{_RUN.value}/summary.json does not exist: --run "
+                         "must be a finished pruning run.")
+  out = time_run(_RUN.value, _DENSE.value, _BATCH.value, _REPEATS.value,
+                 _WIDTHS.value, _BLOCK.value)
+  if not (_WIDTHS.value or _BLOCK.value):  # not the run's network otherwise
+    engine.write_json(os.path.join(_RUN.value, "speed.json"), out)
   print(json.dumps(out, indent=1))
 
 
