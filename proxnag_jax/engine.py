@@ -621,6 +621,19 @@ def comparable_config(cfg: dict) -> dict:
           for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
 
 
+def config_diff(old: dict, new: dict, prefix: str = "") -> dict:
+  """``{'a.b.c': [old, new]}`` for every leaf that differs (nested dicts are
+  descended, so a sweep's ``base.proxnag.l1_step`` is named, not ``base``)."""
+  out = {}
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(config_diff(a, b, f"{prefix}{k}."))
+    elif a != b:
+      out[f"{prefix}{k}"] = [a, b]
+  return out
+
+
 def prepare_workdir(workdir: str, config, overwrite: bool = False,
                     allow_changes: bool = False) -> bool:
   """Creates ``workdir`` or checks it holds a run of the same config.
@@ -648,12 +661,12 @@ def prepare_workdir(workdir: str, config, overwrite: bool = False,
             "checked against this config. Pass --overwrite to start over, or "
             "use another --workdir.")
       if comparable_config(old) != comparable_config(cfg):
-        a, b = comparable_config(old), comparable_config(cfg)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        changed = config_diff(comparable_config(old), comparable_config(cfg))
+        diff = sorted(changed)
         if allow_changes:
           append_jsonl(os.path.join(workdir, "config_changes.jsonl"), {
               "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "changed": {k: [old.get(k), cfg.get(k)] for k in diff}})
+              "changed": changed})
           write_json(path, cfg)
           return True
         raise ValueError(

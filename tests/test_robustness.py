@@ -105,6 +105,17 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
   assert rec["changed"]["learning_rate"] == [0.01, a.learning_rate]
 
 
+def test_config_changes_name_the_nested_field():
+  old = {"base": {"proxnag": {"l1_step": 2e-3, "lr": 0.01}, "seed": 0},
+         "methods": ["a"]}
+  new = {"base": {"proxnag": {"l1_step": 1e-2, "lr": 0.01}, "seed": 0,
+                  "extra": 1}, "methods": ["a", "b"]}
+  assert engine.config_diff(old, new) == {
+      "base.extra": [None, 1], "base.proxnag.l1_step": [2e-3, 1e-2],
+      "methods": [["a"], ["a", "b"]]}
+  assert engine.config_diff(old, old) == {}
+
+
 def test_library_api_names_the_bad_argument():
   with pytest.raises(TypeError, match="learning_rate must be a number"):
     pj.proxnag("0.1", 1e-4)
