@@ -44,11 +44,12 @@ def get_config(arg: str = ""):
   c.finetune_lr = 0.01
   # Group-lasso lambda per epoch of prune-training. LeNet-5's 2e-3 moves a
   # ResNet-20 weight by ~0.02 (prune_lr 0.01 x lambda, summed over the <= 2.5
-  # epochs of the 5-epoch budget) against a per-weight rms of 0.05-0.1 in
-  # its filters (measured on the dense ResNet-20-B): almost no filter would
-  # reach zero and the rest would be forced. 1e-2 moves them ~0.11, the
-  # scale of the element-wise lambda of configs/proxnag_resnet20_cifar10.py.
-  # Chosen from the weights' scale before any group_proxnag run, not tuned.
+  # epochs of the 5-epoch budget) against a per-weight rms of 0.03-0.1 in
+  # its block filters (the trained 10-epoch dense ResNet-20-B): almost no
+  # filter would reach zero and the rest would be forced. 1e-2 moves them
+  # ~0.11, the scale of the element-wise lambda of
+  # configs/proxnag_resnet20_cifar10.py. Chosen from the weights' scale
+  # before any group_proxnag run, not tuned.
   c.group_proxnag.l1_step = 1e-2
   if arg.endswith("full"):
     c.budget_epochs = 60.0
