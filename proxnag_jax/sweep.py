@@ -466,8 +466,11 @@ def chosen_on_val(config, rows) -> dict:
   listed on a tie), per column, or with ``config.select_scope = 'all'`` one
   entry for every column, by its validation accuracy averaged over the
   columns where every entry of the group has finished (the val accuracy
-  given is then that average). The test set plays no part; the table
-  reports the chosen entry's test accuracy."""
+  given is then that average). An entry with a run that missed its target
+  sparsity (``reached_target`` false) is not chosen while another entry
+  reached it: a less sparse network would otherwise win on accuracy. The
+  test set plays no part; the table reports the chosen entry's test
+  accuracy."""
   scope = config.get("select_scope", "column")
   out = {}
   for name, members in (config.get("select_on_val", None) or {}).items():
@@ -476,8 +479,10 @@ def chosen_on_val(config, rows) -> dict:
     if scope == "all":
       cols = [s for s in config.sparsities
               if all(val[m, s] is not None for m in members)]
+      ok = [m for m in members
+            if not any(_missed(rows, m, s) for s in cols)] or members
       best = None
-      for m in members:
+      for m in ok:
         if cols:
           v = float(np.mean([val[m, s][0] for s in cols]))
           n = min(val[m, s][2] for s in cols)
@@ -488,7 +493,9 @@ def chosen_on_val(config, rows) -> dict:
     out[name] = {}
     for s in config.sparsities:
       best = None
-      for m in members:
+      ok = [m for m in members if val[m, s] is not None and
+            not _missed(rows, m, s)] or members
+      for m in ok:
         st = val[m, s]
         if st is not None and (best is None or st[0] > best[1]):
           best = (m, st[0], st[2])
@@ -569,8 +576,9 @@ def table_md(config, rows, note) -> str:
            == "column" else "one entry of each group for every column, the "
            "one with the highest validation accuracy averaged over the "
            "columns")
-    lines += ["", f"Chosen on validation: {how} (named in "
-              "brackets; the test set plays no part in the choice): "
+    lines += ["", f"Chosen on validation: {how}, among the entries "
+              "whose runs reached their target sparsity where any did (named "
+              "in brackets; the test set plays no part in the choice): "
               + "; ".join(f"{n} among {', '.join(config.select_on_val[n])}"
                           for n in chosen) + "."]
   def table(title, key, digits=2, scale=100.0, fmt=None):

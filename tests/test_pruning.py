@@ -360,7 +360,19 @@ def test_sweep_chooses_on_validation_not_test(tmp_path):
   os.makedirs(tmp_path / "part")
   sweep.write_outputs(c, str(tmp_path / "part"), part, "note")
   assert (tmp_path / "part" / "accuracy_vs_sparsity.png").exists()
+  # A variant that missed its target sparsity (a less sparse network) is
+  # not chosen over one that reached it, whatever its validation accuracy;
+  # if every variant missed, the best of them is still named (and starred).
+  missed = [dict(r, reached_target=False, val_accuracy=0.99)
+            if r["method"] == "proxnag_a" else r for r in rows]
+  assert all(p[0] == "proxnag_b"
+             for p in sweep.chosen_on_val(c, missed)["proxnag"].values())
   c.select_scope = "column"
+  assert [sweep.chosen_on_val(c, missed)["proxnag"][s][0]
+          for s in (0.5, 0.9)] == ["proxnag_b", "proxnag_b"]
+  all_missed = [dict(r, reached_target=False) for r in rows]
+  assert sweep.chosen_on_val(c, all_missed)["proxnag"][0.5][0] == "proxnag_a"
+  assert "90.00 ± 0.00* (proxnag_a)" in sweep.table_md(c, all_missed, "note")
   sweep.write_outputs(c, str(tmp_path), rows, "note")
   with open(tmp_path / "selection.json") as f:
     sel = json.load(f)
