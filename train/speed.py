@@ -17,8 +17,8 @@ the same model with those widths instead of the run's.
 The result is also written to ``RUN/speed.json`` (not with ``--widths``)
 with ``other_processes_cores``: how many cores other processes kept busy
 while it timed (from /proc/stat; ~0 on an idle machine; timings taken
-beside other jobs are not speed results). ``--sweep DIR`` times every finished structured cell
-of a sweep in one process and writes ``DIR/speed.md`` (a table: MACs ratio,
+beside other jobs are not speed results). ``--sweep DIR`` times every
+finished structured cell of a sweep in one process and writes ``DIR/speed.md`` (a table: MACs ratio,
 measured speed-up, images/s) and ``DIR/speed.json``; the cells'
 ``summary.json`` keep the timing taken at the end of each run.
 """
@@ -32,6 +32,7 @@ import time
 from absl import app
 from absl import flags
 
+from proxnag_jax import data as data_lib
 from proxnag_jax import engine
 from proxnag_jax import loop
 from proxnag_jax import models
@@ -93,8 +94,7 @@ def time_run(run: str, dense: str | None = None, batch_size: int = 256,
   dense_vars = {"params": saved["params"]}
   if saved.get("batch_stats"):
     dense_vars["batch_stats"] = saved["batch_stats"]
-  in_shape = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}.get(
-      s["dataset"], (32, 32, 3))
+  in_shape = tuple(data_lib.DATASETS[s["dataset"]][0])
   over = {}
   if widths:
     over["widths"] = tuple(int(w) for w in widths)
@@ -168,8 +168,9 @@ def main(argv):
             flush=True)
     table = sweep_table(rows)
     with open(os.path.join(_SWEEP.value, "speed.md"), "w") as f:
-      f.write(f"Inference timing, batch {_BATCH.value}, median of "
-              f"{_REPEATS.value} (`python -m train.speed --sweep "
+      f.write(f"Inference timing, batch {_BATCH.value}, median ratio of "
+              f"{_REPEATS.value} interleaved dense/shrunk pairs "
+              f"(`python -m train.speed --sweep "
               f"{_SWEEP.value}`), {rows[0]['time']}; cpu_count "
               f"{rows[0]['cpu_count']}.\n\n" + table)
     engine.write_json(os.path.join(_SWEEP.value, "speed.json"),
