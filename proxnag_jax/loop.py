@@ -696,14 +696,18 @@ def _static_view(config, method_name):
 
 def prune(config, workdir: str, *, overwrite: bool = False,
           allow_changes: bool = False,
-          stop_after_steps: Optional[int] = None, log: Log = print) -> dict:
+          stop_after_steps: Optional[int] = None,
+          wait_for_dense: Optional[Callable[[], None]] = None,
+          log: Log = print) -> dict:
   """Prunes with ``config.method`` to ``config.target_sparsity``; resumable.
 
   Returns the summary, or ``{'stopped_at_step': s}`` when stopped early.
+  ``wait_for_dense``: see :func:`prune_runs`.
   """
   out = prune_runs([config], [workdir], overwrite=overwrite,
                    allow_changes=allow_changes,
-                   stop_after_steps=stop_after_steps, log=log)
+                   stop_after_steps=stop_after_steps,
+                   wait_for_dense=wait_for_dense, log=log)
   return out[0]
 
 
@@ -711,12 +715,20 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
                group_dir: Optional[str] = None, vmap: bool = False,
                overwrite: bool = False, allow_changes: bool = False,
                stop_after_steps: Optional[int] = None,
+               wait_for_dense: Optional[Callable[[], None]] = None,
                log: Log = print) -> list[dict]:
   """Runs one or several pruning runs; several as one vmapped program.
 
   Vmapped runs must share the method and every setting but
   :data:`VMAP_FIELDS` (seed, target sparsity, learning rates, lambdas,
   dense checkpoint); their checkpoints go to ``group_dir``.
+
+  ``wait_for_dense``: for a method that starts from scratch, whose dense
+  model serves only as the reference of its summary (accuracy, parameter
+  and MAC counts), a call that returns once ``dense_checkpoint`` holds a
+  finished run: the run trains first and calls it before it loads the dense
+  model (a sweep worker trains such a cell while another trains the shared
+  dense model). Ignored for methods that start from the dense model.
   """
   methods = [validate(c) for c in configs]
   with contextlib.ExitStack() as stack:
@@ -725,11 +737,12 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
     return _prune_runs(configs, workdirs, methods, group_dir=group_dir,
                        vmap=vmap, overwrite=overwrite,
                        allow_changes=allow_changes,
-                       stop_after_steps=stop_after_steps, log=log)
+                       stop_after_steps=stop_after_steps,
+                       wait_for_dense=wait_for_dense, log=log)
 
 
 def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
-                allow_changes, stop_after_steps, log):
+                allow_changes, stop_after_steps, wait_for_dense, log):
   t0 = time.time()
   method = methods[0]
   if len(configs) > 1:
@@ -775,15 +788,20 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
                      total_steps=total, schedule=sched, groups=groups,
                      costs=costs)
 
-  runs, dense_info = [], []
-  for c, wd in zip(configs, workdirs):
+  def dense_of(c, wd):
     dense_params, dense_bs, dense_path = load_dense(c, wd, model,
                                                     ds.input_shape, log)
     dense_acc = evaluate_params(model, dense_params, dense_bs, arrays, mean,
                                 std, mesh, c.eval_batch_size)
-    dense_info.append((dense_params, dense_acc, dense_path))
+    return dense_params, dense_bs, dense_acc, dense_path
+
+  later = method.start != "dense" and wait_for_dense is not None
+  runs, dense_info = [], []
+  for c, wd in zip(configs, workdirs):
+    if not later:
+      dense_info.append(dense_of(c, wd))
     if method.start == "dense":
-      params, bs = dense_params, dense_bs
+      params, bs = dense_info[-1][:2]
     else:
       params, bs = engine.init_variables(model, c, ds.input_shape)
     first = epoch_first_batch(c.seed, len(ds.train_labels), c.batch_size)
@@ -808,8 +826,12 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
       desc=method.name, stop_after_steps=stop_after_steps, log=log)
   if res.stopped_at_step is not None:
     return [{"stopped_at_step": res.stopped_at_step}] * len(runs)
+  if later:
+    log("waiting for the dense model (the reference of the summary)")
+    wait_for_dense()
+    dense_info = [dense_of(c, wd) for c, wd in zip(configs, workdirs)]
   out = []
-  for c, wd, state, ev, (dense_params, dense_acc, dense_path) in zip(
+  for c, wd, state, ev, (dense_params, _, dense_acc, dense_path) in zip(
       configs, workdirs, res.states, res.evals, dense_info):
     extra = {"start": method.start, "description": method.description,
              "dense_checkpoint": dense_path, "steps": int(state.step),

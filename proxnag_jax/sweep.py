@@ -121,13 +121,16 @@ def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
   return c
 
 
+def start_of(config, name: str) -> str:
+  """Where a sweep entry's runs start: ``'dense'`` or ``'scratch'``."""
+  base, over = method_of(config, name)
+  sub = dict(config.base.get(base, None) or {})
+  return methods_lib.get_method(base, **{**sub, **over}).start
+
+
 def budget_note(config) -> str:
   b = config.base
-  def start(m):
-    base, over = method_of(config, m)
-    return methods_lib.get_method(base, **{**dict(b.get(base, None) or {}),
-                                           **over}).start
-  starts = {m: start(m) for m in config.methods}
+  starts = {m: start_of(config, m) for m in config.methods}
   dense = [m for m in config.methods if starts[m] == "dense"]
   scratch = [m for m in config.methods if starts[m] != "dense"]
   return (f"every method gets {b.dense.num_epochs + b.budget_epochs} epochs "
@@ -302,7 +305,9 @@ def run(config, workdir: str, *, overwrite: bool = False,
   each claims the next unfinished cell no other worker holds (an ``flock``
   per cell in ``workdir/claims/``, released however the process ends),
   the dense model of a seed is trained by the first worker that needs it
-  while the others wait for it, and the last worker to finish writes the
+  while the others run the cells that start from scratch (they need the
+  dense model only as their summary's reference, at their end) and then
+  wait for it, and the last worker to finish writes the
   tables (a worker that ends while others still run cells returns the
   finished cells' summaries and writes nothing). Workers keep out a
   non-worker run of the workdir and the other way round.
@@ -333,6 +338,15 @@ def _setup_lock(workdir):
                          blocking=True)
 
 
+def _dense_busy(workdir, seed) -> bool:
+  """Whether another worker is training the seed's (unfinished) dense model."""
+  if os.path.exists(os.path.join(workdir, f"dense_seed{seed}",
+                                 "summary.json")):
+    return False
+  with _claim(workdir, f"dense_seed{seed}") as got:
+    return not got
+
+
 def _claim(workdir, name, blocking=False):
   return engine.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
                          blocking=blocking)
@@ -359,7 +373,19 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
   groups = ([[c for c in todo if c[0] == m] for m in config.methods] if vmap
             else [[c] for c in todo])
   groups = [g for g in groups if g]
-  for i, group in enumerate(groups):
+  order = list(enumerate(groups))
+  if worker:
+    # While another worker trains a seed's dense model, run the cells that
+    # do not start from it first.
+    busy = {seed for seed in config.seeds if _dense_busy(workdir, seed)}
+    waits = lambda g: (start_of(config, g[0][0]) == "dense" and
+                       g[0][2] in busy)
+    order = ([x for x in order if not waits(x[1])] +
+             [x for x in order if waits(x[1])])
+    if busy and any(waits(g) for _, g in order):
+      log(f"another worker trains the dense model of seed(s) "
+          f"{sorted(busy)}: cells that start from scratch go first")
+  for i, group in order:
     with contextlib.ExitStack() as claims:
       if worker:
         name = cell_name(*group[0])
@@ -390,8 +416,21 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
 def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
                worker):
   """Runs one cell (or one vmapped group of cells) of the sweep."""
-  dense = {}
-  for seed in sorted({c[2] for c in group}):
+  dense, wait = {}, None
+  seeds = sorted({c[2] for c in group})
+  if (worker and start_of(config, group[0][0]) != "dense" and
+      any(_dense_busy(workdir, seed) for seed in seeds)):
+    # From scratch, the dense model is only the summary's reference: train
+    # now, wait for the worker that trains it at the end.
+    for seed in seeds:
+      dense[seed] = os.path.join(workdir, f"dense_seed{seed}")
+      os.makedirs(dense[seed], exist_ok=True)
+
+    def wait():
+      for seed in seeds:
+        with _claim(workdir, f"dense_seed{seed}", blocking=True):
+          _dense_for(config, workdir, seed, log)
+  for seed in ([] if dense else seeds):
     # A worker waits while another trains the seed's dense model.
     with (_claim(workdir, f"dense_seed{seed}", blocking=True) if worker
           else contextlib.nullcontext()):
@@ -411,9 +450,11 @@ def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
                         f"{group[0][0]}_{len(group)}cells_{tag}")
     os.makedirs(gdir, exist_ok=True)
     loop.prune_runs(cfgs, wds, group_dir=gdir, vmap=True,
-                    allow_changes=allow_changes, log=quiet)
+                    allow_changes=allow_changes, wait_for_dense=wait,
+                    log=quiet)
   else:
-    loop.prune(cfgs[0], wds[0], allow_changes=allow_changes, log=quiet)
+    loop.prune(cfgs[0], wds[0], allow_changes=allow_changes,
+               wait_for_dense=wait, log=quiet)
 
 
 def write_outputs(config, workdir, rows, note) -> None:

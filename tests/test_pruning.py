@@ -274,6 +274,56 @@ def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
     sweep.run(c, wd, worker=True, **QUIET)
 
 
+def test_worker_trains_scratch_cells_while_another_trains_the_dense(
+    tmp_path, mnist_dir, dense_dir):
+  """While another worker holds the dense model's claim, a worker runs the
+  cells that start from scratch first and only waits for the dense model at
+  their end (their summary's reference); the dense-start cells come after.
+  (A thread plays the other worker: it puts the dense run in place once the
+  scratch cell has trained.)"""
+  import threading  # pylint: disable=g-import-not-at-top
+  from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_lenet5_mnist.get_config("smoke")
+  c.data_dir = mnist_dir
+  c.methods, c.sparsities = ("magnitude", "snip"), (0.5,)
+  c.base.checkpoint_every_steps = 0
+  wd = str(tmp_path / "sw")
+  msgs, held, waiting = [], threading.Event(), threading.Event()
+
+  def log(m):
+    msgs.append(m)
+    if m.startswith("waiting for the dense model"):
+      waiting.set()
+
+  def other_worker():
+    with engine.try_lock(os.path.join(wd, "claims", "dense_seed0.lock")):
+      held.set()
+      waiting.wait(timeout=600)
+      shutil.copytree(dense_dir, os.path.join(wd, "dense_seed0"),
+                      dirs_exist_ok=True)
+
+  t = threading.Thread(target=other_worker)
+  t.start()
+  held.wait()
+  try:
+    rows = sweep.run(c, wd, worker=True, log=log)
+  finally:
+    waiting.set()
+    t.join()
+  assert waiting.is_set()
+  started = [m for m in msgs if m.startswith("[")]
+  assert "snip_50_seed0" in started[0] and "magnitude" in started[1], started
+  assert [r["method"] for r in rows] == ["magnitude", "snip"]
+  with open(os.path.join(dense_dir, "summary.json")) as f:
+    dense_acc = json.load(f)["test_accuracy"]
+  snip = rows[1]
+  assert snip["start"] == "scratch"
+  assert snip["dense_test_accuracy"] == pytest.approx(dense_acc, abs=1e-6)
+  assert abs(snip["sparsity"] - 0.5) < 1e-3
+  assert os.path.exists(os.path.join(wd, "table.md"))
+
+
 def test_sweep_table_spread_and_missed_targets():
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import sweep  # pylint: disable=g-import-not-at-top
