@@ -706,6 +706,14 @@ def shrink_to_alive(model, variables: dict):
   return small, small_vars, keep
 
 
+def kept_by_masks(masks: PyTree, groups) -> dict:
+  """``{group name: bool per channel}``: the channels whose producers the
+  weight ``masks`` (a params-shaped tree of bools, as
+  :func:`channel_masks` makes) keep, for every prunable group."""
+  return {g.name: np.asarray(alive_channels(masks, g))
+          for g in prunable_groups(groups)}
+
+
 def count_params(variables: dict) -> int:
   """Parameters (the ``params`` collection) of a network."""
   return int(sum(np.size(x) for x in jax.tree.leaves(variables["params"])))
@@ -716,6 +724,7 @@ __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "group_soft_threshold", "alive_channels", "shrink", "register",
            "supports", "count_params", "select_channels",
            "removed_channels", "num_channels", "channel_param_count",
-           "architecture", "shrink_to_alive", "slot_leaf", "round_keep",
+           "architecture", "shrink_to_alive", "kept_by_masks", "slot_leaf",
+           "round_keep",
            "CostTerm", "cost_terms", "shrunk_cost", "select_for_cost",
            "num_removed"]

@@ -137,6 +137,31 @@ def test_export_computes_what_the_masked_network_computes(method):
                              atol=1e-5 * scale)
 
 
+def test_export_keeps_the_widths_the_masks_chose():
+  """A channel the masks keep stays in the export even when its weights are
+  all zero (group-lasso Prox-NAG rounding a group's 15 live channels up to
+  16: the width the cost was matched at); channels the masks remove go."""
+  model, v, ctx = _tiny_ctx()
+  m = methods.get_method("l1_filter")
+  hp = loop.make_hp({"target": 0.5, "n_zero": 0, "lr": 0.1,
+                     "weight_decay": 0.0, "momentum": 0.9, **m.hparams})
+  state, _ = loop.init_run(m, ctx, v["params"], v["batch_stats"], hp, 0)
+  keep = surgery.kept_by_masks(base.masks_of(state.opt_state), ctx.groups)
+  g = next(g for g in surgery.prunable_groups(ctx.groups)
+           if keep[g.name].sum() >= 2)
+  c = int(np.flatnonzero(keep[g.name])[0])
+  dead = {n: k.copy() for n, k in keep.items()}
+  dead[g.name][c] = False
+  params = surgery.zero_channels({"params": state.params}, ctx.groups,
+                                 dead)["params"]
+  state = state.replace(params=params)
+  small, _ = m.export_network(state, model)
+  assert sum(small.widths) == sum(int(k.sum()) for k in keep.values())
+  alive, _, _ = surgery.shrink_to_alive(model, base.default_export(
+      state, model)[1])
+  assert sum(alive.widths) == sum(small.widths) - 1
+
+
 def test_structured_run_resumes_to_the_same_result(tmp_path, tmp_path_factory,
                                                    mnist_dir, dense_bn_dir):
   full, a = _run("group_proxnag", tmp_path_factory, mnist_dir, dense_bn_dir)

@@ -493,10 +493,24 @@ def prune_channels(state: RunState, keep: dict, ctx: Context, *,
 
 def shrink_export(state: RunState, model, eval_params=default_eval_params):
   """The export of a structured method: the smaller dense network without
-  the channels whose producers are all zero (:mod:`proxnag_jax.surgery`)."""
+  the channels its channel masks switch off (:mod:`proxnag_jax.surgery`;
+  without masks in the optimizer state: without the channels whose
+  producers are all zero).
+
+  A channel the masks keep stays even where its weights went to zero in
+  training, so the widths are the ones the method chose and matched its
+  cost target at (e.g. after rounding to multiples of 8: group-lasso
+  Prox-NAG may round a group of 15 live channels up to 16, and a width of 15
+  would run slower and miss the matched cost). Same outputs either way."""
   _, variables = default_export(state, model, eval_params)
-  small, small_vars, _ = surgery.shrink_to_alive(model, variables)
-  return small, small_vars
+  try:
+    masks = masks_of(state.opt_state)
+  except ValueError:
+    small, small_vars, _ = surgery.shrink_to_alive(model, variables)
+    return small, small_vars
+  keep = surgery.kept_by_masks(masks, surgery.channel_groups(model,
+                                                             variables))
+  return surgery.shrink(model, variables, keep)
 
 
 def every(step, period: int, *, offset: int = 0) -> jax.Array:
