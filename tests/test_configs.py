@@ -3,8 +3,10 @@ pruning smoke variant runs end to end on real CIFAR-10."""
 
 import glob
 import importlib
+import json
 import os
 
+import numpy as np
 import pytest
 
 from proxnag_jax import engine
@@ -44,6 +46,10 @@ def test_resnet20_prune_smoke(tmp_path, cifar_dir):
   c.data_dir = cifar_dir
   c.dense.num_epochs = 1
   s = loop.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
+  # The dense ResNet-20 it trained first (loop.train, the dense config).
+  with open(tmp_path / "r20" / "dense" / "summary.json") as f:
+    dense = json.load(f)
+  assert dense["num_params"] == 269_722 and np.isfinite(dense["train_loss"])
   assert s["num_params"] == 269_722
   assert abs(s["sparsity"] - 0.3) < 1e-3
   assert len(s["pruned_layers"]) == 20     # 19 convs + fc
