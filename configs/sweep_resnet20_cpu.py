@@ -21,10 +21,11 @@ session 8): only 20% of its weights have |gradient| < 2e-4 (LeNet-5: 75%),
 71% < 1e-3 and 99.5% < 5e-3; and at prune_lr 0.01 a lambda of 2e-4 moves a
 weight by 7e-4 per epoch against median |w| of 0.02-0.06. So Prox-NAG
 runs at three lambda steps a factor of ~3 apart around 1e-2
-(``proxnag_lam5e-3``, ``proxnag_lam1e-2``, ``proxnag_lam2e-2``; ``l1_init = l1_step``): the table's "proxnag, chosen on
-validation" row takes, per column, the one with the best validation
-accuracy (``select_on_val``; ``selection.json``), the test column is only
-reported. Rounds are short for the CPU
+(``proxnag_lam5e-3``, ``proxnag_lam1e-2``, ``proxnag_lam2e-2``;
+``l1_init = l1_step``): the table's "proxnag, chosen on validation" row
+takes, per column, the one with the best validation accuracy
+(``select_on_val``; ``selection.json``), the test column is only reported.
+Rounds are short for the CPU
 (1 epoch of prune-training at lr 0.01, then 0.5 + 0.5 r epochs of
 fine-tuning), and the final fine-tune fills what the rounds left of the 10
 epochs (``fill_budget``).

@@ -143,8 +143,13 @@ def budget_note(config) -> str:
           f"{b.dense.num_epochs + b.budget_epochs} epochs.")
 
 
+def _dense_dir(workdir, seed) -> str:
+  """The seed's shared dense model in a sweep's workdir."""
+  return os.path.join(workdir, f"dense_seed{seed}")
+
+
 def _dense_for(config, workdir, seed, log) -> str:
-  dense_dir = os.path.join(workdir, f"dense_seed{seed}")
+  dense_dir = _dense_dir(workdir, seed)
   if not os.path.exists(os.path.join(dense_dir, "summary.json")):
     d = loop.dense_config(cell_config(config, config.methods[0],
                                       config.sparsities[0], seed, ""))
@@ -238,11 +243,11 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
   def get_dense(seed, want, src_dense=None) -> bool:
     """This sweep's dense run of ``seed`` is (or is now, copied) one of
     config ``want``."""
-    own = os.path.join(workdir, f"dense_seed{seed}")
+    own = _dense_dir(workdir, seed)
     if os.path.exists(os.path.join(own, "summary.json")):
       return _finished_with(own, want)
     for d in ([src_dense] if src_dense else
-              [os.path.join(src, f"dense_seed{seed}") for src in sources]):
+              [_dense_dir(src, seed) for src in sources]):
       if _finished_with(d, want):
         _copy_run(d, own, workdir, "dense", log)
         return True
@@ -340,7 +345,7 @@ def _setup_lock(workdir):
 
 def _dense_busy(workdir, seed) -> bool:
   """Whether another worker is training the seed's (unfinished) dense model."""
-  if os.path.exists(os.path.join(workdir, f"dense_seed{seed}",
+  if os.path.exists(os.path.join(_dense_dir(workdir, seed),
                                  "summary.json")):
     return False
   with _claim(workdir, f"dense_seed{seed}") as got:
@@ -423,7 +428,7 @@ def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
     # From scratch, the dense model is only the summary's reference: train
     # now, wait for the worker that trains it at the end.
     for seed in seeds:
-      dense[seed] = os.path.join(workdir, f"dense_seed{seed}")
+      dense[seed] = _dense_dir(workdir, seed)
       os.makedirs(dense[seed], exist_ok=True)
 
     def wait():

@@ -18,9 +18,10 @@ The result is also written to ``RUN/speed.json`` (not with ``--widths``)
 with ``other_processes_cores``: how many cores other processes kept busy
 while it timed (from /proc/stat; ~0 on an idle machine; timings taken
 beside other jobs are not speed results). ``--sweep DIR`` times every
-finished structured cell of a sweep in one process and writes ``DIR/speed.md`` (a table: MACs ratio,
-measured speed-up, images/s) and ``DIR/speed.json``; the cells'
-``summary.json`` keep the timing taken at the end of each run.
+finished structured cell of a sweep in one process and writes
+``DIR/speed.md`` (a table: MACs ratio, measured speed-up, images/s) and
+``DIR/speed.json``; the cells' ``summary.json`` keep the timing taken at the
+end of each run.
 """
 
 import datetime
