@@ -3,6 +3,7 @@ shortened schedule, with Prox-NAG's lambda chosen on the validation split.
 
   python -m train.sweep --config configs/sweep_resnet20_cpu.py \
       --workdir runs/r20_cpu --config.data_dir=../shared/data
+  python -m train.sweep --config configs/sweep_resnet20_cpu.py:session ...
   python -m train.sweep --config configs/sweep_resnet20_cpu.py:smoke ...
 
 Budget (the same for every method, stated in the table): a shared 30-epoch
@@ -29,6 +30,18 @@ Rounds are short for the CPU
 (1 epoch of prune-training at lr 0.01, then 0.5 + 0.5 r epochs of
 fine-tuning), and the final fine-tune fills what the rounds left of the 10
 epochs (``fill_budget``).
+
+``:session`` is the same question at a budget that finishes in one 3-hour
+session on two cores (a session's ``runs/`` is not kept for the next one, so
+the full schedule's ~20 core-hours had to be resumed across sessions and was
+lost at epoch 20 of its dense run): a 10-epoch dense model, 4 epochs per
+method (SNIP: 14 from scratch) and the two larger lambda steps (1e-2, 2e-2;
+at 4 epochs 5e-3 cannot reach 90% in the rounds the budget leaves: it moves a
+weight by ``lr * lambda`` = 5e-5 per step, 0.018 per epoch, under the median
+|w|). Rounds: 1 epoch of prune-training, 0.25 + 0.25 r epochs of
+fine-tuning, at least 1.5 epochs of final fine-tune. Two workers (one per
+core) run it in about 20 epochs each: worker A the dense model then the two
+Prox-NAG cells, worker B SNIP then magnitude.
 """
 
 import ml_collections
@@ -51,7 +64,7 @@ def lambda_variants(lams) -> dict:
 
 
 def get_config(arg: str = ""):
-  common.check_variant(arg)
+  common.check_variant(arg, ("smoke", "session"))
   smoke = arg == "smoke"
   c = ml_collections.ConfigDict()
   c.data_dir = ""
@@ -76,6 +89,18 @@ def get_config(arg: str = ""):
     p.max_rounds = 8
     p.fill_budget = True
     b.checkpoint_every_steps = 350
+    if arg == "session":
+      lams = LAMBDAS[1:]
+      c.variants = lambda_variants(lams)
+      c.methods = tuple(_name(l) for l in lams) + ("magnitude", "snip")
+      c.select_on_val = {"proxnag": tuple(_name(l) for l in lams)}
+      b.dense.num_epochs = 10
+      b.dense.warmup_epochs = 0.5
+      b.budget_epochs = 4.0
+      p.finetune_epochs = 0.25
+      p.finetune_growth = 0.25
+      p.final_finetune_epochs = 1.5
+      p.max_rounds = 6
   else:
     b.budget_epochs = 3.0
     b.proxnag.fill_budget = True
