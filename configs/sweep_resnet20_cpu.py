@@ -51,6 +51,7 @@ from configs import proxnag_resnet20_cifar10
 from configs import table1_resnet20_cifar10
 
 LAMBDAS = (5e-3, 1e-2, 2e-2)
+VARIANTS = ("smoke", "session")
 
 
 def _name(lam: float) -> str:
@@ -64,7 +65,7 @@ def lambda_variants(lams) -> dict:
 
 
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "session"))
+  common.check_variant(arg, VARIANTS)
   smoke = arg == "smoke"
   c = ml_collections.ConfigDict()
   c.data_dir = ""
