@@ -433,6 +433,8 @@ def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
 
     def wait():
       for seed in seeds:
+        log(f"waiting for the dense model of seed {seed} (another worker "
+            "trains it; it is this cell's reference)")
         with _claim(workdir, f"dense_seed{seed}", blocking=True):
           _dense_for(config, workdir, seed, log)
   for seed in ([] if dense else seeds):
