@@ -352,6 +352,16 @@ def _dense_busy(workdir, seed) -> bool:
     return not got
 
 
+def _shared_dense(config, workdir, seed, log) -> str:
+  """A worker's way to the seed's dense model: trains it, or, while another
+  worker trains it, says so and waits for that run."""
+  if _dense_busy(workdir, seed):
+    log(f"waiting for the dense model of seed {seed} (another worker "
+        "trains it)")
+  with _claim(workdir, f"dense_seed{seed}", blocking=True):
+    return _dense_for(config, workdir, seed, log)
+
+
 def _claim(workdir, name, blocking=False):
   return engine.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
                          blocking=blocking)
@@ -433,15 +443,10 @@ def _run_group(config, workdir, group, i, n, t0, allow_changes, quiet, log,
 
     def wait():
       for seed in seeds:
-        log(f"waiting for the dense model of seed {seed} (another worker "
-            "trains it; it is this cell's reference)")
-        with _claim(workdir, f"dense_seed{seed}", blocking=True):
-          _dense_for(config, workdir, seed, log)
+        _shared_dense(config, workdir, seed, log)
   for seed in ([] if dense else seeds):
-    # A worker waits while another trains the seed's dense model.
-    with (_claim(workdir, f"dense_seed{seed}", blocking=True) if worker
-          else contextlib.nullcontext()):
-      dense[seed] = _dense_for(config, workdir, seed, log)
+    dense[seed] = (_shared_dense if worker else _dense_for)(config, workdir,
+                                                          seed, log)
   cfgs = [cell_config(config, m, s, seed, dense[seed])
           for m, s, seed in group]
   wds = [os.path.join(workdir, "cells", cell_name(*c)) for c in group]

@@ -299,7 +299,7 @@ def test_worker_trains_scratch_cells_while_another_trains_the_dense(
   def other_worker():
     with engine.try_lock(os.path.join(wd, "claims", "dense_seed0.lock")):
       held.set()
-      waiting.wait(timeout=600)
+      waiting.wait(timeout=120)
       shutil.copytree(dense_dir, os.path.join(wd, "dense_seed0"),
                       dirs_exist_ok=True)
 
@@ -311,7 +311,8 @@ def test_worker_trains_scratch_cells_while_another_trains_the_dense(
   finally:
     waiting.set()
     t.join()
-  assert waiting.is_set()
+  # The worker said why it waited (``waiting`` itself is set in ``finally``).
+  assert any(m.startswith("waiting for the dense model") for m in msgs), msgs
   started = [m for m in msgs if m.startswith("[")]
   assert "snip_50_seed0" in started[0] and "magnitude" in started[1], started
   assert [r["method"] for r in rows] == ["magnitude", "snip"]
