@@ -45,8 +45,7 @@ def get_config(arg: str = ""):
     # 40 epochs (its rounds, then a final fine-tune filling the budget).
     c.method = "proxnag"
     p = c.proxnag
-    p.l1_init = 1e-3
-    p.l1_step = 1e-3
+    proxnag_lenet5_mnist.paper_schedule(p, 1e-3, 1e-3)
     p.max_rounds = 15
     p.finetune_epochs = 1.0
     p.finetune_growth = 0.5

@@ -38,9 +38,9 @@ def get_config(arg: str = ""):
   b.budget_epochs = 3.0
   # Prox-NAG inside the budget: larger lambda steps, half-epoch fine-tunes.
   p = b.proxnag
+  # The paper's schedule, as in the committed 3-seed sweep.
+  proxnag_lenet5_mnist.paper_schedule(p, 3e-3, 3e-3)
   p.fill_budget = True
-  p.l1_init = 3e-3
-  p.l1_step = 3e-3
   p.prune_max_epochs = 0.5
   p.finetune_epochs = 0.25
   p.finetune_growth = 0.0

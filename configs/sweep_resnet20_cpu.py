@@ -31,6 +31,14 @@ Rounds are short for the CPU
 fine-tuning), and the final fine-tune fills what the rounds left of the 10
 epochs (``fill_budget``).
 
+``:session_rates`` (issue 27) asks it at 50, 70 and 90% with three seeds and
+the same budget: Prox-NAG's default (the target schedule with the
+scale-invariant step on normalised kernels), the paper's schedule at the
+lambda step the ``:session`` sweep chose on validation (1e-2), magnitude and
+SNIP. Its dense models are committed (``checkpoints/``, see its README):
+``--reuse_from=checkpoints/resnet20_cifar10_dense10`` starts every cell from
+them without retraining.
+
 ``:session`` is the same question at a budget that finishes in one 3-hour
 session on two cores (a session's ``runs/`` is not kept for the next one, so
 the full schedule's ~20 core-hours had to be resumed across sessions and was
@@ -48,7 +56,7 @@ from configs import proxnag_resnet20_cifar10
 from configs import table1_resnet20_cifar10
 
 LAMBDAS = (5e-3, 1e-2, 2e-2)
-VARIANTS = ("smoke", "session")
+VARIANTS = ("smoke", "session", "session_rates")
 
 
 def _name(lam: float) -> str:
@@ -56,8 +64,12 @@ def _name(lam: float) -> str:
 
 
 def lambda_variants(lams) -> dict:
-  """Prox-NAG sweep entries, one per lambda step (``l1_init = l1_step``)."""
-  return {_name(l): {"method": "proxnag", "l1_init": l, "l1_step": l}
+  """Prox-NAG sweep entries with the paper's schedule (open-loop lambda
+  rounds, absolute threshold), one per lambda step (``l1_init =
+  l1_step``), as the committed ``:session`` sweep ran them."""
+  return {_name(l): {"method": "proxnag", "schedule": "paper",
+                     "scale_invariant": False, "l1_init": l, "l1_step": l,
+                     "monitor_every": 50, "patience": 20}
           for l in lams}
 
 
@@ -87,7 +99,7 @@ def get_config(arg: str = ""):
     p.max_rounds = 8
     p.fill_budget = True
     b.checkpoint_every_steps = 350
-    if arg == "session":
+    if arg.startswith("session"):
       b.dense.num_epochs = 10
       b.dense.warmup_epochs = 0.5
       b.budget_epochs = 4.0
@@ -95,6 +107,15 @@ def get_config(arg: str = ""):
       p.finetune_growth = 0.25
       p.final_finetune_epochs = 1.5
       p.max_rounds = 6
+    if arg == "session_rates":
+      # The new default (target schedule, scale-invariant step) against
+      # the paper's schedule at its lambda chosen on validation (1e-2) and
+      # magnitude and SNIP, at 50/70/90%, three seeds.
+      c.variants = {"proxnag_paper": lambda_variants((1e-2,))[_name(1e-2)]}
+      c.methods = ("proxnag", "magnitude", "proxnag_paper", "snip")
+      c.select_on_val = {}
+      c.sparsities = (0.9, 0.7, 0.5)
+      c.seeds = (0, 1, 2)
   else:
     b.budget_epochs = 3.0
     b.proxnag.fill_budget = True

@@ -3,12 +3,14 @@
 The public API, re-exported from its modules:
 
 * proximal maths (:mod:`proxnag_jax.prox`): ``soft_threshold``,
-  ``group_soft_threshold``;
+  ``group_soft_threshold``, ``scale_invariant_soft_threshold``;
 * Optax transformations (:mod:`proxnag_jax.transforms`): ``proxnag``,
   ``prox_l1``, ``prox_group_l1``, ``nesterov_extrapolation``,
   ``sparse_params``, ``with_masks``, ``get_masks``, ``set_masks``;
 * masks as pytrees (:mod:`proxnag_jax.masks`): ``magnitude_masks``,
-  ``apply_masks``, ``sparsity_report`` and friends.
+  ``apply_masks``, ``sparsity_report``, ``normalized_kernels`` (which
+  kernels feed a normalisation, for the scale-invariant proximal step) and
+  friends.
 
 Pruning methods are values of one interface (:mod:`proxnag_jax.methods`,
 ``get_method(name, **settings)``), all run by one jitted, scanned, resumable
@@ -26,6 +28,7 @@ from proxnag_jax.masks import check_tree_match
 from proxnag_jax.masks import default_prunable
 from proxnag_jax.masks import magnitude_masks
 from proxnag_jax.masks import nonzero_masks
+from proxnag_jax.masks import normalized_kernels
 from proxnag_jax.masks import ones_masks
 from proxnag_jax.masks import path_name
 from proxnag_jax.masks import prunable_filter
@@ -35,6 +38,7 @@ from proxnag_jax.masks import sparsity_report
 from proxnag_jax.masks import topk_mask
 from proxnag_jax.prox import group_norms
 from proxnag_jax.prox import group_soft_threshold
+from proxnag_jax.prox import scale_invariant_soft_threshold
 from proxnag_jax.prox import soft_threshold
 from proxnag_jax.transforms import ExtrapolationState
 from proxnag_jax.transforms import fista_momentum
@@ -67,6 +71,7 @@ __all__ = [
     "default_prunable",
     "magnitude_masks",
     "nonzero_masks",
+    "normalized_kernels",
     "ones_masks",
     "path_name",
     "prunable_filter",
@@ -76,6 +81,7 @@ __all__ = [
     "topk_mask",
     "group_norms",
     "group_soft_threshold",
+    "scale_invariant_soft_threshold",
     "soft_threshold",
     "ExtrapolationState",
     "fista_momentum",

@@ -400,6 +400,19 @@ def _loss_grad_fn(model, x, y, batch_stats, mean, std):
   return jax.grad(loss)
 
 
+def _normalized(model, params, batch_stats, arrays, mean, std, first):
+  """The kernels whose output channels feed a normalisation, probed on one
+  training batch at ``params`` (None for a model without BatchNorm)."""
+  if not batch_stats:
+    return None
+  x = data_lib.preprocess(arrays["train_x"][first], mean, std)
+
+  def fn(p):
+    return model.apply({"params": p, "batch_stats": batch_stats}, x,
+                       train=True, mutable=["batch_stats"])[0]
+  return masks_lib.normalized_kernels(fn, params)
+
+
 def evaluate_params(model, params, batch_stats, arrays, mean, std, mesh,
                     batch_size=1000) -> dict:
   """Test loss/accuracy of plain params (e.g. the dense model)."""
@@ -786,7 +799,10 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
                                             ds.input_shape))["layers"])}
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
                      total_steps=total, schedule=sched, groups=groups,
-                     costs=costs)
+                     costs=costs, normalized=_normalized(
+                         model, template, template_bs, arrays, mean, std,
+                         epoch_first_batch(c0.seed, len(ds.train_labels),
+                                           c0.batch_size)))
 
   def dense_of(c, wd):
     dense_params, dense_bs, dense_path = load_dense(c, wd, model,

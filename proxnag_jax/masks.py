@@ -25,6 +25,7 @@ Filter = Callable[[tuple, Any], bool]
 
 __all__ = [
     "check_tree_match",
+    "normalized_kernels",
     "default_prunable",
     "prunable_filter",
     "prunable_tree",
@@ -352,3 +353,45 @@ def sparsity_report(
       "compression_ratio": (tot / (pnz + tot - ptot) if pnz + tot - ptot
                             else float("inf")),
   }
+
+
+def normalized_kernels(fn: Callable[[PyTree], jax.Array], params: PyTree,
+                       *, seed: int = 0, rtol: float = 1e-3) -> PyTree:
+  """Which kernels have normalised output channels, found by probing ``fn``.
+
+  ``fn(params) -> output`` runs the model in training mode on one batch
+  (BatchNorm with batch statistics). A leaf with at least two axes counts as
+  normalised when multiplying each of its output filters (the last axis) by
+  its own positive factor (random, in [1.5, 3]) leaves the output unchanged
+  within ``rtol`` (relative, in the max norm): the loss cannot see those
+  filters' scales. A kernel followed by BatchNorm passes; a classifier, a
+  kernel feeding a residual sum before any normalisation, or a kernel
+  followed by a normalisation over channels jointly (LayerNorm) fails.
+  One jitted forward pass per leaf; host side, run once per model.
+
+  Returns:
+    a tree of Python bools with ``params``' structure.
+
+  Example:
+    >>> fn = lambda p: model.apply({"params": p, "batch_stats": bs}, x,
+    ...                            train=True, mutable=["batch_stats"])[0]
+    >>> normalized = normalized_kernels(fn, params)
+    >>> tx = proxnag_jax.proxnag(0.01, 1e-2, mask=kernels,
+    ...                          normalized=normalized)
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  run = jax.jit(lambda ls: fn(jax.tree.unflatten(treedef, ls)))
+  base = np.asarray(run(leaves), np.float64)
+  scale = max(float(np.max(np.abs(base))), 1e-12)
+  rng = np.random.default_rng(seed)
+  out = []
+  for i, x in enumerate(leaves):
+    if np.ndim(x) < 2:
+      out.append(False)
+      continue
+    factor = rng.uniform(1.5, 3.0, size=np.shape(x)[-1]).astype(np.float32)
+    scaled = list(leaves)
+    scaled[i] = x * factor
+    diff = np.max(np.abs(np.asarray(run(scaled), np.float64) - base))
+    out.append(bool(diff <= rtol * scale))
+  return jax.tree.unflatten(treedef, out)

@@ -93,3 +93,49 @@ def group_soft_threshold(x, tau, axis: int | Sequence[int] = -1):
   safe = jnp.where(norms > 0, norms, 1.0)
   factor = jnp.where(norms > tau, 1.0 - tau / safe, 0.0)
   return (x.astype(jnp.float32) * factor).astype(x.dtype)
+
+
+def filter_rms(x, axis: int | Sequence[int] = -1):
+  """Root mean square of each group (one index along ``axis``), with the
+  reduced axes kept (size 1) so it broadcasts against ``x``."""
+  x = jnp.asarray(x)
+  if x.ndim == 0:
+    return jnp.abs(x)
+  red = _other_axes(x.ndim, axis)
+  n = 1
+  for a in red:
+    n *= x.shape[a]
+  return group_norms(x, axis) / jnp.sqrt(jnp.float32(max(n, 1)))
+
+
+def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1):
+  """Soft-threshold relative to each filter's scale, the filter's norm kept.
+
+  For every group ``g`` (one index along ``axis``: an output filter of a
+  Flax kernel)::
+
+      y_g = S_{tau * rms(x_g)}(x_g)
+      out_g = y_g * ||x_g||_2 / ||y_g||_2            (0 where y_g = 0)
+
+  The threshold is a fraction ``tau`` of the filter's rms, so the result is
+  equivariant to the filter's scale: ``f(a x) = a f(x)`` for ``a > 0``. It
+  is the step to use on a kernel whose output channels are normalised
+  (BatchNorm): there the loss does not see the filter's scale, an absolute
+  threshold shrinks whole filters at no loss cost, and the norm it removes
+  is put back here, so only the filter's direction is sparsified. With
+  ``tau < 1`` a filter never becomes all zero (its largest entry exceeds its
+  rms).
+
+  Example:
+    >>> w = jnp.array([[3.0, 0.3], [0.1, 0.01]])   # filters: columns
+    >>> scale_invariant_soft_threshold(w, 0.5)      # zeroes 0.1 and 0.01
+    Array([[3.0016663 , 0.30016664],
+           [0.        , 0.        ]], dtype=float32)
+  """
+  x = jnp.asarray(x)
+  xf = x.astype(jnp.float32)
+  tau = jnp.asarray(tau, jnp.float32)
+  y = soft_threshold(xf, tau * filter_rms(xf, axis))
+  n_x, n_y = group_norms(xf, axis), group_norms(y, axis)
+  factor = jnp.where(n_y > 0, n_x / jnp.where(n_y > 0, n_y, 1.0), 0.0)
+  return (y * factor).astype(x.dtype)

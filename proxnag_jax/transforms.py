@@ -137,12 +137,20 @@ def _prox_transform(
     learning_rate: ScalarOrSchedule,
     mask: MaskOrFn,
     who: str,
+    normalized: MaskOrFn = None,
+    normalized_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
 ) -> optax.GradientTransformationExtraArgs:
   _check_nonnegative(f"{who}: l1", l1)
   _check_nonnegative(f"{who}: learning_rate", learning_rate)
 
+  def resolve_normalized(params):
+    if normalized is None:
+      return jax.tree.map(lambda _: False, params)
+    return _resolve_mask(normalized, params, who)
+
   def init_fn(params):
     _resolve_mask(mask, params, who)
+    resolve_normalized(params)
     return ProxState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -150,17 +158,27 @@ def _prox_transform(
     _require_params(params, who)
     tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
     mask_tree = _resolve_mask(mask, params, who)
+    norm_tree = resolve_normalized(params)
 
-    def leaf(u, p, m):
+    def leaf(u, p, m, nrm):
       if u is None:
         return None
       target = p + u
-      shrunk = prox_fn(target, tau.astype(target.dtype))
+      fn = normalized_fn if (normalized_fn is not None and
+                             target.ndim >= 2) else None
+      t = tau.astype(target.dtype)
+      if fn is None or isinstance(nrm, bool) and not nrm:
+        shrunk = prox_fn(target, t)
+      elif isinstance(nrm, bool):
+        shrunk = fn(target, t)
+      else:
+        shrunk = jnp.where(nrm, fn(target, t), prox_fn(target, t))
       new = jnp.where(m, shrunk, target)
       return (new - p).astype(u.dtype)
 
     new_updates = jax.tree.map(
-        leaf, updates, params, mask_tree, is_leaf=lambda x: x is None
+        leaf, updates, params, mask_tree, norm_tree,
+        is_leaf=lambda x: x is None
     )
     return new_updates, ProxState(count=optax.safe_increment(state.count))
 
@@ -171,6 +189,8 @@ def prox_l1(
     l1: ScalarOrSchedule,
     learning_rate: ScalarOrSchedule,
     mask: MaskOrFn = None,
+    *,
+    normalized: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
 
@@ -184,19 +204,34 @@ def prox_l1(
   threshold is ``learning_rate(t) * l1(t)``. Entries landing in
   ``[-tau, tau]`` become exactly zero.
 
+  **Normalised kernels.** Leaves marked True in ``normalized`` (kernels whose
+  output channels, the last axis, feed a normalisation such as BatchNorm)
+  get the scale-invariant step of
+  :func:`proxnag_jax.prox.scale_invariant_soft_threshold` instead: per output
+  filter ``c``, ``x_c = w_c + u_c`` is soft-thresholded at
+  ``eta_t lambda_t rms(x_c)`` and its norm ``||x_c||`` is restored. The loss
+  of such a kernel does not depend on a filter's scale, so an absolute
+  threshold would shrink whole filters at no loss cost (and raise their
+  effective learning rate ``eta / ||w_c||^2``); the relative one sparsifies
+  the filter's direction only, and lambda is unitless there.
+
   Args:
     l1: the L1 coefficient lambda >= 0 (float, array or schedule).
     learning_rate: the step size eta >= 0 used by the preceding scaling
       (float, array or schedule), so the threshold is ``eta * lambda``.
     mask: Optax-style mask (pytree of bools or callable of params). Leaves
       marked False pass through unchanged (no shrinkage).
+    normalized: Optax-style mask of the leaves (with at least two axes) that
+      take the scale-invariant step (:func:`proxnag_jax.masks.
+      normalized_kernels` finds them from a model); default none.
 
   Example:
     >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
     ...                  prox_l1(l1=1e-3, learning_rate=0.1))
   """
   return _prox_transform(
-      prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1"
+      prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
+      normalized, prox_lib.scale_invariant_soft_threshold,
   )
 
 
@@ -374,6 +409,7 @@ def proxnag(
     fista: bool = False,
     mask: MaskOrFn = None,
     groups: Optional[Sequence] = None,
+    normalized: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -399,6 +435,11 @@ def proxnag(
       the proximal step is then the channel group lasso of
       :func:`prox_channel_l1` (whole channels become zero) instead of the
       element-wise soft threshold (``mask`` is ignored).
+    normalized: Optax-style mask of kernels whose output channels are
+      normalised (BatchNorm): they take the scale-invariant step of
+      :func:`prox_l1` (threshold ``eta * l1 * rms`` per output filter, the
+      filter's norm kept), so lambda is unitless there and filters do not
+      shrink. Default: none (the paper's absolute threshold everywhere).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -412,7 +453,7 @@ def proxnag(
     >>> w_sparse = sparse_params(opt_state)          # exact zeros
   """
   prox = (prox_channel_l1(l1, learning_rate, groups) if groups is not None
-          else prox_l1(l1, learning_rate, mask=mask))
+          else prox_l1(l1, learning_rate, mask=mask, normalized=normalized))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
       prox,

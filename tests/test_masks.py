@@ -129,3 +129,34 @@ def test_bad_sparsity_and_scope():
     pj.magnitude_masks(_params(), 1.0)
   with pytest.raises(ValueError, match="scope"):
     pj.magnitude_masks(_params(), 0.5, scope="row")
+
+
+def test_normalized_kernels_found_by_probing_the_model():
+  """Kernels followed by BatchNorm are found; a classifier, a kernel with no
+  normalisation and one followed by LayerNorm (not per-channel invariant)
+  are not."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=True):
+      x = nn.Conv(4, (3, 3), name="bn_conv")(x)
+      x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+      x = nn.relu(nn.Conv(4, (3, 3), name="ln_conv")(x))
+      x = nn.LayerNorm(name="ln")(x)
+      x = nn.relu(nn.Conv(4, (3, 3), name="plain_conv")(x))
+      return nn.Dense(3, name="fc")(x.reshape((x.shape[0], -1)))
+
+  x = jax.random.normal(jax.random.PRNGKey(1), (16, 6, 6, 2))
+  net = Net()
+  v = net.init(jax.random.PRNGKey(0), x)
+
+  def fn(p):
+    return net.apply({"params": p, "batch_stats": v["batch_stats"]}, x,
+                     mutable=["batch_stats"])[0]
+  found = pj.normalized_kernels(fn, v["params"])
+  assert found["bn_conv"]["kernel"] is True
+  assert found["ln_conv"]["kernel"] is False
+  assert found["plain_conv"]["kernel"] is False
+  assert found["fc"]["kernel"] is False
+  assert found["bn_conv"]["bias"] is False       # 1-D leaves never

@@ -42,16 +42,19 @@ WEIGHT_METHODS = tuple(n for n in methods.METHOD_NAMES
                        if n not in methods.STRUCTURED_METHODS)
 # Settings that make every method do its thing within 4 tiny epochs.
 SETTINGS = {
-    "proxnag": dict(l1_init=0.05, l1_step=0.05, prune_lr=0.05,
-                    max_rounds=6, prune_max_epochs=1.0, monitor_every=2,
-                    patience=3, finetune_epochs=0.25, finetune_growth=0.0,
-                    final_finetune_epochs=0.5, fill_budget=True),
+    "proxnag": dict(l1_init=0.05, prune_lr=0.05, monitor_every=2),
     "gmp": dict(every=2),
     "admm": dict(every_epochs=0.5, rho=1e-2),
     "rw_admm": dict(every_epochs=0.5, rho=1e-2),
     "dsr": dict(periods=(4, 8), period_starts=(0.0, 0.5)),
     "dense": {},
 }
+# Prox-NAG's paper schedule (open-loop lambda rounds) on the tiny task.
+PAPER_PROXNAG = dict(schedule="paper", scale_invariant=False, l1_init=0.05,
+                     l1_step=0.05, prune_lr=0.05, max_rounds=6,
+                     prune_max_epochs=1.0, monitor_every=2, patience=3,
+                     finetune_epochs=0.25, finetune_growth=0.0,
+                     final_finetune_epochs=0.5, fill_budget=True)
 
 
 def _data(seed=0):
@@ -248,7 +251,13 @@ def test_registry_and_configs():
   with pytest.raises(ValueError, match="has no setting"):
     methods.get_method("snip", prune_rate=0.5)
   with pytest.raises(ValueError, match="lambda never grows"):
-    methods.get_method("proxnag", l1_init=0.0, l1_step=0.0)
+    methods.get_method("proxnag", schedule="paper", l1_init=0.0, l1_step=0.0)
+  with pytest.raises(ValueError, match="needs l1_init > 0"):
+    methods.get_method("proxnag", l1_init=0.0)
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    methods.get_method("proxnag", schedule="open")
+  with pytest.raises(ValueError, match="ramp_end"):
+    methods.get_method("proxnag", ramp_end=0.6, deadline=0.5)
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +512,7 @@ def test_proxnag_stays_inside_its_budget(tmp_path):
   """A lambda too small to reach the target: the run stops at its budget
   (32 steps), ends with its final fine-tune and says the target was missed;
   before the cap it ran on for max_rounds full rounds."""
-  s = dict(SETTINGS["proxnag"], l1_init=1e-7, l1_step=1e-7, max_rounds=10,
+  s = dict(PAPER_PROXNAG, l1_init=1e-7, l1_step=1e-7, max_rounds=10,
            prune_max_epochs=0.5)
   method, ctx, res = _run_uncached(
       "proxnag", str(tmp_path), targets=(0.75,), seeds=(0,), stop_after=None,
@@ -520,8 +529,85 @@ def test_proxnag_stays_inside_its_budget(tmp_path):
   # The final fine-tune got the reserve (final_finetune_epochs = 0.5 epoch).
   assert ctx.total_steps - last["step"] >= SPE // 2
   with pytest.raises(ValueError, match="leaves nothing of the budget"):
-    bad = methods.get_method("proxnag", final_finetune_epochs=4.0)
+    bad = methods.get_method("proxnag", schedule="paper",
+                             final_finetune_epochs=4.0)
     loop.init_run(bad, ctx, state.params, {}, state.hp, 0)
+
+
+def _proxnag_trace(tmp_path, **settings):
+  method, ctx, res = _run_uncached(
+      "proxnag", str(tmp_path), targets=(0.75,), seeds=(0,), stop_after=None,
+      vmapped=False, chunk_steps=8, settings=settings)
+  state = res.states[0]
+  trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  return method, ctx, state, trace
+
+
+def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
+  """The controller raises lambda while the sparsity is below the ramp; the
+  prune phase ends on the step the count is reached, at exactly the target
+  (overshoot given back), inside the deadline, and fine-tunes to the end of
+  the budget; every monitor traces lambda, the ramp and the filter norms."""
+  method, ctx, state, trace = _proxnag_trace(
+      tmp_path, l1_init=0.02, prune_lr=0.05, monitor_every=2,
+      lam_max_change=0.5)
+  summ = method.summary(state)
+  assert summ["reached_target"] and summ["prune_stop"] == "target"
+  assert summ["topped_up_by_magnitude"] == 0
+  params = _final_params(method, state)
+  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  assert int(state.step) == ctx.total_steps
+  mons = [r for r in trace if r["kind"] == "monitor"]
+  assert mons and all("fnorm/conv/kernel" in r and "ramp" in r for r in mons)
+  lams = [r["lam"] for r in mons]
+  # Below the ramp, lambda grows by at most lam_max_change per monitor.
+  assert lams[0] > 0.02 and all(b / a <= np.exp(0.5) * (1 + 1e-5)
+                                for a, b in zip(lams, lams[1:]))
+  end = [r for r in trace if r["kind"] == "phase_end"][0]
+  assert end["reason"] == "target"
+  assert end["step"] <= round(0.5 * ctx.total_steps)
+
+
+def test_proxnag_target_schedule_tops_up_at_its_deadline(tmp_path):
+  """A lambda that cannot move in time: at the deadline the smallest weights
+  are pruned to the exact count, and the summary says so."""
+  method, ctx, state, trace = _proxnag_trace(
+      tmp_path, l1_init=1e-9, lam_max_change=1e-3, monitor_every=2)
+  summ = method.summary(state)
+  assert summ["prune_stop"] == "deadline"
+  assert summ["topped_up_by_magnitude"] > 0
+  params = _final_params(method, state)
+  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  end = [r for r in trace if r["kind"] == "phase_end"][0]
+  assert end["step"] == round(0.5 * ctx.total_steps)
+  assert int(state.step) == ctx.total_steps
+
+
+def test_proxnag_collapse_guard_stops_pruning(tmp_path):
+  """A loss rise beyond loss_rise times its value at the phase's first
+  monitor (here: a diverging step size) stops pruning, traced as the stop
+  reason; then the count is made exact by magnitude."""
+  method, _, state, trace = _proxnag_trace(
+      tmp_path, l1_init=1e-6, prune_lr=20.0, monitor_every=1, loss_rise=1.5,
+      loss_rise_min=0.0, acc_drop=0.0)
+  summ = method.summary(state)
+  assert summ["prune_stop"] == "loss_rise"
+  mons = [r for r in trace if r["kind"] == "monitor"]
+  assert mons[-1]["stop"] == "loss_rise"
+  assert mons[-1]["loss_ema"] > 1.5 * mons[-1]["loss_ref"]
+  assert mons[-1]["loss_ref"] == mons[0]["loss"]       # the phase's first
+  params = _final_params(method, state)
+  assert _zeros(params) == round(0.75 * _n_prunable(params))
+
+
+def test_proxnag_paper_schedule_still_runs_to_the_target(tmp_path):
+  method, _, state, trace = _proxnag_trace(tmp_path, **PAPER_PROXNAG)
+  summ = method.summary(state)
+  assert summ["schedule"] == "paper" and summ["reached_target"]
+  params = _final_params(method, state)
+  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  assert any(r["kind"] == "monitor" and "fnorm/fc/kernel" in r
+             for r in trace)
 
 
 # ---------------------------------------------------------------------------

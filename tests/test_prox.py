@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import proxnag_jax as pj
+from proxnag_jax import prox
 
 
 def eq5(w, g, alpha, lam):
@@ -106,3 +107,30 @@ def test_soft_threshold_jit_and_traced_tau(tau):
   f = jax.jit(pj.soft_threshold)
   x = jnp.linspace(-1, 1, 11)
   np.testing.assert_allclose(f(x, tau), pj.soft_threshold(x, tau))
+
+
+def test_scale_invariant_soft_threshold_against_numpy():
+  """Per output filter: soft threshold at tau * rms(x_c), then the filter's
+  norm restored; equivariant to positive per-filter scales; never empties a
+  filter for tau < 1."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+  tau = 0.7
+  got = np.asarray(prox.scale_invariant_soft_threshold(x, tau))
+  for c in range(x.shape[-1]):
+    f = x[..., c].astype(np.float64)
+    rms = np.sqrt(np.mean(f ** 2))
+    y = np.sign(f) * np.maximum(np.abs(f) - tau * rms, 0)
+    want = y * np.linalg.norm(f) / np.linalg.norm(y)
+    np.testing.assert_allclose(got[..., c], want, rtol=1e-5, atol=1e-6)
+    assert np.any(got[..., c] != 0)
+    np.testing.assert_allclose(np.linalg.norm(got[..., c]),
+                               np.linalg.norm(f), rtol=1e-5)
+  a = rng.uniform(0.01, 100.0, size=(6,)).astype(np.float32)
+  scaled = np.asarray(prox.scale_invariant_soft_threshold(x * a, tau))
+  np.testing.assert_allclose(scaled, got * a, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(scaled == 0, got == 0)
+  # All-zero filters stay zero (no division by zero).
+  z = np.zeros((4, 2), np.float32)
+  np.testing.assert_array_equal(prox.scale_invariant_soft_threshold(z, 0.5),
+                                z)

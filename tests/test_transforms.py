@@ -311,3 +311,35 @@ def test_sparse_params_without_proxnag_raises():
     pj.sparse_params(optax.adam(1e-3).init(params))
   with pytest.raises(ValueError, match="no with_masks state"):
     pj.get_masks(optax.adam(1e-3).init(params))
+
+
+def test_prox_l1_normalized_leaves_take_the_scale_invariant_step():
+  """Leaves marked ``normalized`` get the per-filter relative threshold with
+  the filter's norm kept; the others the absolute soft threshold; both
+  inside ``inject_hyperparams`` under jit."""
+  rng = np.random.default_rng(0)
+  params = {"a": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)}
+  grads = jax.tree.map(lambda p: 0.3 * jnp.ones_like(p), params)
+  lr, lam = 0.1, 2.0
+  tx = optax.inject_hyperparams(pj.proxnag, static_args=("normalized",))(
+      learning_rate=lr, l1=lam, momentum=0.0,
+      normalized={"a": True, "b": False})
+  st = tx.init(params)
+  _, st = jax.jit(tx.update)(grads, st, params)
+  w = pj.sparse_params(st)
+  pre = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+  np.testing.assert_allclose(
+      w["a"], pj.scale_invariant_soft_threshold(pre["a"], lr * lam),
+      rtol=1e-6)
+  np.testing.assert_allclose(w["b"], pj.soft_threshold(pre["b"], lr * lam),
+                             rtol=1e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(w["a"], axis=0),
+                             jnp.linalg.norm(pre["a"], axis=0), rtol=1e-5)
+  # Scaling a normalised leaf's filters scales its step's result alike.
+  a = jnp.asarray(rng.uniform(0.1, 10.0, size=(4,)), jnp.float32)
+  st2 = tx.init({"a": params["a"] * a, "b": params["b"]})
+  _, st2 = tx.update({"a": grads["a"] * 0 + 0.3 * a, "b": grads["b"]}, st2,
+                     {"a": params["a"] * a, "b": params["b"]})
+  np.testing.assert_allclose(pj.sparse_params(st2)["a"], w["a"] * a,
+                             rtol=1e-4, atol=1e-6)

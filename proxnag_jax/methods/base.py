@@ -92,6 +92,9 @@ class Context(NamedTuple):
     costs: ``{'params': terms, 'macs': terms}``
       (:func:`proxnag_jax.surgery.cost_terms` of the dense network) for
       structured methods whose target is a fraction of MACs or params.
+    normalized: tree of Python bools, the kernels whose output channels
+      feed a normalisation (:func:`proxnag_jax.masks.normalized_kernels`;
+      ``None``: none known), for scale-invariant proximal steps.
   """
 
   prunable: PyTree
@@ -101,6 +104,7 @@ class Context(NamedTuple):
   grad_fn: Optional[Callable[[PyTree], PyTree]] = None
   groups: tuple = ()
   costs: dict = {}
+  normalized: Any = None
 
 
 # ---------------------------------------------------------------------------

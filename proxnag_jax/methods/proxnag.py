@@ -1,18 +1,43 @@
-"""Iterative Prox-NAG pruning (core paper, section 3, Fig. 5), as a Method.
+"""Prox-NAG pruning (core paper, section 3, Fig. 5), as a Method.
 
-Starting from the trained dense model, rounds ``r = 0, 1, ...`` of
+Two schedules for lambda, chosen with ``schedule``:
 
-1. **prune-train** with Prox-NAG at ``lambda_r`` under the mask of the weights
-   alive at the round's start (pruned weights stay exactly zero, so sparsity
-   never goes down between rounds). The sparse iterate ``w~`` is monitored
-   every ``monitor_every`` steps; prune-training stops at
+``'target'`` (default): **a lambda that tracks the target.** One prune-train
+phase from the trained dense model, then one fine-tune:
+
+1. **prune-train** with Prox-NAG. The target sparsity follows a linear ramp,
+   ``s*(k) = target * min(1, k / (ramp_end * budget))``; every
+   ``monitor_every`` steps a controller compares the sparsity ``s`` of the
+   sparse iterate ``w~`` with the ramp and changes lambda multiplicatively,
+   ``lambda <- lambda * exp(clip(lam_gain * (s* - s), -lam_max_change,
+   lam_max_change))`` (a bounded integral controller on log lambda: the
+   sparsity answers lambda with a lag of tens of steps, so a bounded change
+   per monitor keeps it from oscillating). Zeros are counted every step; the
+   phase ends on the step the count reaches ``round(target * n)``, and the
+   weights that step zeroed beyond the count get their previous values back
+   (the largest first), so the mask holds **exactly** the target count. The
+   phase also ends at ``deadline * budget`` steps, or when a guard sees a
+   collapse (the loss EMA above ``loss_rise`` times, and ``loss_rise_min``
+   above, its value at the phase's first monitor; or the training accuracy
+   EMA ``acc_drop`` below it); then the smallest remaining weights of ``w~``
+   are pruned (magnitude) up to the count, and the summary says so
+   (``topped_up``, ``stop``).
+2. **fine-tune** with the mask fixed for the rest of the budget, Nesterov SGD
+   with a cosine learning rate from ``finetune_lr``.
+
+``'paper'``: **the paper's procedure** (open-loop lambda, local-maximum
+stop): rounds ``r = 0, 1, ...`` of
+
+1. **prune-train** at ``lambda_r = l1_init + r * l1_step`` under the mask of
+   the weights alive at the round's start (pruned weights stay exactly zero,
+   so sparsity never goes down between rounds). The sparse iterate ``w~`` is
+   monitored every ``monitor_every`` steps; prune-training stops at
 
    * the target sparsity (an exact count of zeros), or
    * a local maximum of the sparsity of ``w~`` (it fell ``drop_tol`` below
      its best value, or made no new maximum for ``patience`` monitors), or
-   * a sharp rise of the training loss (its moving average exceeds
-     ``loss_rise`` times its value after ``loss_warmup_monitors`` monitors,
-     and by at least ``loss_rise_min``), or
+   * a collapse (the guards above, with their reference at the round's
+     first monitor), or
    * ``prune_max_epochs``, or
    * the budget: only the final fine-tune's reserve
      (``final_finetune_epochs``, at least one step) is left of the run's
@@ -32,12 +57,23 @@ Starting from the trained dense model, rounds ``r = 0, 1, ...`` of
 4. if the target is not reached, ``lambda_{r+1} = l1_init + (r + 1) l1_step``
    and go to 1; stop after ``max_rounds``.
 
+**Scale-invariant step** (``scale_invariant=True``, both schedules): kernels
+whose output channels feed a normalisation (``ctx.normalized``, found from
+the model by :func:`proxnag_jax.masks.normalized_kernels`) take the
+per-filter relative threshold ``eta * lambda * rms(w_c)`` with the filter's
+norm kept (:func:`proxnag_jax.transforms.prox_l1`); the others (a classifier,
+every layer of a network without normalisation) the paper's absolute
+threshold ``eta * lambda``. docs/methods.md gives the reasoning.
+
 **Budget.** The run never takes more than ``ctx.total_steps`` steps (the
-config's ``budget_epochs``): every phase is capped by what is left, an
-intermediate fine-tune leaves the final fine-tune's reserve, and a run whose
-rounds reach the reserve before the target goes straight to its final
-fine-tune and ends with outcome ``'budget exhausted'`` and
-``reached_target = False`` (its sparsity is below the target).
+config's ``budget_epochs``). A paper-mode run whose rounds reach the reserve
+before the target goes straight to its final fine-tune and ends with outcome
+``'budget exhausted'`` and ``reached_target = False``.
+
+**Trace.** Every monitor records the loss, accuracy, sparsity, lambda and,
+per prunable kernel, the mean ratio of its filters' norms to their norms at
+the phase start (``fnorm/<layer>``): a shrinking network is visible in any
+run.
 
 All of it is method state plus a pure ``update`` run every step under jit:
 phase changes are ``lax.cond`` on device values. The optimizer is one
@@ -57,6 +93,7 @@ import jax.numpy as jnp
 import optax
 
 from proxnag_jax import masks as masks_lib
+from proxnag_jax import prox as prox_lib
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Method
@@ -64,9 +101,52 @@ from proxnag_jax.methods.base import Method
 PRUNE, FINETUNE, DONE = 0, 1, 2
 PHASE_NAMES = {PRUNE: "prune", FINETUNE: "finetune", DONE: "done"}
 STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
-              4: "max_epochs", 5: "budget"}
+              4: "max_epochs", 5: "budget", 6: "acc_drop", 7: "deadline"}
 OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
                  3: "budget exhausted"}
+SCHEDULES = ("target", "paper")
+
+
+def layer_names(prunable) -> list:
+  """Names (``'conv1/kernel'``) of the prunable leaves, in tree order."""
+  flat = jax.tree_util.tree_flatten_with_path(prunable)[0]
+  return [masks_lib.path_name(path) for path, w in flat if w]
+
+
+def filter_norm_ratios(params, start, prunable) -> dict:
+  """``{'fnorm/<layer>': mean over the layer's output filters of
+  ||w_c|| / ||w_c at start||}`` for every prunable kernel (traceable);
+  filters that were all zero at the start are left out of the mean."""
+  out = {}
+  names = layer_names(prunable)
+  for name, p, s0 in zip(names, base.prunable_leaves(params, prunable),
+                         base.prunable_leaves(start, prunable)):
+    if p.ndim < 2:
+      continue
+    n = prox_lib.group_norms(p)
+    n0 = prox_lib.group_norms(s0)
+    ok = n0 > 0
+    ratio = jnp.where(ok, n / jnp.where(ok, n0, 1.0), 0.0)
+    out[f"fnorm/{name}"] = ratio.sum() / jnp.maximum(ok.sum(), 1)
+  return out
+
+
+def magnitude_top_up(params, n_zero, prunable):
+  """Zeroes the smallest nonzero prunable weights of ``params`` until
+  exactly ``n_zero`` are zero (nothing if there are already as many);
+  traceable. Returns ``(params, number_zeroed)``."""
+  need = jnp.maximum(n_zero - base.count_zeros(params, prunable), 0)
+  treedef = jax.tree.structure(prunable)
+  leaves = treedef.flatten_up_to(params)
+  which = jax.tree.leaves(prunable)
+  # Scores: -|w| for nonzero weights (the smallest first), -inf for zeros.
+  cand = masks_lib.concat_selected(
+      [jnp.where(p != 0, -jnp.abs(p), -jnp.inf) for p in leaves], which)
+  cut = masks_lib.topk_mask(cand, need) & jnp.isfinite(cand)
+  gone = masks_lib.split_selected(cut, leaves, which,
+                                  lambda x: jnp.zeros(x.shape, bool))
+  out = [jnp.where(g, jnp.zeros_like(p), p) for g, p in zip(gone, leaves)]
+  return jax.tree.unflatten(treedef, out), cut.sum(dtype=jnp.int32)
 
 
 def repair_overshoot(params, round_start, n_zero, prunable):
@@ -92,25 +172,45 @@ def repair_overshoot(params, round_start, n_zero, prunable):
   return jax.tree.unflatten(treedef, out), restore.sum(dtype=jnp.int32)
 
 
-def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
+def proxnag(schedule: str = "target", scale_invariant: bool = True,
+            l1_init: float = 1e-3, l1_step: float = 5e-4,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
-            prune_max_epochs: float = 2.0, monitor_every: int = 20,
+            ramp_end: float = 0.4, deadline: float = 0.5,
+            lam_gain: float = 10.0, lam_max_change: float = 0.15,
+            prune_max_epochs: float = 2.0, monitor_every: int = 10,
             drop_tol: float = 0.002, patience: int = 15,
-            loss_ema: float = 0.9, loss_warmup_monitors: int = 3,
-            loss_rise: float = 2.0, loss_rise_min: float = 0.05,
+            loss_ema: float = 0.9, loss_rise: float = 2.0,
+            loss_rise_min: float = 0.3, acc_drop: float = 0.25,
             finetune_lr: float = 0.01, finetune_weight_decay: float = 5e-4,
             finetune_epochs: float = 1.0, finetune_growth: float = 1.0,
             final_finetune_epochs: float = 4.0,
             fill_budget: bool = False) -> Method:
-  """Iterative Prox-NAG pruning; see the module docstring for the loop.
+  """Prox-NAG pruning; see the module docstring for both schedules.
+
+  Settings of ``schedule='target'``: ``l1_init`` (lambda's start; the
+  controller moves it), ``ramp_end`` and ``deadline`` (fractions of the
+  budget), ``lam_gain``, ``lam_max_change``. Of ``'paper'``: ``l1_init``,
+  ``l1_step``, ``max_rounds``, ``prune_max_epochs``, ``drop_tol``,
+  ``patience``, ``finetune_epochs``, ``finetune_growth``,
+  ``final_finetune_epochs``, ``fill_budget``. Both: ``scale_invariant``,
+  ``prune_lr``, ``monitor_every``, the guards (``loss_ema``, ``loss_rise``,
+  ``loss_rise_min``, ``acc_drop``; 0 switches one off), ``finetune_lr`` and
+  the weight decays.
 
   Per-run (vmappable) settings: ``l1_init``, ``l1_step``, ``prune_lr``,
   ``finetune_lr``, ``prune_weight_decay``, ``finetune_weight_decay``.
   """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"proxnag: schedule must be one of {SCHEDULES}, got "
+                     f"{schedule!r}.")
+  target_mode = schedule == "target"
   if l1_init < 0 or l1_step < 0:
     raise ValueError("proxnag: l1_init and l1_step must be non-negative.")
-  if l1_init == 0 and l1_step == 0:
+  if target_mode and l1_init <= 0:
+    raise ValueError("proxnag: schedule='target' needs l1_init > 0 (the "
+                     "controller scales lambda multiplicatively).")
+  if not target_mode and l1_init == 0 and l1_step == 0:
     raise ValueError("proxnag: l1_init = l1_step = 0: lambda never grows, so "
                      "Prox-NAG cannot prune; set l1_init > 0 or l1_step > 0.")
   if max_rounds < 1:
@@ -119,13 +219,29 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     raise ValueError("proxnag: monitor_every must be >= 1.")
   if prune_max_epochs <= 0:
     raise ValueError("proxnag: prune_max_epochs must be positive.")
+  if not 0 < ramp_end <= deadline < 1:
+    raise ValueError(f"proxnag: need 0 < ramp_end ({ramp_end}) <= deadline "
+                     f"({deadline}) < 1 (fractions of the budget: the "
+                     "sparsity ramp ends at ramp_end, pruning at deadline, "
+                     "and the rest is fine-tuning).")
+  if lam_max_change <= 0:
+    raise ValueError("proxnag: lam_max_change must be positive.")
+  if acc_drop >= 1:
+    raise ValueError("proxnag: acc_drop is a drop of training accuracy "
+                     "(a fraction in [0, 1); 0 switches the guard off).")
+
+  def normalized(ctx):
+    if not scale_invariant or ctx.normalized is None:
+      return None
+    return jax.tree.map(lambda w, n: bool(w and n), ctx.prunable,
+                        ctx.normalized)
 
   def tx(hp, ctx):
     def chain(learning_rate, l1, weight_decay):
       return optax.chain(
           optax.add_decayed_weights(weight_decay),
           transforms.proxnag(learning_rate, l1, hp["momentum"], fista=fista,
-                             mask=ctx.prunable))
+                             mask=ctx.prunable, normalized=normalized(ctx)))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],
         weight_decay=hp["prune_weight_decay"]))
@@ -137,13 +253,27 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
                                       weight_decay=wd)
 
   def max_prune_steps(ctx):
+    if target_mode:
+      return max(1, int(round(deadline * ctx.total_steps)))
     return max(1, int(round(prune_max_epochs * ctx.steps_per_epoch)))
+
+  def ramp_steps(ctx):
+    return max(1, int(round(ramp_end * ctx.total_steps)))
 
   def reserve_steps(ctx):
     """Steps kept back for the final fine-tune (at least one)."""
+    if target_mode:
+      return ctx.total_steps - max_prune_steps(ctx)
     return max(1, int(round(final_finetune_epochs * ctx.steps_per_epoch)))
 
   def check_budget(ctx):
+    if target_mode:
+      if max_prune_steps(ctx) >= ctx.total_steps:
+        raise ValueError(
+            f"proxnag: the budget ({ctx.total_steps} steps) leaves no step "
+            f"for fine-tuning after the deadline ({deadline} of it): raise "
+            "budget_epochs or lower proxnag.deadline.")
+      return
     if reserve_steps(ctx) >= ctx.total_steps:
       raise ValueError(
           f"proxnag: final_finetune_epochs={final_finetune_epochs} "
@@ -156,11 +286,13 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     return state.step >= ctx.total_steps - reserve_steps(ctx)
 
   def finetune_len(ctx, round_, final, steps_done):
+    left = ctx.total_steps - steps_done
+    if target_mode:
+      return jnp.maximum(left, 1).astype(jnp.int32)
     spe = ctx.steps_per_epoch
     e = finetune_epochs + round_.astype(jnp.float32) * finetune_growth
     e = jnp.where(final, jnp.maximum(e, final_finetune_epochs), e)
     n = jnp.maximum(1, jnp.round(e * spe).astype(jnp.int32))
-    left = ctx.total_steps - steps_done
     if fill_budget:
       n = jnp.where(final, left, n)
     # The final fine-tune takes at most what is left; an intermediate one
@@ -172,14 +304,16 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     """Method state at the start of a prune-train phase."""
     ms = state.method_state
     f32 = jnp.float32
+    nan = f32(jnp.nan)
     return {**ms, "phase": jnp.int32(PRUNE), "round": round_,
             "phase_step": jnp.int32(0), "lam": f32(lam),
             "round_start": state.params, "best_params": state.params,
             "best_batch_stats": state.batch_stats,
+            "prev_sparse": state.params,
             "best_sparsity": f32(-1.0), "monitors_since_best": jnp.int32(0),
             "n_monitor": jnp.int32(0), "loss_sum": f32(0.0),
-            "acc_sum": f32(0.0), "loss_count": jnp.int32(0), "loss_ema": f32(jnp.nan),
-            "loss_ref": f32(jnp.nan)}
+            "acc_sum": f32(0.0), "loss_count": jnp.int32(0),
+            "loss_ema": nan, "acc_ema": nan, "loss_ref": nan, "acc_ref": nan}
 
   def phase_start_event(emit, state, ctx, epochs=0.0, final=False):
     ms = state.method_state
@@ -199,13 +333,31 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
           "phase_step": jnp.int32(0), "phase_len": jnp.int32(0),
           "lam": f32(hp["l1_init"]), "final": jnp.bool_(False),
           "reached": jnp.bool_(False), "outcome": jnp.int32(0),
-          "restored": jnp.int32(0)}
+          "restored": jnp.int32(0), "topped_up": jnp.int32(0),
+          "stop": jnp.int32(0), "prune_steps": jnp.int32(0)}
     state = state.replace(opt_state=opt, method_state=ms)
     state = state.replace(method_state=prune_phase_state(
         state, jnp.int32(0), hp["l1_init"]))
     return state, {"phase_start": phase_start_event(True, state, ctx)}
 
   # -- the pieces of update ---------------------------------------------------
+
+  def guards(ms, loss, acc, n_mon):
+    """EMAs, references at the phase's first monitor, and the collapse
+    test: ``(ms, collapse reason or 0)``."""
+    ema = jnp.where(jnp.isnan(ms["loss_ema"]), loss,
+                    loss_ema * ms["loss_ema"] + (1 - loss_ema) * loss)
+    aema = jnp.where(jnp.isnan(ms["acc_ema"]), acc,
+                     loss_ema * ms["acc_ema"] + (1 - loss_ema) * acc)
+    first = n_mon == 1
+    ref = jnp.where(first, loss, ms["loss_ref"])
+    aref = jnp.where(first, acc, ms["acc_ref"])
+    rise = ((loss_rise > 0) & (ema > loss_rise * ref) &
+            (ema - ref > loss_rise_min))
+    drop = (acc_drop > 0) & (aema < aref - acc_drop)
+    reason = jnp.select([rise, drop], [3, 6], 0)
+    return {**ms, "loss_ema": ema, "acc_ema": aema, "loss_ref": ref,
+            "acc_ref": aref}, reason
 
   def monitor(state, ctx):
     ms = state.method_state
@@ -215,55 +367,84 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     sp_params = transforms.sparse_params(state.opt_state)
     zeros = base.count_zeros(sp_params, ctx.prunable)
     s = zeros.astype(jnp.float32) / base.num_prunable(sp_params, ctx.prunable)
-    ema = jnp.where(jnp.isnan(ms["loss_ema"]), loss,
-                    loss_ema * ms["loss_ema"] + (1 - loss_ema) * loss)
-    ref = jnp.where(jnp.isnan(ms["loss_ref"]) &
-                    (n_mon >= loss_warmup_monitors), ema, ms["loss_ref"])
-    better = s > ms["best_sparsity"]
-    pick = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(better, a, b), new, old)
-    best = jnp.where(better, s, ms["best_sparsity"])
-    since = jnp.where(better, 0, ms["monitors_since_best"] + 1)
-    ms = {**ms, "best_params": pick(sp_params, ms["best_params"]),
-          "best_batch_stats": pick(state.batch_stats,
-                                   ms["best_batch_stats"]),
-          "best_sparsity": best, "monitors_since_best": since,
-          "loss_ema": ema, "loss_ref": ref, "n_monitor": n_mon,
-          "loss_sum": jnp.float32(0.0), "acc_sum": jnp.float32(0.0),
-          "loss_count": jnp.int32(0)}
-    local_max = (best > 0) & ((s < best - drop_tol) |
-                              ((patience > 0) & (since >= patience)))
-    rise = ((loss_rise > 0) & jnp.isfinite(ref) & (best > 0) &
-            (ema > loss_rise * ref) & (ema - ref > loss_rise_min))
+    ms, collapse = guards(ms, loss, acc, n_mon)
+    ms = {**ms, "n_monitor": n_mon, "loss_sum": jnp.float32(0.0),
+          "acc_sum": jnp.float32(0.0), "loss_count": jnp.int32(0)}
     out_of_time = ms["phase_step"] >= max_prune_steps(ctx)
-    reason = jnp.select(
-        [zeros >= state.hp["n_zero"], local_max, rise, out_of_time,
-         over_budget(state, ctx)],
-        [1, 2, 3, 4, 5], 0).astype(jnp.int32)
+    fnorm = filter_norm_ratios(sp_params, ms["round_start"], ctx.prunable)
+    if target_mode:
+      # The ramp and the controller on log lambda.
+      ramp = state.hp["target"] * jnp.minimum(
+          ms["phase_step"].astype(jnp.float32) / ramp_steps(ctx), 1.0)
+      change = jnp.clip(lam_gain * (ramp - s), -lam_max_change,
+                        lam_max_change)
+      lam = ms["lam"] * jnp.exp(change)
+      state = state.replace(opt_state=transforms.set_hyperparams(
+          state.opt_state, l1=lam))
+      ms = {**ms, "lam": lam}
+      reason = jnp.select([zeros >= state.hp["n_zero"], collapse > 0,
+                           out_of_time], [1, collapse, 7], 0)
+      extra = {"ramp": ramp}
+    else:
+      better = s > ms["best_sparsity"]
+      pick = lambda new, old: jax.tree.map(
+          lambda a, b: jnp.where(better, a, b), new, old)
+      best = jnp.where(better, s, ms["best_sparsity"])
+      since = jnp.where(better, 0, ms["monitors_since_best"] + 1)
+      ms = {**ms, "best_params": pick(sp_params, ms["best_params"]),
+            "best_batch_stats": pick(state.batch_stats,
+                                     ms["best_batch_stats"]),
+            "best_sparsity": best, "monitors_since_best": since}
+      local_max = (best > 0) & ((s < best - drop_tol) |
+                                ((patience > 0) & (since >= patience)))
+      reason = jnp.select(
+          [zeros >= state.hp["n_zero"], local_max, collapse > 0,
+           out_of_time, over_budget(state, ctx)],
+          [1, 2, collapse, 4, 5], 0)
+      extra = {"best_sparsity": best}
     ev = base.event(True, phase=jnp.int32(PRUNE), round=ms["round"],
-                    lam=ms["lam"], loss=loss, accuracy=acc,
-                    sparsity=s, best_sparsity=best, loss_ema=ema,
-                    loss_ref=ref, stop=reason)
-    return state.replace(method_state=ms), reason, ev
+                    lam=ms["lam"], loss=loss, accuracy=acc, sparsity=s,
+                    loss_ema=ms["loss_ema"], loss_ref=ms["loss_ref"],
+                    acc_ema=ms["acc_ema"], acc_ref=ms["acc_ref"],
+                    stop=reason.astype(jnp.int32), **extra, **fnorm)
+    return state.replace(method_state=ms), reason.astype(jnp.int32), ev
+
+  def exact_count(state, ctx, reason):
+    """The params the fine-tune starts from, with exactly the target count
+    of zeros where the schedule can give it; ``(params, batch_stats,
+    restored, topped_up)``."""
+    ms, n_zero = state.method_state, state.hp["n_zero"]
+    if target_mode:
+      sp = transforms.sparse_params(state.opt_state)
+      # Overshoot within the last step: give back the weights it zeroed
+      # beyond the count (their values before the step, largest first).
+      params, restored = repair_overshoot(sp, ms["prev_sparse"], n_zero,
+                                          ctx.prunable)
+      params, topped = magnitude_top_up(params, n_zero, ctx.prunable)
+      return params, state.batch_stats, restored, topped
+    params, restored = repair_overshoot(ms["best_params"], ms["round_start"],
+                                        n_zero, ctx.prunable)
+    return params, ms["best_batch_stats"], restored, jnp.int32(0)
 
   def leave_prune(state, ctx, reason):
     ms, hp = state.method_state, state.hp
-    params, restored = repair_overshoot(ms["best_params"], ms["round_start"],
-                                        hp["n_zero"], ctx.prunable)
+    params, bstats, restored, topped = exact_count(state, ctx, reason)
     zeros = base.count_zeros(params, ctx.prunable)
     reached = zeros >= hp["n_zero"]
-    final = reached | over_budget(state, ctx)
+    final = reached | over_budget(state, ctx) | target_mode
     n_steps = finetune_len(ctx, ms["round"], final, state.step)
     opt = fresh_opt(hp, ctx, params, hp["finetune_lr"], 0.0,
                     hp["finetune_weight_decay"])
     end = base.event(True, phase=jnp.int32(PRUNE), round=ms["round"],
                      lam=ms["lam"], reason=reason,
                      sparsity=base.sparsity_of(params, ctx.prunable),
-                     best_sparsity=ms["best_sparsity"], restored=restored)
+                     best_sparsity=ms["best_sparsity"], restored=restored,
+                     topped_up=topped)
     ms = {**ms, "phase": jnp.int32(FINETUNE), "phase_step": jnp.int32(0),
           "phase_len": n_steps, "final": final, "reached": reached,
-          "restored": restored}
-    state = state.replace(params=params, batch_stats=ms["best_batch_stats"],
+          "restored": restored, "topped_up": ms["topped_up"] + topped,
+          "stop": reason, "prune_steps": ms["prune_steps"] + ms["phase_step"]}
+    state = state.replace(params=params, batch_stats=bstats,
                           opt_state=opt, method_state=ms)
     start = phase_start_event(True, state, ctx,
                               n_steps.astype(jnp.float32) /
@@ -294,7 +475,7 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
                      lam=ms["lam"], reason=jnp.int32(0),
                      sparsity=base.sparsity_of(state.params, ctx.prunable),
                      best_sparsity=ms["best_sparsity"],
-                     restored=jnp.int32(0))
+                     restored=jnp.int32(0), topped_up=jnp.int32(0))
     state = jax.lax.cond(stop, finish, next_round, state)
     start = phase_start_event(~stop, state, ctx)
     return state, end, start
@@ -315,6 +496,12 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     monitor_now = in_prune & ((k % monitor_every == 0) |
                               (k >= max_prune_steps(ctx)) |
                               over_budget(state, ctx))
+    if target_mode:
+      # Zeros are counted every step, so the phase ends on the step that
+      # reaches the target (a monitor then records it).
+      sp = transforms.sparse_params(state.opt_state)
+      monitor_now = monitor_now | (in_prune & (
+          base.count_zeros(sp, ctx.prunable) >= state.hp["n_zero"]))
 
     # Prune-train: monitor, and maybe end the phase.
     ev_shape = jax.eval_shape(lambda s: monitor(s, ctx)[2], state)
@@ -329,6 +516,13 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     state, end1, start1 = jax.lax.cond(
         reason > 0, lambda s: leave_prune(s, ctx, reason),
         lambda s: (s, zeros_like(end_shape), zeros_like(start_shape)), state)
+    if target_mode:
+      # The sparse iterate before the next step (overshoot repair's source).
+      ms = state.method_state
+      keep = ms["phase"] == PRUNE
+      state = state.replace(method_state={**ms, "prev_sparse": jax.tree.map(
+          lambda a, b: jnp.where(keep, a, b),
+          transforms.sparse_params(state.opt_state), ms["prev_sparse"])})
 
     # Fine-tune: the cosine learning rate of the next step; maybe end.
     ms = state.method_state
@@ -375,21 +569,39 @@ def proxnag(l1_init: float = 5e-4, l1_step: float = 5e-4,
     return {"reached_target": int(ms["outcome"]) == 1,
             "outcome": OUTCOME_NAMES[int(ms["outcome"])],
             "budget_exhausted": int(ms["outcome"]) == 3,
-            "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"])}
+            "schedule": schedule, "scale_invariant": scale_invariant,
+            "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"]),
+            "prune_stop": STOP_NAMES[int(ms["stop"])],
+            "prune_steps": int(ms["prune_steps"]),
+            "restored": int(ms["restored"]),
+            "topped_up_by_magnitude": int(ms["topped_up"])}
 
   hparams = {"l1_init": float(l1_init), "l1_step": float(l1_step),
              "prune_lr": float(prune_lr), "finetune_lr": float(finetune_lr),
              "prune_weight_decay": float(prune_weight_decay),
              "finetune_weight_decay": float(finetune_weight_decay)}
+  if target_mode:
+    description = (
+        f"Prox-NAG, lambda tracking a linear sparsity ramp to the target by "
+        f"{ramp_end:.0%} of the budget (exact count, magnitude top-up at "
+        f"{deadline:.0%}), then fine-tuning"
+        + ("; scale-invariant step on normalised kernels"
+           if scale_invariant else ""))
+  else:
+    description = (
+        "iterative Prox-NAG (the paper's schedule): prune-train rounds with "
+        "raised lambda, each stopped at the target, a local maximum of "
+        "sparsity or a collapse, then fine-tuning"
+        + ("; scale-invariant step on normalised kernels"
+           if scale_invariant else ""))
   return Method("proxnag", init=init, tx=tx, update=update,
                 eval_params=eval_params, done=done, max_steps=max_steps,
                 summary=summary, start="dense", hparams=hparams,
                 labels={"phase": PHASE_NAMES, "stop": STOP_NAMES,
                         "reason": STOP_NAMES},
-                description="iterative Prox-NAG: prune-train rounds with "
-                "raised lambda, each stopped at the target, a local maximum "
-                "of sparsity or a loss rise, then fine-tuning")
+                description=description)
 
 
-__all__ = ["proxnag", "repair_overshoot", "PRUNE", "FINETUNE", "DONE",
+__all__ = ["proxnag", "repair_overshoot", "magnitude_top_up",
+           "filter_norm_ratios", "layer_names", "SCHEDULES", "PRUNE", "FINETUNE", "DONE",
            "PHASE_NAMES", "STOP_NAMES"]
