@@ -55,6 +55,7 @@ def get_config(arg: str = ""):
     c.test_subset = 256
     c.target_sparsity = 0.3
     proxnag_lenet5_mnist.smoke_proxnag(p, l1=0.05, max_rounds=3)
+    c.budget_epochs = 3.0
     c.chunk_steps = 8
     c.checkpoint_every_steps = 8
     c.log_every_s = 30.0
