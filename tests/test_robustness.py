@@ -356,3 +356,36 @@ def test_cli_refuses_settings_of_a_method_the_run_does_not_use(tmp_path):
   assert "--config.proxnag.l1_step set a method this run does not use" in (
       r.stderr)
   assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--config", "configs/lenet5_mnist.py", "--config.nofield=1"),
+     "--config.nofield: the config has no field 'nofield'"),
+    (("--config", "configs/lenet5_mnist.py", "--config.num_epoch=1"),
+     "did you mean 'num_epochs'?"),
+    (("--config", "configs/no_such_config.py"),
+     "No such file or directory: 'configs/no_such_config.py'"),
+    (("--config", "configs/__init__.py"), "the file has no get_config()"),
+])
+def test_cli_config_errors_are_one_paragraph_and_exit_2(tmp_path, args,
+                                                        says):
+  """An unknown or misspelt field, a config file that does not exist or
+  has no get_config: exit 2, one paragraph, no traceback, nothing written."""
+  wd = str(tmp_path / "w")
+  r = _cli(*args, "--workdir", wd)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert says in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(wd)
+
+
+def test_bench_refuses_settings_it_cannot_time(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+      [sys.executable, "-m", "train.bench", "--config",
+       "configs/lenet5_mnist.py:smoke", "--workdir", str(tmp_path / "b"),
+       "--steps=0"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "--steps=0: must be at least 1" in r.stderr
+  assert "Traceback" not in r.stderr

@@ -18,6 +18,7 @@ Writes ``bench.json``.
 
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -33,6 +34,7 @@ from proxnag_jax import engine
 from proxnag_jax import loop
 from proxnag_jax import masks as masks_lib
 from proxnag_jax.methods import base
+from train import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -183,9 +185,32 @@ def time_parts(model, state, x, y, idx, ds, mean, std, repeats):
   return out
 
 
+def check_settings(steps: int, warmup: int, chunk: int, repeats: int,
+                   vmap_runs) -> None:
+  """Raises ValueError, naming the flag, for settings that cannot be timed."""
+  for name, v, low in (("steps", steps, 1), ("warmup", warmup, 0),
+                       ("chunk", chunk, 1), ("repeats", repeats, 1)):
+    if v < low:
+      raise ValueError(f"--{name}={v}: must be at least {low}.")
+  for k in vmap_runs:
+    if not str(k).isdigit() or int(k) < 1:
+      raise ValueError(f"--vmap_runs={','.join(map(str, vmap_runs))}: "
+                       "give positive integers, e.g. --vmap_runs=1,4,8.")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  try:
+    _CONFIG.value.get("model")       # a config file that failed to load
+  except Exception as e:  # pylint: disable=broad-except
+    cli.report_error(e, sys.argv)
+  try:
+    check_settings(_STEPS.value, _WARMUP.value, _CHUNK.value, _REPEATS.value,
+                   _VMAP.value)
+  except ValueError as e:
+    sys.stderr.write(f"\nerror: {e}\n")
+    sys.exit(2)
   res = bench(_CONFIG.value, _STEPS.value, _WARMUP.value, _CHUNK.value,
               _VMAP.value, _REPEATS.value, _PARTS.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
@@ -195,4 +220,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

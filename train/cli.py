@@ -8,6 +8,7 @@ instead (keep it for bugs).
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -39,6 +40,58 @@ def unused_method_flags(config, argv) -> list:
         parts[0] != config.method):
       out.append(a.split("=")[0])
   return out
+
+
+def flag_error_message(err: Exception, argv) -> str:
+  """One paragraph for an error raised while reading the command line: a
+  config file that cannot be loaded, an unknown or malformed override."""
+  text = str(err.args[0] if err.args else err)
+  no_get_config = "has no attribute 'get_config'" in text
+  unknown_field = (isinstance(err, (AttributeError, KeyError)) and
+                   not no_get_config)
+  if unknown_field:
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    bad = [a for a in given if a.split(".")[-1] in text] or given or [
+        "--config.<field>"]
+    where = bad[0]
+    mean = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" (did you mean {mean.group(1)!r}?)" if mean else ""
+    return (f"{where}: the config has no field "
+            f"{where.split('.')[-1]!r}{hint}. The valid fields are the "
+            "ones the config file sets (a method's settings live under "
+            "config.<method>, e.g. --config.proxnag.prune_lr); --helpfull "
+            "lists them.")
+  config = [a for a in argv[1:] if a.startswith("--config=")]
+  if not config and "--config" in argv[:-1]:
+    config = ["--config " + argv[argv.index("--config") + 1]]
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  detail = lines[-1] if lines else type(err).__name__
+  if isinstance(err, SyntaxError):
+    detail = f"{err.msg} in {err.filename}, line {err.lineno}"
+  elif no_get_config:
+    detail = "the file has no get_config()"
+  return (f"could not read the config ({' '.join(config) or '--config'}): "
+          f"{detail.rstrip('.')}. Give the path of a Python file with a "
+          "get_config() "
+          "(e.g. configs/proxnag_lenet5_mnist.py, optionally with "
+          ":variant).")
+
+
+def report_error(err: Exception, argv) -> None:
+  sys.stderr.write(f"\nerror: {flag_error_message(err, argv)}\n"
+                   "(--debug shows the traceback)\n")
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a command-line error reported as a user
+  error (one paragraph, exit 2; ``--debug`` raises it)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if "--debug" in argv or "--debug=true" in argv:
+      raise
+    report_error(e, argv)
 
 
 def run(fn, help_config: str = "Config file.") -> None:
@@ -76,6 +129,12 @@ def run(fn, help_config: str = "Config file.") -> None:
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax is chatty at INFO
     try:
+      config.value.get("method")      # a config file that failed to load
+    except Exception as e:  # pylint: disable=broad-except
+      if debug.value:
+        raise
+      report_error(e, sys.argv)
+    try:
       distributed.initialize(coordinator.value, num_processes.value,
                              process_id.value, auto=auto_distributed.value)
       if not distributed.is_primary():
@@ -95,4 +154,4 @@ def run(fn, help_config: str = "Config file.") -> None:
       sys.stderr.write(f"\nerror: {e}\n(--debug shows the traceback)\n")
       sys.exit(2)
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
