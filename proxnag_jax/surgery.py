@@ -409,28 +409,64 @@ def channel_param_count(params: PyTree, group: ChannelGroup) -> int:
 
 
 def group_soft_threshold(params: PyTree, groups, tau, *,
-                         weighted: bool = True) -> PyTree:
+                         weighted: bool = True,
+                         normalized: Optional[PyTree] = None) -> PyTree:
   r"""The proximal map of the channel group lasso
   ``tau * sum_c sqrt(p_c) ||w_c||_2``: each channel's producer params
   (kernel column, bias, BatchNorm scale and shift, all together; ``p_c`` of
   them) are scaled by ``max(0, 1 - tau sqrt(p_c) / ||w_c||)``, so a whole
   channel becomes exactly zero. ``weighted=False`` drops ``sqrt(p_c)``
   (Yuan & Lin's weights make groups of different sizes comparable).
-  Only prunable groups are touched. Traceable; ``tau`` may be traced."""
+  Only prunable groups are touched. Traceable; ``tau`` may be traced.
+
+  **Scale-invariant step** (``normalized``: a params-shaped tree of bools,
+  the kernels whose output channels feed a normalisation). In a group whose
+  kernels are all normalised, a kernel column's scale is invisible to the
+  loss, so it is left out of the channel's norm: ``n_c`` is the norm of the
+  channel's other producers (BatchNorm scale and shift, a bias after it),
+  which carry its scale. The threshold is relative to the group's channels,
+  ``tau * rms_c(n_c)``, each channel's scale params are multiplied by
+  ``max(0, 1 - tau rms(n) / n_c)`` and then all of them by one factor that
+  restores the group's total norm ``||n||``; a channel whose factor is 0
+  loses its kernel columns too. So channels are ranked and removed by their
+  share of the group's scale, and the group as a whole cannot shrink (an
+  absolute threshold empties the group with the smallest weights first).
+  Groups with an unnormalised kernel take the absolute step above."""
   out = {"params": params}
+  def is_norm(slot):
+    return normalized is not None and bool(_get({"params": normalized}, slot))
+
   for g in prunable_groups(groups):
     ps = [s for s in g.producers if s.collection == "params"]
+    kernels = [s for s in ps if s.path[-1] == "kernel"]
+    free = [s for s in kernels if is_norm(s)]
+    scaled = [s for s in ps if s not in free]
+    relative = bool(kernels) and len(free) == len(kernels) and bool(scaled)
+    norm_slots = scaled if relative else ps
     sq = 0.0
-    for s in ps:
+    for s in norm_slots:
       w = _get(out, s)
       axes = _other_axes(w, s.axis)
       sq = sq + jnp.sum(w * w, axes)
     norm = jnp.sqrt(sq)
-    t = tau * (math.sqrt(channel_param_count(params, g)) if weighted
-               else 1.0)
-    scale = jnp.maximum(0.0, 1.0 - t / jnp.maximum(norm, 1e-30))
-    scale = jnp.where(norm > 0, scale, 0.0)
-    for s in ps:
+    if relative:
+      t = tau * jnp.sqrt(jnp.mean(sq))
+      shrink = jnp.maximum(0.0, 1.0 - t / jnp.maximum(norm, 1e-30))
+      shrink = jnp.where(norm > 0, shrink, 0.0)
+      total = jnp.sqrt(jnp.sum(sq))
+      after = jnp.sqrt(jnp.sum(jnp.square(shrink * norm)))
+      scale = shrink * jnp.where(after > 0, total / jnp.where(
+          after > 0, after, 1.0), 0.0)
+      for s in free:
+        w = _get(out, s)
+        out = _set(out, ("params",) + s.path,
+                   (w * _expand(scale > 0, s, w.ndim)).astype(w.dtype))
+    else:
+      t = tau * (math.sqrt(channel_param_count(params, g)) if weighted
+                 else 1.0)
+      scale = jnp.maximum(0.0, 1.0 - t / jnp.maximum(norm, 1e-30))
+      scale = jnp.where(norm > 0, scale, 0.0)
+    for s in norm_slots:
       w = _get(out, s)
       out = _set(out, ("params",) + s.path,
                  (w * _expand(scale, s, w.ndim)).astype(w.dtype))

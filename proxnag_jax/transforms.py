@@ -126,9 +126,12 @@ def _require_params(params, who):
 
 
 class ProxState(NamedTuple):
-  """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count."""
+  """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count, and
+  for :func:`prox_l1`'s ``rms_scaled`` leaves their rms at ``init`` (a
+  scalar per leaf; ``None`` elsewhere)."""
 
   count: jax.Array
+  scales: Any = None
 
 
 def _prox_transform(
@@ -139,48 +142,60 @@ def _prox_transform(
     who: str,
     normalized: MaskOrFn = None,
     normalized_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+    rms_scaled: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   _check_nonnegative(f"{who}: l1", l1)
   _check_nonnegative(f"{who}: learning_rate", learning_rate)
 
-  def resolve_normalized(params):
-    if normalized is None:
+  def resolve(tree, params):
+    if tree is None:
       return jax.tree.map(lambda _: False, params)
-    return _resolve_mask(normalized, params, who)
+    return _resolve_mask(tree, params, who)
 
   def init_fn(params):
     _resolve_mask(mask, params, who)
-    resolve_normalized(params)
-    return ProxState(count=jnp.zeros([], jnp.int32))
+    resolve(normalized, params)
+    scales = None
+    if rms_scaled is not None:
+      scales = jax.tree.map(
+          lambda p, r: jnp.sqrt(jnp.mean(jnp.square(
+              jnp.asarray(p, jnp.float32)))) if r else jnp.ones([],
+                                                            jnp.float32),
+          params, resolve(rms_scaled, params))
+    return ProxState(count=jnp.zeros([], jnp.int32), scales=scales)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _require_params(params, who)
     tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
     mask_tree = _resolve_mask(mask, params, who)
-    norm_tree = resolve_normalized(params)
+    norm_tree = resolve(normalized, params)
+    scales = (state.scales if state.scales is not None else
+              jax.tree.map(lambda _: jnp.ones([], jnp.float32), params))
 
-    def leaf(u, p, m, nrm):
+    def leaf(u, p, m, nrm, sc):
       if u is None:
         return None
       target = p + u
       fn = normalized_fn if (normalized_fn is not None and
                              target.ndim >= 2) else None
       t = tau.astype(target.dtype)
+      t_abs = (tau * sc).astype(target.dtype)
       if fn is None or isinstance(nrm, bool) and not nrm:
-        shrunk = prox_fn(target, t)
+        shrunk = prox_fn(target, t_abs)
       elif isinstance(nrm, bool):
         shrunk = fn(target, t)
       else:
-        shrunk = jnp.where(nrm, fn(target, t), prox_fn(target, t))
+        shrunk = jnp.where(nrm, fn(target, t), prox_fn(target, t_abs))
       new = jnp.where(m, shrunk, target)
       return (new - p).astype(u.dtype)
 
     new_updates = jax.tree.map(
-        leaf, updates, params, mask_tree, norm_tree,
+        leaf, updates, params, mask_tree, norm_tree, scales,
         is_leaf=lambda x: x is None
     )
-    return new_updates, ProxState(count=optax.safe_increment(state.count))
+    return new_updates, ProxState(count=optax.safe_increment(state.count),
+                                  scales=state.scales)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -191,6 +206,7 @@ def prox_l1(
     mask: MaskOrFn = None,
     *,
     normalized: MaskOrFn = None,
+    rms_scaled: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
 
@@ -224,6 +240,11 @@ def prox_l1(
     normalized: Optax-style mask of the leaves (with at least two axes) that
       take the scale-invariant step (:func:`proxnag_jax.masks.
       normalized_kernels` finds them from a model); default none.
+    rms_scaled: Optax-style mask of (unnormalised) leaves whose absolute
+      threshold is ``eta * lambda * rms(w at init)``: a fixed per-leaf
+      weight of the L1 penalty, so one unitless lambda serves the
+      normalised kernels and the others of a network together (e.g. a
+      classifier after BatchNorm layers). Default none.
 
   Example:
     >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
@@ -231,7 +252,7 @@ def prox_l1(
   """
   return _prox_transform(
       prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
-      normalized, prox_lib.scale_invariant_soft_threshold,
+      normalized, prox_lib.scale_invariant_soft_threshold, rms_scaled,
   )
 
 
@@ -288,6 +309,7 @@ def prox_channel_l1(
     groups: Sequence,
     *,
     weighted: bool = True,
+    normalized: Optional[PyTree] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of the channel group lasso over a network's channels.
 
@@ -300,7 +322,12 @@ def prox_channel_l1(
 
   so whole channels become exact zeros and :func:`proxnag_jax.surgery.shrink`
   can remove them. ``weighted=False`` drops ``sqrt(p_c)``. Leaves and
-  channels outside the prunable groups pass through.
+  channels outside the prunable groups pass through. ``normalized`` (a
+  params-shaped tree of bools, the kernels that feed a normalisation) turns
+  on the scale-invariant step for the groups whose kernels feed BatchNorm:
+  channels are thresholded at ``tau`` times the group's rms channel norm,
+  measured on their BatchNorm scale and shift only, and the group's norm is
+  kept (:func:`proxnag_jax.surgery.group_soft_threshold`).
 
   Example:
     >>> groups = surgery.channel_groups(model, variables)
@@ -321,7 +348,8 @@ def prox_channel_l1(
     tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
     target = jax.tree.map(lambda p, u: p + u, params, updates)
     shrunk = surgery.group_soft_threshold(target, groups, tau,
-                                          weighted=weighted)
+                                          weighted=weighted,
+                                          normalized=normalized)
     new = jax.tree.map(lambda s, p, u: (s - p).astype(u.dtype), shrunk,
                        params, updates)
     return new, ProxState(count=optax.safe_increment(state.count))
@@ -410,6 +438,7 @@ def proxnag(
     mask: MaskOrFn = None,
     groups: Optional[Sequence] = None,
     normalized: MaskOrFn = None,
+    rms_scaled: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -440,6 +469,9 @@ def proxnag(
       :func:`prox_l1` (threshold ``eta * l1 * rms`` per output filter, the
       filter's norm kept), so lambda is unitless there and filters do not
       shrink. Default: none (the paper's absolute threshold everywhere).
+    rms_scaled: Optax-style mask of leaves whose absolute threshold is
+      scaled by their rms at ``init`` (:func:`prox_l1`): with
+      ``normalized``, the rest of the kernels, so lambda is unitless for all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -452,8 +484,10 @@ def proxnag(
     >>> params = optax.apply_updates(params, updates)
     >>> w_sparse = sparse_params(opt_state)          # exact zeros
   """
-  prox = (prox_channel_l1(l1, learning_rate, groups) if groups is not None
-          else prox_l1(l1, learning_rate, mask=mask, normalized=normalized))
+  prox = (prox_channel_l1(l1, learning_rate, groups, normalized=normalized)
+          if groups is not None
+          else prox_l1(l1, learning_rate, mask=mask, normalized=normalized,
+                       rms_scaled=rms_scaled))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
       prox,

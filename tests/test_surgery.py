@@ -189,6 +189,66 @@ def test_group_soft_threshold_matches_its_formula():
                                 np.asarray(p["fc2"]["kernel"]))
 
 
+def test_scale_invariant_group_soft_threshold():
+  """With the kernels that feed BatchNorm marked: channels are measured by
+  their scale params only (the kernel's norm is invisible to the loss),
+  thresholded relative to the group's rms, the group's norm kept, and a
+  removed channel loses its kernel column; the step commutes with scaling
+  the kernel and with scaling the group's scale params."""
+  v = _variables_of("lenet5_bn")
+  groups = surgery.channel_groups(FAMILIES["lenet5_bn"][0], v)
+  g = {g.name: g for g in groups}["conv1"]
+  p = v["params"]
+  rng = np.random.default_rng(0)
+  p = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape),
+                                         jnp.float32), p)
+  normalized = jax.tree.map(lambda x: x.ndim >= 2, p)
+  normalized["fc2"]["kernel"] = False
+  sc = np.stack([np.asarray(p["conv1"]["bias"]),
+                 np.asarray(p["bn1"]["scale"]),
+                 np.asarray(p["bn1"]["bias"])], 1)          # (6, 3)
+  n = np.linalg.norm(sc, axis=1)
+  tau = float(np.median(n) / np.sqrt(np.mean(n ** 2)))     # about half
+  out = surgery.group_soft_threshold(p, groups, tau, normalized=normalized)
+  shrink = np.maximum(0.0, 1.0 - tau * np.sqrt(np.mean(n ** 2)) / n)
+  ratio = np.linalg.norm(n) / np.linalg.norm(shrink * n)
+  np.testing.assert_allclose(np.asarray(out["bn1"]["scale"]),
+                             sc[:, 1] * shrink * ratio, rtol=1e-5)
+  kept = shrink > 0
+  assert 0 < kept.sum() < 6
+  k0, k1 = np.asarray(p["conv1"]["kernel"]), np.asarray(out["conv1"]["kernel"])
+  np.testing.assert_array_equal(k1[..., kept], k0[..., kept])
+  assert np.all(k1[..., ~kept] == 0)
+  out_sc = np.stack([np.asarray(out["conv1"]["bias"]),
+                     np.asarray(out["bn1"]["scale"]),
+                     np.asarray(out["bn1"]["bias"])], 1)
+  np.testing.assert_allclose(np.linalg.norm(out_sc), np.linalg.norm(sc),
+                             rtol=1e-5)
+  # Scaling the kernel's filters changes nothing but the kernel; scaling the
+  # group's scale params by a scales the result by a.
+  a = rng.uniform(0.1, 10.0, size=6).astype(np.float32)
+  q = jax.tree.map(lambda x: x, p)
+  q["conv1"] = {"kernel": p["conv1"]["kernel"] * a, "bias": p["conv1"]["bias"]}
+  out2 = surgery.group_soft_threshold(q, groups, tau, normalized=normalized)
+  np.testing.assert_allclose(out2["bn1"]["scale"], out["bn1"]["scale"],
+                             rtol=1e-6)
+  q = jax.tree.map(lambda x: x, p)
+  q["conv1"] = {"kernel": p["conv1"]["kernel"],
+                "bias": p["conv1"]["bias"] * 7.0}
+  q["bn1"] = {"scale": p["bn1"]["scale"] * 7.0,
+              "bias": p["bn1"]["bias"] * 7.0}
+  out3 = surgery.group_soft_threshold(q, groups, tau, normalized=normalized)
+  np.testing.assert_allclose(out3["bn1"]["scale"],
+                             7.0 * np.asarray(out["bn1"]["scale"]),
+                             rtol=1e-5)
+  # Groups whose kernel is not normalised keep the absolute step.
+  plain = surgery.group_soft_threshold(p, groups, tau)
+  absolute = surgery.group_soft_threshold(
+      p, groups, tau, normalized=jax.tree.map(lambda x: False, p))
+  for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(absolute)):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_prox_channel_l1_composes_with_optax():
   model, shape = FAMILIES["lenet5_bn"]
   v = _variables_of("lenet5_bn")

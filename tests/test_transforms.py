@@ -343,3 +343,27 @@ def test_prox_l1_normalized_leaves_take_the_scale_invariant_step():
                      {"a": params["a"] * a, "b": params["b"]})
   np.testing.assert_allclose(pj.sparse_params(st2)["a"], w["a"] * a,
                              rtol=1e-4, atol=1e-6)
+
+
+def test_prox_l1_rms_scaled_leaves_use_their_rms_at_init():
+  """``rms_scaled`` leaves are thresholded at eta * lambda * rms(w_0), a
+  fixed weight set at init (not following the leaf's later scale)."""
+  rng = np.random.default_rng(1)
+  params = {"a": jnp.asarray(rng.normal(size=(6, 3)) * 0.2, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  lr, lam = 0.5, 1.0
+  tx = pj.prox_l1(lam, lr, rms_scaled={"a": True, "b": False})
+  st = tx.init(params)
+  rms_a = float(jnp.sqrt(jnp.mean(params["a"] ** 2)))
+  np.testing.assert_allclose(st.scales["a"], rms_a, rtol=1e-6)
+  u, st = jax.jit(tx.update)(grads, st, params)
+  new = optax.apply_updates(params, u)
+  np.testing.assert_allclose(new["a"], pj.soft_threshold(params["a"],
+                                                         lr * lam * rms_a),
+                             rtol=1e-6)
+  np.testing.assert_allclose(new["b"], pj.soft_threshold(params["b"],
+                                                         lr * lam), rtol=1e-6)
+  # The weight stays the one set at init.
+  _, st2 = tx.update(grads, st, new)
+  np.testing.assert_allclose(st2.scales["a"], rms_a, rtol=1e-6)

@@ -20,6 +20,11 @@ From the trained dense model:
    the target is removed: the zero channels first, then (if too few are
    zero) those of smallest ``||w_c|| / sqrt(p_c)`` (reported as ``forced``
    in the trace).
+   With ``scale_invariant`` (default) and a model whose channels feed
+   BatchNorm (``ctx.normalized``), the step is the scale-invariant one of
+   :func:`proxnag_jax.surgery.group_soft_threshold`: channels measured by
+   their BatchNorm scale and shift, thresholded relative to their group's
+   rms channel norm, the group's norm kept (lambda is unitless there).
 3. **Fine-tune** the rest of the budget with those channels held at zero
    (Nesterov SGD, cosine from ``finetune_lr``); the export is the smaller
    dense network.
@@ -44,7 +49,8 @@ PRUNE, FINETUNE = 0, 1
 def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                   prune_lr: float = 0.01, prune_fraction: float = 0.5,
                   finetune_lr: float = 0.01, weighted: bool = True,
-                  round_to: int = 1, match: str = "channels") -> Method:
+                  round_to: int = 1, match: str = "channels",
+                  scale_invariant: bool = True) -> Method:
   """Group-lasso Prox-NAG; see the module docstring (``match``: what the
   target is a fraction of, :func:`proxnag_jax.methods.base.keep_for_target`).
   """
@@ -64,8 +70,9 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
       return optax.chain(
           optax.add_decayed_weights(weight_decay),
           optax.scale_by_learning_rate(learning_rate),
-          transforms.prox_channel_l1(l1, learning_rate, ctx.groups,
-                                     weighted=weighted),
+          transforms.prox_channel_l1(
+              l1, learning_rate, ctx.groups, weighted=weighted,
+              normalized=ctx.normalized if scale_invariant else None),
           transforms.nesterov_extrapolation(hp["momentum"]))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],

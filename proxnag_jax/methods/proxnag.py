@@ -61,9 +61,11 @@ stop): rounds ``r = 0, 1, ...`` of
 whose output channels feed a normalisation (``ctx.normalized``, found from
 the model by :func:`proxnag_jax.masks.normalized_kernels`) take the
 per-filter relative threshold ``eta * lambda * rms(w_c)`` with the filter's
-norm kept (:func:`proxnag_jax.transforms.prox_l1`); the others (a classifier,
-every layer of a network without normalisation) the paper's absolute
-threshold ``eta * lambda``. docs/methods.md gives the reasoning.
+norm kept (:func:`proxnag_jax.transforms.prox_l1`); in such a network the
+other kernels (the classifier) take the fixed threshold ``eta * lambda *
+rms(w at the phase start)``, so one unitless lambda serves all. A network
+without normalisation keeps the paper's absolute threshold ``eta * lambda``
+everywhere. docs/methods.md gives the reasoning.
 
 **Budget.** The run never takes more than ``ctx.total_steps`` steps (the
 config's ``budget_epochs``). A paper-mode run whose rounds reach the reserve
@@ -236,12 +238,22 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     return jax.tree.map(lambda w, n: bool(w and n), ctx.prunable,
                         ctx.normalized)
 
+  def rms_scaled(ctx):
+    """In a network with normalised kernels, the other prunable kernels'
+    thresholds in units of their rms at the phase start (one unitless
+    lambda for all); None in a network without normalisation."""
+    norm = normalized(ctx)
+    if norm is None or not any(jax.tree.leaves(norm)):
+      return None
+    return jax.tree.map(lambda w, n: bool(w and not n), ctx.prunable, norm)
+
   def tx(hp, ctx):
     def chain(learning_rate, l1, weight_decay):
       return optax.chain(
           optax.add_decayed_weights(weight_decay),
           transforms.proxnag(learning_rate, l1, hp["momentum"], fista=fista,
-                             mask=ctx.prunable, normalized=normalized(ctx)))
+                             mask=ctx.prunable, normalized=normalized(ctx),
+                             rms_scaled=rms_scaled(ctx)))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],
         weight_decay=hp["prune_weight_decay"]))
