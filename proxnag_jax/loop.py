@@ -1001,6 +1001,8 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
                    {"params": params, "batch_stats": batch_stats,
                     "masks": masks})
   if distributed.is_primary():
+    report_lib.plot_filter_norms(trace, os.path.join(workdir,
+                                                     "filter_norms.png"))
     report_lib.write_report(workdir, summary, params, masks, macs, flt)
     report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
     report_lib.plot_weight_histograms(dense_params, params, os.path.join(

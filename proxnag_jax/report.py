@@ -205,6 +205,10 @@ def plot_trace(trace: list[dict], path: str, title: str = "") -> None:
   fig, ax1 = plt.subplots(figsize=(9, 4.5))
   ax1.plot(steps, [100 * r["sparsity"] for r in rows], color="tab:blue",
            label="sparsity of w~ (%)")
+  ramp = [(r["step"], 100 * r["ramp"]) for r in rows if "ramp" in r]
+  if ramp:
+    ax1.plot(*zip(*ramp), color="tab:blue", ls="--", lw=0.8,
+             label="target ramp (%)")
   ax1.set_xlabel("training step")
   ax1.set_ylabel("sparsity (%)", color="tab:blue")
   ax2 = ax1.twinx()
@@ -224,6 +228,35 @@ def plot_trace(trace: list[dict], path: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_filter_norms(trace: list[dict], path: str) -> bool:
+  """Per kernel, the mean ratio of its filters' norms to their norms at the
+  prune phase's start (the monitors' ``fnorm/<layer>``): a network that
+  shrinks under the proximal step shows here. Returns whether it wrote."""
+  rows = [r for r in trace if r.get("kind") == "monitor"]
+  names = sorted({k for r in rows for k in r if k.startswith("fnorm/")})
+  if not names:
+    return False
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  cmap = plt.get_cmap("viridis")
+  for i, k in enumerate(names):
+    pts = [(r["step"], r[k]) for r in rows if k in r]
+    ax.plot(*zip(*pts), color=cmap(i / max(len(names) - 1, 1)), lw=1,
+            label=k[len("fnorm/"):].replace("/kernel", ""))
+  ax.set_yscale("log")
+  ax.axhline(1.0, color="gray", lw=0.8)
+  ax.set_xlabel("training step")
+  ax.set_ylabel("filter norm / norm at phase start")
+  ax.set_title("Filter norms during prune-training (mean per kernel)",
+               fontsize=10)
+  if len(names) <= 24:
+    ax.legend(fontsize=6, ncol=3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
 
 
 def plot_weight_histograms(before: PyTree, after: PyTree, path: str,
@@ -299,6 +332,12 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
       f"{s.get('prunable_compression_ratio', float('nan')):.2f}x)",
       f"- MACs per example {s['macs_dense']:,} -> {s['macs_sparse']:,}: "
       f"theoretical speed-up {s['theoretical_speedup']:.2f}x",
+      (f"- Prox-NAG schedule '{s['schedule']}'"
+       f"{', scale-invariant step' if s.get('scale_invariant') else ''}: "
+       f"prune-training stopped at step {s['prune_steps']} "
+       f"({s['prune_stop'] or 'end'}); {s['restored']:,} weights given back "
+       f"to the exact count, {s['topped_up_by_magnitude']:,} pruned by "
+       "magnitude to it" if "prune_stop" in s else None),
       (f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
        if "rounds" in s else "- ") +
       f"{s['epochs']:.1f} epochs of pruning (budget "
@@ -310,6 +349,8 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
       layer_table(params, macs, masks, prunable), "",
       "## Plots", "",
       "![sparsity and loss](sparsity_loss.png)", "",
+      ("![filter norms](filter_norms.png)\n" if os.path.exists(
+          os.path.join(workdir, "filter_norms.png")) else None),
       "![weight histograms](weight_histograms.png)", "",
       "![layer sparsity](layer_sparsity.png)", ""]
   lines = [l for l in lines if l is not None]
