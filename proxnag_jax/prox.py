@@ -108,7 +108,8 @@ def filter_rms(x, axis: int | Sequence[int] = -1):
   return group_norms(x, axis) / jnp.sqrt(jnp.float32(max(n, 1)))
 
 
-def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1):
+def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1,
+                                   reference=None):
   """Soft-threshold relative to each filter's scale, the filter's norm kept.
 
   For every group ``g`` (one index along ``axis``: an output filter of a
@@ -126,6 +127,15 @@ def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1):
   ``tau < 1`` a filter never becomes all zero (its largest entry exceeds its
   rms).
 
+  With ``reference`` (each filter's norm at some earlier point, e.g. the
+  start of pruning, shaped like :func:`group_norms`' result) the threshold
+  is ``tau * ||x_g|| / reference_g`` instead: ``tau`` is then in the units of
+  the weights at that point (the paper's absolute threshold while the norm
+  is unchanged, as the restoration keeps it), following the filter's scale
+  if it changes: ``f(a x, ref) = a f(x, ref)``, so a filter scaled after
+  the reference point is thresholded as before. Filters whose reference is 0
+  pass through.
+
   Example:
     >>> w = jnp.array([[3.0, 0.3], [0.1, 0.01]])   # filters: columns
     >>> scale_invariant_soft_threshold(w, 0.5)      # zeroes 0.1 and 0.01
@@ -135,7 +145,13 @@ def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1):
   x = jnp.asarray(x)
   xf = x.astype(jnp.float32)
   tau = jnp.asarray(tau, jnp.float32)
-  y = soft_threshold(xf, tau * filter_rms(xf, axis))
-  n_x, n_y = group_norms(xf, axis), group_norms(y, axis)
+  n_x = group_norms(xf, axis)
+  if reference is None:
+    thr = tau * filter_rms(xf, axis)
+  else:
+    ref = jnp.asarray(reference, jnp.float32)
+    thr = jnp.where(ref > 0, tau * n_x / jnp.where(ref > 0, ref, 1.0), 0.0)
+  y = soft_threshold(xf, thr)
+  n_y = group_norms(y, axis)
   factor = jnp.where(n_y > 0, n_x / jnp.where(n_y > 0, n_y, 1.0), 0.0)
   return (y * factor).astype(x.dtype)

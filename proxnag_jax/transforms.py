@@ -31,6 +31,7 @@ read or replaced with :func:`get_masks` / :func:`set_masks`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -126,12 +127,14 @@ def _require_params(params, who):
 
 
 class ProxState(NamedTuple):
-  """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count, and
-  for :func:`prox_l1`'s ``rms_scaled`` leaves their rms at ``init`` (a
-  scalar per leaf; ``None`` elsewhere)."""
+  """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count; for
+  :func:`prox_l1`'s ``rms_scaled`` leaves their rms at ``init`` (a scalar
+  per leaf) and, with ``normalized_reference='init'``, the normalised
+  leaves' filter norms at ``init`` (``None`` when unused)."""
 
   count: jax.Array
   scales: Any = None
+  norms: Any = None
 
 
 def _prox_transform(
@@ -143,8 +146,12 @@ def _prox_transform(
     normalized: MaskOrFn = None,
     normalized_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
     rms_scaled: MaskOrFn = None,
+    normalized_reference: str = "rms",
 ) -> optax.GradientTransformationExtraArgs:
   _check_nonnegative(f"{who}: l1", l1)
+  if normalized_reference not in ("rms", "init"):
+    raise ValueError(f"{who}: normalized_reference must be 'rms' or 'init', "
+                     f"got {normalized_reference!r}.")
   _check_nonnegative(f"{who}: learning_rate", learning_rate)
 
   def resolve(tree, params):
@@ -162,7 +169,14 @@ def _prox_transform(
               jnp.asarray(p, jnp.float32)))) if r else jnp.ones([],
                                                             jnp.float32),
           params, resolve(rms_scaled, params))
-    return ProxState(count=jnp.zeros([], jnp.int32), scales=scales)
+    norms = None
+    if normalized is not None and normalized_reference == "init":
+      norms = jax.tree.map(
+          lambda p, n: prox_lib.group_norms(p) if n and jnp.ndim(p) >= 2
+          else jnp.ones([], jnp.float32), params,
+          resolve(normalized, params))
+    return ProxState(count=jnp.zeros([], jnp.int32), scales=scales,
+                     norms=norms)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -170,15 +184,18 @@ def _prox_transform(
     tau = _value_at(learning_rate, state.count) * _value_at(l1, state.count)
     mask_tree = _resolve_mask(mask, params, who)
     norm_tree = resolve(normalized, params)
-    scales = (state.scales if state.scales is not None else
-              jax.tree.map(lambda _: jnp.ones([], jnp.float32), params))
+    ones = lambda: jax.tree.map(lambda _: jnp.ones([], jnp.float32), params)
+    scales = state.scales if state.scales is not None else ones()
+    refs = state.norms if state.norms is not None else ones()
 
-    def leaf(u, p, m, nrm, sc):
+    def leaf(u, p, m, nrm, sc, ref):
       if u is None:
         return None
       target = p + u
-      fn = normalized_fn if (normalized_fn is not None and
-                             target.ndim >= 2) else None
+      fn = None
+      if normalized_fn is not None and target.ndim >= 2:
+        fn = (functools.partial(normalized_fn, reference=ref)
+              if state.norms is not None else normalized_fn)
       t = tau.astype(target.dtype)
       t_abs = (tau * sc).astype(target.dtype)
       if fn is None or isinstance(nrm, bool) and not nrm:
@@ -191,11 +208,11 @@ def _prox_transform(
       return (new - p).astype(u.dtype)
 
     new_updates = jax.tree.map(
-        leaf, updates, params, mask_tree, norm_tree, scales,
+        leaf, updates, params, mask_tree, norm_tree, scales, refs,
         is_leaf=lambda x: x is None
     )
-    return new_updates, ProxState(count=optax.safe_increment(state.count),
-                                  scales=state.scales)
+    return new_updates, state._replace(count=optax.safe_increment(
+        state.count))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -207,6 +224,7 @@ def prox_l1(
     *,
     normalized: MaskOrFn = None,
     rms_scaled: MaskOrFn = None,
+    normalized_reference: str = "rms",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
 
@@ -245,6 +263,12 @@ def prox_l1(
       weight of the L1 penalty, so one unitless lambda serves the
       normalised kernels and the others of a network together (e.g. a
       classifier after BatchNorm layers). Default none.
+    normalized_reference: the normalised leaves' threshold per filter:
+      ``'rms'`` (default) ``eta * lambda * rms(x_c)``, lambda unitless;
+      ``'init'`` ``eta * lambda * ||x_c|| / ||w_c at init||``, lambda in the
+      units of the weights at ``init`` (the paper's absolute threshold
+      while the kept norm is unchanged, so the allocation across layers
+      follows the weights' magnitudes as in global magnitude pruning).
 
   Example:
     >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
@@ -253,6 +277,7 @@ def prox_l1(
   return _prox_transform(
       prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
       normalized, prox_lib.scale_invariant_soft_threshold, rms_scaled,
+      normalized_reference,
   )
 
 
@@ -439,6 +464,7 @@ def proxnag(
     groups: Optional[Sequence] = None,
     normalized: MaskOrFn = None,
     rms_scaled: MaskOrFn = None,
+    normalized_reference: str = "rms",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -472,6 +498,8 @@ def proxnag(
     rms_scaled: Optax-style mask of leaves whose absolute threshold is
       scaled by their rms at ``init`` (:func:`prox_l1`): with
       ``normalized``, the rest of the kernels, so lambda is unitless for all.
+    normalized_reference: ``'rms'`` or ``'init'``: what the normalised
+      kernels' threshold is relative to (:func:`prox_l1`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -487,7 +515,8 @@ def proxnag(
   prox = (prox_channel_l1(l1, learning_rate, groups, normalized=normalized)
           if groups is not None
           else prox_l1(l1, learning_rate, mask=mask, normalized=normalized,
-                       rms_scaled=rms_scaled))
+                       rms_scaled=rms_scaled,
+                       normalized_reference=normalized_reference))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
       prox,

@@ -134,3 +134,22 @@ def test_scale_invariant_soft_threshold_against_numpy():
   z = np.zeros((4, 2), np.float32)
   np.testing.assert_array_equal(prox.scale_invariant_soft_threshold(z, 0.5),
                                 z)
+
+
+def test_scale_invariant_soft_threshold_with_a_reference_norm():
+  """With each filter's reference norm: threshold tau * ||x_c|| / ref_c
+  (the absolute threshold while ||x_c|| = ref_c), the norm kept; scaling x
+  after the reference point scales the result."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(5, 4)).astype(np.float32)
+  ref = np.linalg.norm(x, axis=0, keepdims=True)
+  tau = 0.4
+  got = np.asarray(prox.scale_invariant_soft_threshold(x, tau,
+                                                       reference=ref))
+  y = np.sign(x) * np.maximum(np.abs(x) - tau, 0)
+  want = y * np.linalg.norm(x, axis=0) / np.linalg.norm(y, axis=0)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  a = rng.uniform(0.1, 10, size=(1, 4)).astype(np.float32)
+  np.testing.assert_allclose(
+      prox.scale_invariant_soft_threshold(x * a, tau, reference=ref),
+      got * a, rtol=1e-4, atol=1e-6)

@@ -175,6 +175,7 @@ def repair_overshoot(params, round_start, n_zero, prunable):
 
 
 def proxnag(schedule: str = "target", scale_invariant: bool = True,
+            threshold: str = "rms",
             l1_init: float = 1e-3, l1_step: float = 5e-4,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
@@ -203,6 +204,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   Per-run (vmappable) settings: ``l1_init``, ``l1_step``, ``prune_lr``,
   ``finetune_lr``, ``prune_weight_decay``, ``finetune_weight_decay``.
   """
+  if threshold not in ("rms", "start"):
+    raise ValueError(f"proxnag: threshold must be 'rms' or 'start', got "
+                     f"{threshold!r}.")
   if schedule not in SCHEDULES:
     raise ValueError(f"proxnag: schedule must be one of {SCHEDULES}, got "
                      f"{schedule!r}.")
@@ -239,11 +243,14 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                         ctx.normalized)
 
   def rms_scaled(ctx):
-    """In a network with normalised kernels, the other prunable kernels'
-    thresholds in units of their rms at the phase start (one unitless
-    lambda for all); None in a network without normalisation."""
+    """In a network with normalised kernels and ``threshold='rms'``, the
+    other prunable kernels' thresholds in units of their rms at the phase
+    start (one unitless lambda for all); None in a network without
+    normalisation, or with ``threshold='start'`` (lambda in weight units
+    everywhere)."""
     norm = normalized(ctx)
-    if norm is None or not any(jax.tree.leaves(norm)):
+    if (threshold != "rms" or norm is None or
+        not any(jax.tree.leaves(norm))):
       return None
     return jax.tree.map(lambda w, n: bool(w and not n), ctx.prunable, norm)
 
@@ -253,7 +260,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
           optax.add_decayed_weights(weight_decay),
           transforms.proxnag(learning_rate, l1, hp["momentum"], fista=fista,
                              mask=ctx.prunable, normalized=normalized(ctx),
-                             rms_scaled=rms_scaled(ctx)))
+                             rms_scaled=rms_scaled(ctx),
+                             normalized_reference=(
+                                 "rms" if threshold == "rms" else "init")))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],
         weight_decay=hp["prune_weight_decay"]))
