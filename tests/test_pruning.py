@@ -109,8 +109,10 @@ def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
 def test_unreachable_target_stops_with_model_saved(tmp_path, mnist_dir,
                                                    dense_dir):
   wd = str(tmp_path / "p")
-  s = loop.prune(_cfg(mnist_dir, dense_dir, l1_init=1e-6, l1_step=1e-6,
-                           max_rounds=2, target_sparsity=0.95), wd, **QUIET)
+  # The paper's schedule gives up after max_rounds and says so.
+  s = loop.prune(_cfg(mnist_dir, dense_dir, schedule="paper",
+                      l1_init=1e-6, l1_step=1e-6, max_rounds=2,
+                      target_sparsity=0.95), wd, **QUIET)
   assert not s["reached_target"]
   assert s["rounds"] == 2 and s["outcome"] == "max_rounds"
   assert os.path.isdir(os.path.join(wd, "pruned"))
@@ -122,8 +124,11 @@ def test_bad_input(tmp_path, mnist_dir, dense_dir):
     loop.prune(_cfg(mnist_dir, dense_dir, target_sparsity=1.0),
                     str(tmp_path / "a"), **QUIET)
   with pytest.raises(ValueError, match="lambda never grows"):
-    loop.prune(_cfg(mnist_dir, dense_dir, l1_init=0.0, l1_step=0.0),
-                    str(tmp_path / "b"), **QUIET)
+    loop.prune(_cfg(mnist_dir, dense_dir, schedule="paper", l1_init=0.0,
+                    l1_step=0.0), str(tmp_path / "b"), **QUIET)
+  with pytest.raises(ValueError, match="needs l1_init > 0"):
+    loop.prune(_cfg(mnist_dir, dense_dir, l1_init=0.0),
+               str(tmp_path / "b2"), **QUIET)
   with pytest.raises(ValueError, match="does not match model 'lenet300_100'"):
     c = _cfg(mnist_dir, dense_dir, model="lenet300_100")
     loop.prune(c, str(tmp_path / "c"), **QUIET)
