@@ -434,6 +434,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     """The params the fine-tune starts from, with exactly the target count
     of zeros where the schedule can give it; ``(params, batch_stats,
     restored, topped_up)``."""
+    del reason
     ms, n_zero = state.method_state, state.hp["n_zero"]
     if target_mode:
       sp = transforms.sparse_params(state.opt_state)
