@@ -31,7 +31,6 @@ read or replaced with :func:`get_masks` / :func:`set_masks`.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -144,7 +143,6 @@ def _prox_transform(
     mask: MaskOrFn,
     who: str,
     normalized: MaskOrFn = None,
-    normalized_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
 ) -> optax.GradientTransformationExtraArgs:
@@ -192,18 +190,12 @@ def _prox_transform(
       if u is None:
         return None
       target = p + u
-      fn = None
-      if normalized_fn is not None and target.ndim >= 2:
-        fn = (functools.partial(normalized_fn, reference=ref)
-              if state.norms is not None else normalized_fn)
-      t = tau.astype(target.dtype)
-      t_abs = (tau * sc).astype(target.dtype)
-      if fn is None or isinstance(nrm, bool) and not nrm:
-        shrunk = prox_fn(target, t_abs)
-      elif isinstance(nrm, bool):
-        shrunk = fn(target, t)
-      else:
-        shrunk = jnp.where(nrm, fn(target, t), prox_fn(target, t_abs))
+      shrunk = prox_fn(target, (tau * sc).astype(target.dtype))
+      if target.ndim >= 2 and not (isinstance(nrm, bool) and not nrm):
+        relative = prox_lib.scale_invariant_soft_threshold(
+            target, tau.astype(target.dtype),
+            reference=ref if state.norms is not None else None)
+        shrunk = jnp.where(nrm, relative, shrunk)
       new = jnp.where(m, shrunk, target)
       return (new - p).astype(u.dtype)
 
@@ -276,8 +268,7 @@ def prox_l1(
   """
   return _prox_transform(
       prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
-      normalized, prox_lib.scale_invariant_soft_threshold, rms_scaled,
-      normalized_reference,
+      normalized, rms_scaled, normalized_reference,
   )
 
 

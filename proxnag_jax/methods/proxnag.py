@@ -135,20 +135,15 @@ def filter_norm_ratios(params, start, prunable) -> dict:
 
 def magnitude_top_up(params, n_zero, prunable):
   """Zeroes the smallest nonzero prunable weights of ``params`` until
-  exactly ``n_zero`` are zero (nothing if there are already as many);
+  exactly ``n_zero`` are zero (nothing if there are already as many):
+  keeps the global top ``n - n_zero`` of ``|w|``, zeros ranking last;
   traceable. Returns ``(params, number_zeroed)``."""
-  need = jnp.maximum(n_zero - base.count_zeros(params, prunable), 0)
-  treedef = jax.tree.structure(prunable)
-  leaves = treedef.flatten_up_to(params)
-  which = jax.tree.leaves(prunable)
-  # Scores: -|w| for nonzero weights (the smallest first), -inf for zeros.
-  cand = masks_lib.concat_selected(
-      [jnp.where(p != 0, -jnp.abs(p), -jnp.inf) for p in leaves], which)
-  cut = masks_lib.topk_mask(cand, need) & jnp.isfinite(cand)
-  gone = masks_lib.split_selected(cut, leaves, which,
-                                  lambda x: jnp.zeros(x.shape, bool))
-  out = [jnp.where(g, jnp.zeros_like(p), p) for g, p in zip(gone, leaves)]
-  return jax.tree.unflatten(treedef, out), cut.sum(dtype=jnp.int32)
+  before = base.count_zeros(params, prunable)
+  keep = base.global_topk_masks(
+      jax.tree.map(jnp.abs, params), prunable,
+      base.num_prunable(params, prunable) - n_zero)
+  out = masks_lib.apply_masks(params, keep)
+  return out, base.count_zeros(out, prunable) - before
 
 
 def repair_overshoot(params, round_start, n_zero, prunable):
@@ -430,11 +425,10 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                     stop=reason.astype(jnp.int32), **extra, **fnorm)
     return state.replace(method_state=ms), reason.astype(jnp.int32), ev
 
-  def exact_count(state, ctx, reason):
+  def exact_count(state, ctx):
     """The params the fine-tune starts from, with exactly the target count
     of zeros where the schedule can give it; ``(params, batch_stats,
     restored, topped_up)``."""
-    del reason
     ms, n_zero = state.method_state, state.hp["n_zero"]
     if target_mode:
       sp = transforms.sparse_params(state.opt_state)
@@ -450,7 +444,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
 
   def leave_prune(state, ctx, reason):
     ms, hp = state.method_state, state.hp
-    params, bstats, restored, topped = exact_count(state, ctx, reason)
+    params, bstats, restored, topped = exact_count(state, ctx)
     zeros = base.count_zeros(params, ctx.prunable)
     reached = zeros >= hp["n_zero"]
     final = reached | over_budget(state, ctx) | target_mode
