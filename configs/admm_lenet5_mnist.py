@@ -24,9 +24,12 @@ from configs import common
 from configs import proxnag_lenet5_mnist
 
 
+VARIANTS = ("smoke", "rw", "rw_rel", "rw_smoke", "proxnag",
+            "proxnag_rw")
+
+
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "rw", "rw_rel", "rw_smoke", "proxnag",
-                             "proxnag_rw"))
+  common.check_variant(arg, VARIANTS)
   smoke = arg.endswith("smoke")
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
   rw = arg.startswith("rw") or arg == "proxnag_rw"

@@ -17,9 +17,12 @@ from configs import proxnag_resnet20_cifar10
 from configs import resnet20_cifar10
 
 
+VARIANTS = ("resnet32", "resnet56", "smoke",
+            "resnet56_smoke")
+
+
 def get_config(arg: str = "resnet32"):
-  common.check_variant(arg, ("resnet32", "resnet56", "smoke",
-                             "resnet56_smoke"))
+  common.check_variant(arg, VARIANTS)
   arg = arg or "resnet32"
   smoke = arg.endswith("smoke")
   model = "resnet56" if arg.startswith("resnet56") else "resnet32"

@@ -3,7 +3,10 @@
 import ml_collections
 
 
-def base_config() -> ml_collections.ConfigDict:
+def run_config() -> ml_collections.ConfigDict:
+  """The fields every run reads, training or pruning: data, model, seed,
+  batches, logging. A pruning config starts from this (its dense model's
+  training settings live under ``config.dense``)."""
   c = ml_collections.ConfigDict()
   c.model = "lenet5"
   c.dataset = "mnist"
@@ -20,10 +23,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.val_size = 5000
   c.val_seed = 0
   c.seed = 0
-  c.num_epochs = 10
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.augment = True          # CIFAR: pad-4 crop + flip (ignored for MNIST)
+  c.log_every_s = 5.0
+  c.chunk_steps = 100       # steps per scanned chunk: one host sync each
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A dense-training config: :func:`run_config` and the optimiser and
+  schedule (``engine.DENSE_TRAINING_FIELDS``)."""
+  c = run_config()
+  c.num_epochs = 10
   c.optimizer = "sgd"       # 'sgd' (Nesterov) or 'proxnag'
   c.learning_rate = 0.1
   c.momentum = 0.9
@@ -35,8 +47,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_steps = ()           # 'step' schedule: epochs at which lr *= lr_decay
   c.lr_decay = 0.1
   c.warmup_epochs = 0.0
-  c.log_every_s = 5.0
-  c.chunk_steps = 100       # steps per scanned chunk: one host sync each
   return c
 
 

@@ -16,9 +16,12 @@ from configs import proxnag_lenet5_mnist
 from configs import resnet20_cifar10
 
 
+VARIANTS = ("smoke", "paper")
+
+
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "paper"))
-  c = common.base_config()
+  common.check_variant(arg, VARIANTS)
+  c = common.run_config()
   c.model = "resnet20"
   c.dataset = "cifar10"
   c.batch_size = 128
@@ -54,7 +57,7 @@ def get_config(arg: str = ""):
     c.val_size = common.SMOKE_VAL_SIZE
     c.test_subset = 256
     c.target_sparsity = 0.3
-    proxnag_lenet5_mnist.smoke_proxnag(p, l1=0.05, max_rounds=3)
+    proxnag_lenet5_mnist.smoke_proxnag(p)
     c.budget_epochs = 3.0
     c.chunk_steps = 8
     c.checkpoint_every_steps = 8

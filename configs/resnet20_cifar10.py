@@ -11,8 +11,11 @@ lr 0.1 with cosine decay over 200 epochs, weight decay 5e-4, pad-4 crop + flip.
 from configs import common
 
 
+VARIANTS = ("smoke", "cpu_short")
+
+
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "cpu_short"))
+  common.check_variant(arg, VARIANTS)
   c = common.base_config()
   c.model = "resnet20"
   c.dataset = "cifar10"

@@ -55,7 +55,6 @@ def get_config(arg: str = ""):
   c.paper_table = {}
   if arg == "smoke":
     s = proxnag_lenet5_mnist.get_config("smoke")
-    s.proxnag.fill_budget = True
     s.budget_epochs = 8.0
     c.base = s
     c.methods = ("proxnag", "magnitude", "snip", "sparse_momentum")

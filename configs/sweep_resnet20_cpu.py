@@ -63,13 +63,28 @@ def _name(lam: float) -> str:
   return f"proxnag_lam{lam:.0e}".replace("e-0", "e-")
 
 
-def lambda_variants(lams) -> dict:
+# The paper schedule's rounds at the CPU budgets: 1 epoch of prune-training,
+# growing fine-tunes, and the final fine-tune filling the budget.
+ROUNDS = {"prune_max_epochs": 1.0, "finetune_epochs": 0.5,
+          "finetune_growth": 0.5, "final_finetune_epochs": 2.0,
+          "max_rounds": 8, "fill_budget": True}
+SESSION_ROUNDS = dict(ROUNDS, finetune_epochs=0.25, finetune_growth=0.25,
+                      final_finetune_epochs=1.5, max_rounds=6)
+# Seconds-long smoke rounds.
+SMOKE_ROUNDS = {"prune_max_epochs": 2.0, "finetune_epochs": 1.0,
+                "finetune_growth": 0.0, "final_finetune_epochs": 1.0,
+                "max_rounds": 3, "fill_budget": True}
+
+
+def lambda_variants(lams, rounds=None) -> dict:
   """Prox-NAG sweep entries with the paper's schedule (open-loop lambda
   rounds, absolute threshold), one per lambda step (``l1_init =
-  l1_step``), as the committed ``:session`` sweep ran them."""
+  l1_step``), as the committed ``:session`` sweep ran them; ``rounds``: the
+  round settings (default :data:`ROUNDS`)."""
+  rounds = ROUNDS if rounds is None else rounds
   return {_name(l): {"method": "proxnag", "schedule": "paper",
                      "scale_invariant": False, "l1_init": l, "l1_step": l,
-                     "monitor_every": 50, "patience": 20}
+                     "monitor_every": 50, "patience": 20, **rounds}
           for l in lams}
 
 
@@ -91,36 +106,28 @@ def get_config(arg: str = ""):
     b.dense.num_epochs = 30
     b.dense.warmup_epochs = 1.0
     b.budget_epochs = 10.0
-    p = b.proxnag
-    p.prune_max_epochs = 1.0
-    p.finetune_epochs = 0.5
-    p.finetune_growth = 0.5
-    p.final_finetune_epochs = 2.0
-    p.max_rounds = 8
-    p.fill_budget = True
     b.checkpoint_every_steps = 350
     if arg.startswith("session"):
       b.dense.num_epochs = 10
       b.dense.warmup_epochs = 0.5
       b.budget_epochs = 4.0
-      p.finetune_epochs = 0.25
-      p.finetune_growth = 0.25
-      p.final_finetune_epochs = 1.5
-      p.max_rounds = 6
+      c.variants = lambda_variants(LAMBDAS, SESSION_ROUNDS)
     if arg == "session_rates":
       # The new default (target schedule, scale-invariant step) against
       # the paper's schedule at its lambda chosen on validation (1e-2) and
       # magnitude and SNIP, at 50/70/90%, three seeds.
-      c.variants = {"proxnag_paper": lambda_variants((1e-2,))[_name(1e-2)]}
+      c.variants = {"proxnag_paper": lambda_variants(
+                        (1e-2,), SESSION_ROUNDS)[_name(1e-2)],
+                    "proxnag_start": {"method": "proxnag",
+                                      "threshold": "start"}}
       c.methods = ("proxnag", "magnitude", "proxnag_paper", "snip")
       c.select_on_val = {}
       c.sparsities = (0.9, 0.7, 0.5)
       c.seeds = (0, 1, 2)
   else:
     b.budget_epochs = 3.0
-    b.proxnag.fill_budget = True
     # A lambda that reaches 30% within the smoke run's few steps.
-    c.variants = lambda_variants((0.2,))
+    c.variants = lambda_variants((0.2,), SMOKE_ROUNDS)
     c.methods = (_name(0.2), "magnitude")
     c.select_on_val = {"proxnag": (_name(0.2),)}
     c.sparsities = (0.3,)

@@ -27,8 +27,11 @@ from configs import structured_lenet5_mnist
 METHODS = ("gat", "l1_filter", "slimming", "group_proxnag")
 
 
+VARIANTS = ("smoke", "macs")
+
+
 def get_config(arg: str = ""):
-  common.check_variant(arg, ("smoke", "macs"))
+  common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
   c.data_dir = ""
   c.methods = METHODS

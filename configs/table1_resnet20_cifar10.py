@@ -38,7 +38,9 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.data_dir = ""
   lams = tuple(sweep_resnet20_cpu.LAMBDAS)
-  v = sweep_resnet20_cpu.lambda_variants(lams)    # in lambda order
+  # 10 of the 60 epochs are kept for the final fine-tune; the rounds get 50.
+  rounds = {"fill_budget": True, "final_finetune_epochs": 10.0}
+  v = sweep_resnet20_cpu.lambda_variants(lams, rounds)   # in lambda order
   c.variants = v
   c.methods = tuple(v) + ("magnitude", "l2", "snip", "sparse_momentum",
                           "dsr")
@@ -49,9 +51,6 @@ def get_config(arg: str = ""):
   c.vmap_runs = False
   b = proxnag_resnet20_cifar10.get_config()
   b.budget_epochs = 60.0
-  b.proxnag.fill_budget = True
-  # 10 of the 60 epochs are kept for the final fine-tune; the rounds get 50.
-  b.proxnag.final_finetune_epochs = 10.0
   b.gmp.every = 200
   c.base = b
   c.paper_table = {k: tuple(v) for k, v in PAPER.items()}
@@ -60,9 +59,9 @@ def get_config(arg: str = ""):
   if arg == "smoke":
     s = proxnag_resnet20_cifar10.get_config("smoke")
     s.budget_epochs = 3.0
-    s.proxnag.fill_budget = True
     c.base = s
-    v = sweep_resnet20_cpu.lambda_variants((0.05,))
+    v = sweep_resnet20_cpu.lambda_variants((0.05,),
+                                           sweep_resnet20_cpu.SMOKE_ROUNDS)
     c.variants = v
     c.methods = tuple(v) + ("magnitude",)
     c.select_on_val = {"proxnag": tuple(v)}

@@ -614,11 +614,26 @@ NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
                      "paper_dense", "target_note")
 
 
+# A dense-training config's optimiser and schedule. A pruning config has
+# them only under ``dense`` (pruning never reads them at its top level: it
+# refuses a config that carries them there, and older runs' configs that
+# did carry them compare without them).
+DENSE_TRAINING_FIELDS = ("num_epochs", "optimizer", "learning_rate",
+                         "nesterov", "weight_decay", "l1", "fista",
+                         "schedule", "lr_steps", "lr_decay", "warmup_epochs")
+
+
+def is_pruning_config(cfg) -> bool:
+  return "method" in cfg and "target_sparsity" in cfg and "dense" in cfg
+
+
 def comparable_config(cfg: dict) -> dict:
   """The config without the fields that do not change results, at any
   depth (a sweep's base config holds them too)."""
+  drop = DENSE_TRAINING_FIELDS if is_pruning_config(cfg) else ()
   return {k: comparable_config(v) if isinstance(v, dict) else v
-          for k, v in cfg.items() if k not in NON_RESULT_FIELDS}
+          for k, v in cfg.items()
+          if k not in NON_RESULT_FIELDS and k not in drop}
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> dict:

@@ -565,9 +565,52 @@ def method_of(config) -> base.Method:
   return methods_lib.get_method(name, **kwargs)
 
 
+# The dense sub-config's fields a pruning run reads when it starts from a
+# dense checkpoint (so does not train it): the masked fine-tune's weight
+# decay, and for a method from scratch its training schedule.
+DENSE_READ_WITH_CHECKPOINT = {
+    "dense": ("weight_decay",),
+    "scratch": ("weight_decay", "num_epochs", "learning_rate", "schedule",
+                "lr_steps", "lr_decay", "warmup_epochs")}
+
+
+def ignored_fields(config, method) -> dict:
+  """``{'field.path': why}``: the fields of a pruning config that this run
+  does not read (besides other methods' sub-configs): the top-level
+  ``finetune_lr`` where the method does not train at it, the dense
+  model's training settings when it comes from ``dense_checkpoint``, and
+  the method's own settings its configuration ignores
+  (``Method.ignored``). A command refuses an override of any of them, and
+  :func:`validate` a method setting among them that is not its default."""
+  out = {}
+  if method.start != "dense":
+    out["finetune_lr"] = ("a method from scratch trains at "
+                          "config.dense.learning_rate")
+  elif not method.reads_lr:
+    out["finetune_lr"] = (f"{method.name} has learning rates of its own "
+                          f"(config.{method.name}.*_lr)")
+  if config.get("dense_checkpoint", ""):
+    read = DENSE_READ_WITH_CHECKPOINT[method.start]
+    for k in config.dense.keys():
+      if k not in read and k not in SHARED_WITH_DENSE:
+        out[f"dense.{k}"] = ("the dense model comes from "
+                             "config.dense_checkpoint, so is not trained here")
+  for k, why in method.ignored.items():
+    out[f"{method.name}.{k}"] = why
+  return out
+
+
 def validate(config) -> base.Method:
-  """Fails early, before anything is written, on a config that cannot run."""
+  """Fails early, before anything is written, on a config that cannot run
+  or that sets a field the run would ignore."""
   engine.check_numbers(config)     # budget_epochs > 0, no NaN, ...
+  stray = [k for k in engine.DENSE_TRAINING_FIELDS if k in config]
+  if stray:
+    raise ValueError(
+        f"config.{', config.'.join(stray)}: a pruning run does not read "
+        "these at the config's top level (its dense model trains with "
+        "config.dense.*, each method with its own settings); remove them, "
+        "or set them under config.dense.")
   t = config.target_sparsity
   if not 0.0 < t < 1.0:
     raise ValueError(f"target_sparsity must be in (0, 1), got {t}.")
@@ -583,6 +626,12 @@ def validate(config) -> base.Method:
       raise ValueError(f"config.prune_exclude: {pat!r} is not a valid "
                        f"regular expression ({e}).") from None
   sub = config.get(method.name, None) or {}
+  defaults = methods_lib.method_config(method.name)
+  for k, why in method.ignored.items():
+    if k in sub and k in defaults and sub[k] != defaults[k]:
+      raise ValueError(
+          f"config.{method.name}.{k} = {sub[k]!r} would be ignored: {why} "
+          f"(its default is {defaults[k]!r}); drop it or change the mode.")
   for k, v in sub.items():
     vals = v if isinstance(v, (tuple, list)) else (v,)
     if any(isinstance(x, (int, float)) and not isinstance(x, bool) and x < 0
@@ -598,7 +647,8 @@ def validate(config) -> base.Method:
 
 # Fields a pruning run shares with its dense run (the same data, model, seed
 # and validation split).
-SHARED_WITH_DENSE = ("model", "dataset", "data_dir", "seed", "train_subset",
+SHARED_WITH_DENSE = ("model", "dataset", "data_dir", "download", "seed",
+                     "train_subset",
                      "test_subset", "val_size", "val_seed", "batch_size",
                      "eval_batch_size")
 

@@ -253,7 +253,9 @@ def test_registry_and_configs():
   with pytest.raises(ValueError, match="lambda never grows"):
     methods.get_method("proxnag", schedule="paper", l1_init=0.0, l1_step=0.0)
   with pytest.raises(ValueError, match="needs l1_init > 0"):
-    methods.get_method("proxnag", l1_init=0.0)
+    methods.get_method("proxnag", lam_start="l1_init", l1_init=0.0)
+  with pytest.raises(ValueError, match="lam_start must be"):
+    methods.get_method("proxnag", lam_start="zero")
   with pytest.raises(ValueError, match="schedule must be one of"):
     methods.get_method("proxnag", schedule="open")
   with pytest.raises(ValueError, match="ramp_end"):
@@ -549,8 +551,7 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
   (overshoot given back), inside the deadline, and fine-tunes to the end of
   the budget; every monitor traces lambda, the ramp and the filter norms."""
   method, ctx, state, trace = _proxnag_trace(
-      tmp_path, l1_init=0.02, prune_lr=0.05, monitor_every=2,
-      lam_max_change=0.5)
+      tmp_path, prune_lr=0.05, monitor_every=2, lam_max_change=0.5)
   summ = method.summary(state)
   assert summ["reached_target"] and summ["prune_stop"] == "target"
   assert summ["topped_up_by_magnitude"] == 0
@@ -559,10 +560,12 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
   assert int(state.step) == ctx.total_steps
   mons = [r for r in trace if r["kind"] == "monitor"]
   assert mons and all("fnorm/conv/kernel" in r and "ramp" in r for r in mons)
-  lams = [r["lam"] for r in mons]
-  # Below the ramp, lambda grows by at most lam_max_change per monitor.
-  assert lams[0] > 0.02 and all(b / a <= np.exp(0.5) * (1 + 1e-5)
-                                for a, b in zip(lams, lams[1:]))
+  lam0 = [r for r in trace if r["kind"] == "phase_start"][0]["lam"]
+  lams = [lam0] + [r["lam"] for r in mons]
+  # Below the ramp, lambda grows, by at most lam_max_change per monitor.
+  assert lams[1] > lam0
+  assert all(np.exp(-0.5) * (1 - 1e-5) <= b / a <= np.exp(0.5) * (1 + 1e-5)
+             for a, b in zip(lams, lams[1:]))
   end = [r for r in trace if r["kind"] == "phase_end"][0]
   assert end["reason"] == "target"
   assert end["step"] <= round(0.5 * ctx.total_steps)
@@ -572,7 +575,8 @@ def test_proxnag_target_schedule_tops_up_at_its_deadline(tmp_path):
   """A lambda that cannot move in time: at the deadline the smallest weights
   are pruned to the exact count, and the summary says so."""
   method, ctx, state, trace = _proxnag_trace(
-      tmp_path, l1_init=1e-9, lam_max_change=1e-3, monitor_every=2)
+      tmp_path, lam_start="l1_init", l1_init=1e-9, lam_max_change=1e-3,
+      monitor_every=2)
   summ = method.summary(state)
   assert summ["prune_stop"] == "deadline"
   assert summ["topped_up_by_magnitude"] > 0
@@ -583,12 +587,65 @@ def test_proxnag_target_schedule_tops_up_at_its_deadline(tmp_path):
   assert int(state.step) == ctx.total_steps
 
 
+def _lambda_start(method, params, prunable, normalized, target, total):
+  ctx = base.Context(prunable=prunable, steps_per_epoch=10,
+                     total_steps=total, schedule=optax.constant_schedule,
+                     normalized=normalized)
+  n = base.num_prunable(params, prunable)
+  hp = loop.make_hp({"target": target, "n_zero": round(target * n),
+                     "lr": 0.05, "weight_decay": 0.0, "momentum": 0.9,
+                     **method.hparams})
+  state, ev = loop.init_run(method, ctx, params, {}, hp, 0)
+  assert float(ev["phase_start"]["lam"]) == float(state.method_state["lam"])
+  return float(state.method_state["lam"])
+
+
+def test_proxnag_auto_lambda_start_is_the_unresisted_drift():
+  """lam_start='auto': lambda_0 makes an unresisted weight at the target
+  quantile of |w| (in the threshold's units) drift to zero by the ramp's
+  end, momentum build-up included; l1_init is used with 'l1_init'."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+  params = {"a": {"kernel": jax.random.normal(k1, (3, 3, 4, 8)) * 0.1,
+                  "bias": jnp.ones((8,))},
+            "b": {"kernel": jax.random.normal(k2, (8, 5)) * 2.0}}
+  prunable = {"a": {"kernel": True, "bias": False},
+              "b": {"kernel": True, "bias": False}}
+  params["b"]["bias"] = jnp.zeros((5,))
+  total, target, eta, beta = 200, 0.6, 0.01, 0.9
+  k = round(0.4 * total)
+  drift = (k - beta * (1 - beta ** k) / (1 - beta)) / (1 - beta)
+  method = methods.get_method("proxnag", prune_lr=eta)
+  # No normalisation: weight units everywhere.
+  flat = np.concatenate([np.abs(np.asarray(params["a"]["kernel"])).ravel(),
+                         np.abs(np.asarray(params["b"]["kernel"])).ravel()])
+  want = np.quantile(flat, target) / (eta * drift)
+  got = _lambda_start(method, params, prunable, None, target, total)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # "a" feeds a normalisation: its weights in units of each filter's rms,
+  # the other kernel in units of its own rms ('rms' threshold).
+  norm = {"a": {"kernel": True, "bias": False},
+          "b": {"kernel": False, "bias": False}}
+  a = np.abs(np.asarray(params["a"]["kernel"]))
+  a = a / np.sqrt(np.mean(a ** 2, axis=(0, 1, 2), keepdims=True))
+  b = np.abs(np.asarray(params["b"]["kernel"]))
+  b = b / np.sqrt(np.mean(b ** 2))
+  want = np.quantile(np.concatenate([a.ravel(), b.ravel()]), target) / (
+      eta * drift)
+  got = _lambda_start(method, params, prunable, norm, target, total)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  given = methods.get_method("proxnag", prune_lr=eta, lam_start="l1_init",
+                             l1_init=3e-3)
+  np.testing.assert_allclose(
+      _lambda_start(given, params, prunable, norm, target, total), 3e-3)
+
+
 def test_proxnag_collapse_guard_stops_pruning(tmp_path):
   """A loss rise beyond loss_rise times its value at the phase's first
   monitor (here: a diverging step size) stops pruning, traced as the stop
   reason; then the count is made exact by magnitude."""
   method, _, state, trace = _proxnag_trace(
-      tmp_path, l1_init=1e-6, prune_lr=20.0, monitor_every=1, loss_rise=1.5,
+      tmp_path, lam_start="l1_init", l1_init=1e-6, prune_lr=20.0,
+      monitor_every=1, loss_rise=1.5,
       loss_rise_min=0.0, acc_drop=0.0)
   summ = method.summary(state)
   assert summ["prune_stop"] == "loss_rise"

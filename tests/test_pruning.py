@@ -127,7 +127,7 @@ def test_bad_input(tmp_path, mnist_dir, dense_dir):
     loop.prune(_cfg(mnist_dir, dense_dir, schedule="paper", l1_init=0.0,
                     l1_step=0.0), str(tmp_path / "b"), **QUIET)
   with pytest.raises(ValueError, match="needs l1_init > 0"):
-    loop.prune(_cfg(mnist_dir, dense_dir, l1_init=0.0),
+    loop.prune(_cfg(mnist_dir, dense_dir, lam_start="l1_init", l1_init=0.0),
                str(tmp_path / "b2"), **QUIET)
   with pytest.raises(ValueError, match="does not match model 'lenet300_100'"):
     c = _cfg(mnist_dir, dense_dir, model="lenet300_100")

@@ -358,6 +358,60 @@ def test_cli_refuses_settings_of_a_method_the_run_does_not_use(tmp_path):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("flag, says", [
+    ("--config.finetune_lr=1e6",
+     "--config.finetune_lr (proxnag has learning rates of its own"),
+    ("--config.proxnag.l1_step=1e-3",
+     "--config.proxnag.l1_step (read only with schedule='paper')"),
+    ("--config.proxnag.l1_init=1e-3",
+     "--config.proxnag.l1_init (lam_start='auto' computes"),
+    ("--config.dense.num_epochs=3",
+     "--config.dense.num_epochs (the dense model comes from "
+     "config.dense_checkpoint"),
+])
+def test_cli_refuses_a_setting_the_run_would_ignore(tmp_path, flag, says):
+  """Every field a pruning run is given either takes effect or is refused
+  before anything is written: here fields Prox-NAG's target schedule, or a
+  run from a dense checkpoint, never reads."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  wd = str(tmp_path / "w")
+  r = subprocess.run(
+      [sys.executable, "-m", "train.prune", "--config",
+       "configs/proxnag_lenet5_mnist.py:smoke", "--workdir", wd,
+       "--config.dense_checkpoint=checkpoints/lenet5_mnist_dense15", flag],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert says in r.stderr and "would not read it" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(wd)
+
+
+def test_validate_refuses_ignored_settings_in_a_config():
+  """A config (not only a flag) that sets a field the run would ignore is
+  refused: a paper-schedule setting under the target schedule, a
+  dense-training field at a pruning config's top level."""
+  from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+  c = proxnag_lenet5_mnist.get_config("smoke")
+  loop.validate(c)
+  c.proxnag.fill_budget = True
+  with pytest.raises(ValueError, match=r"config.proxnag.fill_budget = True "
+                     r"would be ignored: read only with schedule='paper'"):
+    loop.validate(c)
+  c.proxnag.schedule = "paper"
+  c.proxnag.scale_invariant = False
+  loop.validate(c)                       # read by the paper schedule
+  c.proxnag.threshold = "start"
+  with pytest.raises(ValueError, match="read only with scale_invariant"):
+    loop.validate(c)
+  c = proxnag_lenet5_mnist.get_config("smoke")
+  with c.unlocked():
+    c.learning_rate = 0.5
+  with pytest.raises(ValueError, match=r"config.learning_rate: a pruning run "
+                     "does not read"):
+    loop.validate(c)
+
+
 @pytest.mark.parametrize("args, says", [
     (("--config", "configs/lenet5_mnist.py", "--config.nofield=1"),
      "--config.nofield: the config has no field 'nofield'"),

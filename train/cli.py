@@ -36,9 +36,25 @@ def unused_method_flags(config, argv) -> list:
     if not a.startswith("--config."):
       continue
     parts = a[len("--config."):].split("=")[0].split(".")
-    if (len(parts) > 1 and parts[0] in methods_lib.METHOD_NAMES and
+    if (len(parts) > 1 and parts[0] in methods_lib.PRUNING_METHODS and
         parts[0] != config.method):
       out.append(a.split("=")[0])
+  return out
+
+
+def ignored_flags(config, argv) -> list:
+  """``--config.<field>`` overrides of a pruning run that the run would not
+  read (:func:`proxnag_jax.loop.ignored_fields`), with the reason."""
+  if not engine.is_pruning_config(config):
+    return []
+  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+  ignored = loop.ignored_fields(config, loop.method_of(config))
+  out = []
+  for a in argv:
+    if a.startswith("--config."):
+      path = a[len("--config."):].split("=")[0]
+      if path in ignored:
+        out.append(f"--config.{path} ({ignored[path]})")
   return out
 
 
@@ -146,6 +162,13 @@ def run(fn, help_config: str = "Config file.") -> None:
             f"{', '.join(unused)} set a method this run does not use "
             f"(config.method is {config.value.method!r}); drop them or set "
             "--config.method to that method.")
+      ignored = ignored_flags(config.value, sys.argv)
+      if ignored:
+        raise ValueError(
+            f"{'; '.join(ignored)}: this run would not read "
+            f"{'it' if len(ignored) == 1 else 'them'}; drop "
+            f"{'it' if len(ignored) == 1 else 'them'} or change the setting "
+            "that makes it unused.")
       fn(config.value, workdir.value, overwrite=overwrite.value,
          allow_changes=allow_changes.value)
     except USER_ERRORS as e:

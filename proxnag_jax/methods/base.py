@@ -206,6 +206,14 @@ class Method(NamedTuple):
       ``'channels'`` (removed), or ``'macs'`` / ``'params'`` (removed from
       the dense network's count by the shrunk network), so that methods
       that allocate channels differently are compared at equal cost.
+    reads_lr: the run's learning rate (``hp['lr']``: a pruning config's
+      ``finetune_lr`` for a method from the dense model, its
+      ``dense.learning_rate`` from scratch) reaches this method; False for
+      methods with learning rates of their own among their settings.
+    ignored: ``{setting: why}``, the method's settings that this
+      configuration of it does not read (e.g. the paper schedule's settings
+      under Prox-NAG's target schedule): a run refuses a config that sets
+      one (``loop.validate``).
   """
 
   name: str
@@ -225,6 +233,8 @@ class Method(NamedTuple):
   check: Optional[Callable] = None
   structured: bool = False
   match: str = "channels"
+  reads_lr: bool = True
+  ignored: dict = {}
 
   def steps(self, ctx: Context) -> int:
     return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps

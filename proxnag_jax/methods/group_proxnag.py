@@ -170,7 +170,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
   return Method("group_proxnag", init=init, tx=tx, update=update,
                 eval_params=eval_params, export=export, summary=summary,
                 start="dense", check=check, structured=True, match=match,
-                hparams=hparams,
+                hparams=hparams, reads_lr=False,
                 description="group-lasso Prox-NAG: channel group lasso "
                 "proximal steps with Nesterov momentum and a rising lambda "
                 "until the target count of channels is zero, then "

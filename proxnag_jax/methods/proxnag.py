@@ -6,13 +6,24 @@ Two schedules for lambda, chosen with ``schedule``:
 phase from the trained dense model, then one fine-tune:
 
 1. **prune-train** with Prox-NAG. The target sparsity follows a linear ramp,
-   ``s*(k) = target * min(1, k / (ramp_end * budget))``; every
-   ``monitor_every`` steps a controller compares the sparsity ``s`` of the
-   sparse iterate ``w~`` with the ramp and changes lambda multiplicatively,
-   ``lambda <- lambda * exp(clip(lam_gain * (s* - s), -lam_max_change,
-   lam_max_change))`` (a bounded integral controller on log lambda: the
-   sparsity answers lambda with a lag of tens of steps, so a bounded change
-   per monitor keeps it from oscillating). Zeros are counted every step; the
+   ``s*(k) = target * min(1, k / K)``, ``K = ramp_end * budget``. lambda
+   starts where the weights alone would follow the ramp
+   (``lam_start='auto'``): with momentum ``beta`` an unresisted weight drifts
+   to zero by ``eta * lambda / (1 - beta)`` per step, so the weights below the
+   target quantile ``q`` of ``|w|`` (in the threshold's units) reach zero by
+   step ``K`` at ``lambda_0 = (1 - beta) q / (eta K)`` (the loss gradient
+   resists, so the controller raises it from there; ``lam_start='l1_init'``
+   starts at ``l1_init`` instead). Every ``monitor_every`` steps a
+   controller compares the rate ``ds/dk`` of the sparsity ``s`` of the
+   sparse iterate ``w~`` (its mean over each monitor interval, whose
+   weights at the threshold flicker) with the rate
+   that follows the ramp and closes the gap to it within ``catch_up * K``
+   steps, ``r* = ramp slope + (s*(k) - s) / (catch_up * K)``, and changes
+   lambda multiplicatively, ``lambda <- lambda * exp(clip(lam_gain *
+   (r* - ds/dk) / slope, -lam_max_change, lam_max_change))``. lambda sets
+   the *rate* at which weights reach zero (an unheld weight keeps drifting),
+   so a controller on the level ``s`` alone integrates twice and overshoots;
+   one on the rate does not. Zeros are counted every step; the
    phase ends on the step the count reaches ``round(target * n)``, and the
    weights that step zeroed beyond the count get their previous values back
    (the largest first), so the mask holds **exactly** the target count. The
@@ -175,10 +186,11 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
             ramp_end: float = 0.4, deadline: float = 0.5,
-            lam_gain: float = 10.0, lam_max_change: float = 0.15,
+            lam_start: str = "auto", catch_up: float = 0.1,
+            lam_gain: float = 0.1, lam_max_change: float = 0.15,
             prune_max_epochs: float = 2.0, monitor_every: int = 10,
             drop_tol: float = 0.002, patience: int = 15,
-            loss_ema: float = 0.9, loss_rise: float = 2.0,
+            loss_ema: float = 0.9, loss_rise: float = 4.0,
             loss_rise_min: float = 0.3, acc_drop: float = 0.25,
             finetune_lr: float = 0.01, finetune_weight_decay: float = 5e-4,
             finetune_epochs: float = 1.0, finetune_growth: float = 1.0,
@@ -186,9 +198,10 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             fill_budget: bool = False) -> Method:
   """Prox-NAG pruning; see the module docstring for both schedules.
 
-  Settings of ``schedule='target'``: ``l1_init`` (lambda's start; the
-  controller moves it), ``ramp_end`` and ``deadline`` (fractions of the
-  budget), ``lam_gain``, ``lam_max_change``. Of ``'paper'``: ``l1_init``,
+  Settings of ``schedule='target'``: ``lam_start`` (``'auto'`` or
+  ``'l1_init'``: lambda's start, which the controller moves), ``ramp_end``
+  and ``deadline`` (fractions of the budget), ``catch_up``, ``lam_gain``,
+  ``lam_max_change``. Of ``'paper'``: ``l1_init``,
   ``l1_step``, ``max_rounds``, ``prune_max_epochs``, ``drop_tol``,
   ``patience``, ``finetune_epochs``, ``finetune_growth``,
   ``final_finetune_epochs``, ``fill_budget``. Both: ``scale_invariant``,
@@ -202,13 +215,19 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   if threshold not in ("rms", "start"):
     raise ValueError(f"proxnag: threshold must be 'rms' or 'start', got "
                      f"{threshold!r}.")
+  if lam_start not in ("auto", "l1_init"):
+    raise ValueError(f"proxnag: lam_start must be 'auto' or 'l1_init', got "
+                     f"{lam_start!r}.")
+  if catch_up <= 0:
+    raise ValueError("proxnag: catch_up must be positive (a fraction of the "
+                     "ramp).")
   if schedule not in SCHEDULES:
     raise ValueError(f"proxnag: schedule must be one of {SCHEDULES}, got "
                      f"{schedule!r}.")
   target_mode = schedule == "target"
   if l1_init < 0 or l1_step < 0:
     raise ValueError("proxnag: l1_init and l1_step must be non-negative.")
-  if target_mode and l1_init <= 0:
+  if target_mode and lam_start == "l1_init" and l1_init <= 0:
     raise ValueError("proxnag: schedule='target' needs l1_init > 0 (the "
                      "controller scales lambda multiplicatively).")
   if not target_mode and l1_init == 0 and l1_step == 0:
@@ -248,6 +267,45 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
         not any(jax.tree.leaves(norm))):
       return None
     return jax.tree.map(lambda w, n: bool(w and not n), ctx.prunable, norm)
+
+  def threshold_units(params, ctx):
+    """``|w|`` of every prunable weight in the units its threshold is in
+    (flat, concatenated): per filter rms for normalised kernels under
+    ``threshold='rms'``, the kernel's rms for ``rms_scaled`` ones, weight
+    units otherwise (``'start'`` measures a filter at its phase-start norm,
+    which it has at the start)."""
+    norm, rmss = normalized(ctx), rms_scaled(ctx)
+    falses = jax.tree.map(lambda _: False, ctx.prunable)
+    norm = falses if norm is None else norm
+    rmss = falses if rmss is None else rmss
+    out = []
+    for p, n, r in zip(base.prunable_leaves(params, ctx.prunable),
+                       base.prunable_leaves(norm, ctx.prunable),
+                       base.prunable_leaves(rmss, ctx.prunable)):
+      a = jnp.abs(p).astype(jnp.float32)
+      if n and threshold == "rms" and p.ndim >= 2:
+        scale = prox_lib.filter_rms(a)
+      elif r:
+        scale = jnp.sqrt(jnp.mean(jnp.square(a)))
+      else:
+        scale = None
+      if scale is not None:
+        a = jnp.where(scale > 0, a / jnp.where(scale > 0, scale, 1.0), 0.0)
+      out.append(a.ravel())
+    return jnp.concatenate(out)
+
+  def start_lambda(params, hp, ctx):
+    """lambda at the start of the target schedule's prune phase."""
+    if not target_mode or lam_start == "l1_init":
+      return jnp.asarray(hp["l1_init"], jnp.float32)
+    q = jnp.quantile(threshold_units(params, ctx),
+                     jnp.asarray(hp["target"], jnp.float32))
+    beta, k = jnp.asarray(hp["momentum"], jnp.float32), ramp_steps(ctx)
+    # Distance an unresisted weight drifts in k steps, per unit eta*lambda:
+    # sum_j (1 - beta^j) / (1 - beta) (the momentum builds up).
+    drift = (k - beta * (1 - beta ** k) / (1 - beta)) / (1 - beta)
+    lam = q / (hp["prune_lr"] * jnp.maximum(drift, 1.0))
+    return jnp.maximum(lam, 1e-12).astype(jnp.float32)
 
   def tx(hp, ctx):
     def chain(learning_rate, l1, weight_decay):
@@ -327,6 +385,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             "best_batch_stats": state.batch_stats,
             "prev_sparse": state.params,
             "best_sparsity": f32(-1.0), "monitors_since_best": jnp.int32(0),
+            "s_prev": f32(0.0), "k_prev": f32(0.0), "s_sum": f32(0.0),
             "n_monitor": jnp.int32(0), "loss_sum": f32(0.0),
             "acc_sum": f32(0.0), "loss_count": jnp.int32(0),
             "loss_ema": nan, "acc_ema": nan, "loss_ref": nan, "acc_ref": nan}
@@ -342,18 +401,19 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     del key
     check_budget(ctx)
     hp = state.hp
-    opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], hp["l1_init"],
+    lam0 = start_lambda(state.params, hp, ctx)
+    opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], lam0,
                     hp["prune_weight_decay"])
     f32 = jnp.float32
     ms = {"phase": jnp.int32(PRUNE), "round": jnp.int32(0),
           "phase_step": jnp.int32(0), "phase_len": jnp.int32(0),
-          "lam": f32(hp["l1_init"]), "final": jnp.bool_(False),
+          "lam": lam0, "final": jnp.bool_(False),
           "reached": jnp.bool_(False), "outcome": jnp.int32(0),
           "restored": jnp.int32(0), "topped_up": jnp.int32(0),
           "stop": jnp.int32(0), "prune_steps": jnp.int32(0)}
     state = state.replace(opt_state=opt, method_state=ms)
     state = state.replace(method_state=prune_phase_state(
-        state, jnp.int32(0), hp["l1_init"]))
+        state, jnp.int32(0), lam0))
     return state, {"phase_start": phase_start_event(True, state, ctx)}
 
   # -- the pieces of update ---------------------------------------------------
@@ -379,6 +439,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     ms = state.method_state
     loss = ms["loss_sum"] / jnp.maximum(ms["loss_count"], 1)
     acc = ms["acc_sum"] / jnp.maximum(ms["loss_count"], 1)
+    n_steps = ms["loss_count"]
     n_mon = ms["n_monitor"] + 1
     sp_params = transforms.sparse_params(state.opt_state)
     zeros = base.count_zeros(sp_params, ctx.prunable)
@@ -389,18 +450,32 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     out_of_time = ms["phase_step"] >= max_prune_steps(ctx)
     fnorm = filter_norm_ratios(sp_params, ms["round_start"], ctx.prunable)
     if target_mode:
-      # The ramp and the controller on log lambda.
-      ramp = state.hp["target"] * jnp.minimum(
-          ms["phase_step"].astype(jnp.float32) / ramp_steps(ctx), 1.0)
-      change = jnp.clip(lam_gain * (ramp - s), -lam_max_change,
-                        lam_max_change)
+      # The ramp and the controller on log lambda, by the sparsity's rate.
+      k = ms["phase_step"]
+      n_ramp = ramp_steps(ctx)
+      target = jnp.asarray(state.hp["target"], jnp.float32)
+      ramp = target * jnp.minimum(k.astype(jnp.float32) / n_ramp, 1.0)
+      slope = target / n_ramp
+      # The interval's mean sparsity, at the interval's middle step.
+      s_avg = ms["s_sum"] / jnp.maximum(n_steps, 1)
+      k_mid = k.astype(jnp.float32) - 0.5 * (n_steps - 1).astype(jnp.float32)
+      rate = (s_avg - ms["s_prev"]) / jnp.maximum(
+          k_mid - ms["k_prev"].astype(jnp.float32), 1.0)
+      want = (jnp.where(k < n_ramp, slope, 0.0) +
+              (target * jnp.minimum(k_mid / n_ramp, 1.0) - s_avg) /
+              (catch_up * n_ramp))
+      change = jnp.clip(lam_gain * (want - rate) / jnp.maximum(slope, 1e-12),
+                        -lam_max_change, lam_max_change)
       lam = ms["lam"] * jnp.exp(change)
       state = state.replace(opt_state=transforms.set_hyperparams(
           state.opt_state, l1=lam))
-      ms = {**ms, "lam": lam}
+      ms = {**ms, "lam": lam, "s_prev": s_avg, "k_prev": k_mid,
+            "s_sum": jnp.float32(0.0)}
       reason = jnp.select([zeros >= state.hp["n_zero"], collapse > 0,
                            out_of_time], [1, collapse, 7], 0)
-      extra = {"ramp": ramp}
+      extra = {"ramp": ramp, "mean_sparsity": s_avg,
+               "rate": rate * n_ramp / jnp.maximum(target, 1e-12),
+               "want": want * n_ramp / jnp.maximum(target, 1e-12)}
     else:
       better = s > ms["best_sparsity"]
       pick = lambda new, old: jax.tree.map(
@@ -515,9 +590,17 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     if target_mode:
       # Zeros are counted every step, so the phase ends on the step that
       # reaches the target (a monitor then records it).
+      # The controller reads the sparsity averaged over the steps since the
+      # last monitor: weights at the threshold flicker between zero and
+      # not, which makes one step's count jump by a few points.
       sp = transforms.sparse_params(state.opt_state)
-      monitor_now = monitor_now | (in_prune & (
-          base.count_zeros(sp, ctx.prunable) >= state.hp["n_zero"]))
+      zeros = base.count_zeros(sp, ctx.prunable)
+      monitor_now = monitor_now | (in_prune & (zeros >= state.hp["n_zero"]))
+      ms = state.method_state
+      state = state.replace(method_state={
+          **ms, "s_sum": ms["s_sum"] + jnp.where(
+              in_prune, zeros.astype(jnp.float32) / base.num_prunable(
+                  sp, ctx.prunable), 0.0)})
 
     # Prune-train: monitor, and maybe end the phase.
     ev_shape = jax.eval_shape(lambda s: monitor(s, ctx)[2], state)
@@ -592,6 +675,20 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             "restored": int(ms["restored"]),
             "topped_up_by_magnitude": int(ms["topped_up"])}
 
+  paper_only = ("l1_step", "max_rounds", "prune_max_epochs", "drop_tol",
+                "patience", "finetune_epochs", "finetune_growth",
+                "final_finetune_epochs", "fill_budget")
+  target_only = ("ramp_end", "deadline", "lam_start", "catch_up", "lam_gain",
+                 "lam_max_change")
+  if target_mode:
+    ignored = {k: "read only with schedule='paper'" for k in paper_only}
+    if lam_start == "auto":
+      ignored["l1_init"] = ("lam_start='auto' computes lambda's start from "
+                            "the weights; set lam_start='l1_init' to give it")
+  else:
+    ignored = {k: "read only with schedule='target'" for k in target_only}
+  if not scale_invariant:
+    ignored["threshold"] = "read only with scale_invariant=True"
   hparams = {"l1_init": float(l1_init), "l1_step": float(l1_step),
              "prune_lr": float(prune_lr), "finetune_lr": float(finetune_lr),
              "prune_weight_decay": float(prune_weight_decay),
@@ -613,6 +710,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   return Method("proxnag", init=init, tx=tx, update=update,
                 eval_params=eval_params, done=done, max_steps=max_steps,
                 summary=summary, start="dense", hparams=hparams,
+                reads_lr=False, ignored=ignored,
                 labels={"phase": PHASE_NAMES, "stop": STOP_NAMES,
                         "reason": STOP_NAMES},
                 description=description)
