@@ -4,9 +4,13 @@ talking through gloo on localhost:
 
   python tests/multiprocess_worker.py PORT N ID train WORKDIR DATA_DIR [STOP]
   python tests/multiprocess_worker.py PORT N ID prune WORKDIR DATA_DIR DENSE
+  python tests/multiprocess_worker.py PORT N ID step WORKDIR DATA_DIR
 
 ``train``: the LeNet-5 smoke config (stopped after STOP epochs if given);
-``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE.
+``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE;
+``step``: one training step of the LeNet-5 smoke config from its initial
+params on the first batch: prints its loss and, per parameter leaf, the
+update's norm and its projection on a fixed random direction.
 """
 
 import json
@@ -27,6 +31,9 @@ def main():
   from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   log = print if distributed.is_primary() else (lambda *_: None)
+  if mode == "step":
+    print("RESULT " + json.dumps(one_step(data_dir)), flush=True)
+    return
   if mode == "train":
     c = lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
@@ -43,6 +50,48 @@ def main():
       "process_index": jax.process_index(),
       **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
                                  "sparsity")}}), flush=True)
+
+
+def one_step(data_dir) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import masks  # pylint: disable=g-import-not-at-top
+  from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
+  c = lenet5_mnist.get_config("smoke")
+  c.data_dir = data_dir
+  mesh = engine.make_mesh()
+  ds, model, arrays = engine.setup(c, mesh, log=lambda *_: None)
+  params, bs = engine.init_variables(model, c, ds.input_shape)
+  method = loop.dense_method(c)
+  ctx = base.Context(masks.prunable_tree(params), 8, 8,
+                     engine.schedule_fn(c, 8))
+  hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
+                         weight_decay=c.weight_decay, momentum=0.9))
+  state, _ = loop.init_run(method, ctx, params, bs, hp, 0)
+  state = engine.put_replicated(state, mesh)
+  step = engine.make_step(model, method, ctx, mean=ds.mean_std[0],
+                          std=ds.mean_std[1], augment=True, mesh=mesh)
+  chunk = engine.make_chunk(step, method, ctx, mesh=mesh)
+  idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
+                                   len(ds.train_labels), c.batch_size)
+  before = jax.device_get(params)
+  new, outs, _ = chunk(state, arrays["train_x"], arrays["train_y"], idx[:1])
+  after = jax.device_get(new.params)
+  norms, projs = [], []
+  for k, (a, b) in enumerate(zip(jax.tree.leaves(after),
+                                 jax.tree.leaves(before))):
+    u = (np.asarray(a) - np.asarray(b)).ravel().astype(np.float64)
+    d = np.random.default_rng(k).normal(size=u.shape)
+    norms.append(float(np.linalg.norm(u)))
+    projs.append(float(u @ d / np.sqrt(u.size)))
+  return {"process_index": jax.process_index(),
+          "device_count": jax.device_count(),
+          "loss": float(np.asarray(outs["out"][0]["loss"])[0]),
+          "update_norms": norms, "update_projections": projs}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ WEIGHT_METHODS = tuple(n for n in methods.METHOD_NAMES
                        if n not in methods.STRUCTURED_METHODS)
 # Settings that make every method do its thing within 4 tiny epochs.
 SETTINGS = {
-    "proxnag": dict(l1_init=0.05, prune_lr=0.05, monitor_every=2),
+    "proxnag": dict(prune_lr=0.05, monitor_every=2),
     "gmp": dict(every=2),
     "admm": dict(every_epochs=0.5, rho=1e-2),
     "rw_admm": dict(every_epochs=0.5, rho=1e-2),
@@ -199,27 +199,79 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
-def test_contract_vmapped_runs_equal_one_by_one(tmp_path, name):
-  """Two runs (different seeds) as one vmapped program give the
-  per-run results of running them one by one, to float32 reassociation
-  error: vmap batches the convolutions and reductions differently, and
-  training amplifies last-bit differences, so the check is on the final
-  accuracy (1 example in 64) and sparsity (exact), and params to 1e-3 of
-  their scale."""
+def test_contract_vmapped_step_equals_one_by_one(name):
+  """Two runs (seeds 0 and 1) as one vmapped program take the same first
+  step as each run alone, up to float32 reassociation.
+
+  What is compared is deterministic up to rounding: one step from the same
+  states on the same batch. vmap batches the convolutions and the
+  reductions differently; a gradient entry sums BATCH * 64 = 2,048 terms
+  (relative error ~ sqrt(2048) * 6e-8 ~ 3e-6), a few layers deep, so the
+  step's update agrees to 1e-4 of its largest entry and the new params to
+  that plus their own rounding (2e-7 of their scale). A trajectory is not
+  compared: training amplifies last-bit differences, so later steps
+  differ by more on some CPUs (the end-to-end check below asserts only what
+  holds on any machine)."""
+  method = methods.get_method(name, **SETTINGS.get(name, {}))
+  mesh = engine.make_mesh()
+  params0 = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
+      "params"]
+  prunable = pj.prunable_tree(params0)
+  total = 4 * SPE
+  ctx = base.Context(prunable=prunable, steps_per_epoch=SPE,
+                     total_steps=total,
+                     schedule=lambda lr: optax.cosine_decay_schedule(lr,
+                                                                     total))
+  n = base.num_prunable(params0, prunable)
+  x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
+  y = DATA["train_y"][:BATCH]
+  ctx = ctx._replace(grad_fn=jax.grad(lambda q: jnp.mean(
+      engine.cross_entropy(MODEL.apply({"params": q}, x), y))))
+  states = []
+  for seed in (0, 1):
+    p = MODEL.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))[
+        "params"]
+    hp = loop.make_hp({"target": 0.75, "n_zero": round(0.75 * n),
+                       "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
+                       **method.hparams})
+    states.append(loop.init_run(method, ctx, p, {}, hp, seed)[0])
+  step = engine.make_step(MODEL, method, ctx, mean=(0.5,), std=(0.25,),
+                          augment=False, mesh=mesh)
+  idx = jnp.arange(2 * BATCH, dtype=jnp.int32).reshape(1, 2, BATCH)
+  before = [jax.device_get(s.params) for s in states]
+  # (A chunk donates its input state: stack the runs first.)
+  stacked_in = loop._stack(states)  # pylint: disable=protected-access
+  one = engine.make_chunk(step, method, ctx, mesh=mesh)
+  singles = [jax.device_get(one(s, DATA["train_x"], DATA["train_y"],
+                                idx[:, k])[0].params)
+             for k, s in enumerate(states)]
+  vm = engine.make_chunk(step, method, ctx, mesh=mesh, vmapped=True)
+  stacked = jax.device_get(vm(stacked_in, DATA["train_x"], DATA["train_y"],
+                              idx)[0].params)
+  for k in (0, 1):
+    got = jax.tree.map(lambda a, k=k: np.asarray(a)[k], stacked)
+    for b, a, g in zip(jax.tree.leaves(before[k]),
+                       jax.tree.leaves(singles[k]), jax.tree.leaves(got)):
+      upd = float(np.max(np.abs(np.asarray(a) - b)))
+      tol = 1e-4 * upd + 2e-7 * float(np.max(np.abs(b)))
+      np.testing.assert_allclose(g, a, atol=tol + 1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", WEIGHT_METHODS)
+def test_contract_vmapped_runs_reach_their_targets(tmp_path, name):
+  """End to end, vmapped: every run ends with at least its target count of
+  zeros (exactly, for Prox-NAG; a kept weight may also be zero, as in the
+  contract above) and trained (its final loss below chance, log 4): what
+  holds on any CPU."""
   method, _, vm = _run(name, str(tmp_path / "vm"), targets=(0.75,),
                        seeds=(0, 1), vmapped=True)
-  for k, seed in enumerate((0, 1)):
-    # Seed 0's single run is the contract test's uninterrupted run.
-    _, _, one = _single(name, seed, str(tmp_path / f"one{seed}"))
-    a, b = one.states[0], vm.states[k]
-    assert int(a.step) == int(b.step)
-    pa, pb = _final_params(method, a), _final_params(method, b)
-    assert _zeros(pa) == _zeros(pb)
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-      scale = float(np.max(np.abs(x))) + 1e-6
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y),
-                                 atol=1e-3 * scale)
-    assert abs(one.evals[0]["accuracy"] - vm.evals[k]["accuracy"]) <= 1 / 64
+  for k in (0, 1):
+    params = _final_params(method, vm.states[k])
+    want = round(0.75 * _n_prunable(params)) if name != "dense" else 0
+    assert _zeros(params) >= want, name
+    if name == "proxnag":
+      assert _zeros(params) == want
+    assert vm.evals[k]["loss"] < np.log(4), name
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
