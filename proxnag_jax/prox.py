@@ -109,7 +109,7 @@ def filter_rms(x, axis: int | Sequence[int] = -1):
 
 
 def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1,
-                                   reference=None):
+                                   reference=None, exempt=None):
   """Soft-threshold relative to each filter's scale, the filter's norm kept.
 
   For every group ``g`` (one index along ``axis``: an output filter of a
@@ -136,6 +136,10 @@ def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1,
   the reference point is thresholded as before. Filters whose reference is 0
   pass through.
 
+  Entries marked True in ``exempt`` (shaped like ``x``) are not thresholded
+  (the trimmed penalty's kept entries, :func:`proxnag_jax.transforms.
+  prox_l1`); the filter's norm is still restored over all its entries.
+
   Example:
     >>> w = jnp.array([[3.0, 0.3], [0.1, 0.01]])   # filters: columns
     >>> scale_invariant_soft_threshold(w, 0.5)      # zeroes 0.1 and 0.01
@@ -152,6 +156,8 @@ def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1,
     ref = jnp.asarray(reference, jnp.float32)
     thr = jnp.where(ref > 0, tau * n_x / jnp.where(ref > 0, ref, 1.0), 0.0)
   y = soft_threshold(xf, thr)
+  if exempt is not None:
+    y = jnp.where(exempt, xf, y)
   n_y = group_norms(y, axis)
   factor = jnp.where(n_y > 0, n_x / jnp.where(n_y > 0, n_y, 1.0), 0.0)
   return (y * factor).astype(x.dtype)

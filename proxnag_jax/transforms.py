@@ -125,6 +125,27 @@ def _require_params(params, who):
 # --------------------------------------------------------------------------
 
 
+def threshold_units(x, normalized, scale, reference, use_reference: bool):
+  """``|x|`` in the units of its proximal threshold in :func:`prox_l1`:
+  per output filter's rms for a normalised kernel (or, with a
+  ``reference`` norm, ``|x| * reference / ||x_c||``), divided by the leaf's
+  ``scale`` otherwise (1 for an absolute threshold). Entries with equal
+  units are thresholded alike, so this is where the trimmed penalty ranks
+  them."""
+  a = jnp.abs(jnp.asarray(x, jnp.float32))
+  plain = a / scale
+  if a.ndim < 2 or (isinstance(normalized, bool) and not normalized):
+    return plain
+  n = prox_lib.group_norms(a)
+  if use_reference:
+    ref = jnp.asarray(reference, jnp.float32)
+    rel = jnp.where(n > 0, a * ref / jnp.where(n > 0, n, 1.0), 0.0)
+  else:
+    r = prox_lib.filter_rms(a)
+    rel = jnp.where(r > 0, a / jnp.where(r > 0, r, 1.0), 0.0)
+  return jnp.where(normalized, rel, plain)
+
+
 class ProxState(NamedTuple):
   """State of :func:`prox_l1` / :func:`prox_group_l1`: the step count; for
   :func:`prox_l1`'s ``rms_scaled`` leaves their rms at ``init`` (a scalar
@@ -145,6 +166,7 @@ def _prox_transform(
     normalized: MaskOrFn = None,
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
+    keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   _check_nonnegative(f"{who}: l1", l1)
   if normalized_reference not in ("rms", "init"):
@@ -186,15 +208,37 @@ def _prox_transform(
     scales = state.scales if state.scales is not None else ones()
     refs = state.norms if state.norms is not None else ones()
 
+    use_ref = state.norms is not None
+    exempt = None
+    if keep is not None:
+      # The trimmed penalty: the `keep` largest masked entries of w + u (in
+      # their thresholds' units) are exempt from the step.
+      flat = [threshold_units(p + u, nrm, sc, ref, use_ref).ravel()
+              for u, p, m, nrm, sc, ref in zip(
+                  *(jax.tree.leaves(t, is_leaf=lambda x: x is None) for t in
+                    (updates, params, mask_tree, norm_tree, scales, refs)))
+              if u is not None and not (isinstance(m, bool) and not m)]
+      if flat:
+        units = jnp.concatenate(flat)
+        k = keep(units.size) if callable(keep) else keep
+        k = jnp.clip(jnp.asarray(k, jnp.int32), 0, units.size)
+        desc = -jnp.sort(-units)
+        exempt = jnp.where(k > 0, desc[jnp.maximum(k - 1, 0)], jnp.inf)
+
     def leaf(u, p, m, nrm, sc, ref):
       if u is None:
         return None
       target = p + u
+      ex = None
+      if exempt is not None:
+        ex = threshold_units(target, nrm, sc, ref, use_ref) >= exempt
       shrunk = prox_fn(target, (tau * sc).astype(target.dtype))
+      if ex is not None:
+        shrunk = jnp.where(ex, target, shrunk)
       if target.ndim >= 2 and not (isinstance(nrm, bool) and not nrm):
         relative = prox_lib.scale_invariant_soft_threshold(
             target, tau.astype(target.dtype),
-            reference=ref if state.norms is not None else None)
+            reference=ref if use_ref else None, exempt=ex)
         shrunk = jnp.where(nrm, relative, shrunk)
       new = jnp.where(m, shrunk, target)
       return (new - p).astype(u.dtype)
@@ -217,6 +261,7 @@ def prox_l1(
     normalized: MaskOrFn = None,
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
+    keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
 
@@ -261,6 +306,15 @@ def prox_l1(
       units of the weights at ``init`` (the paper's absolute threshold
       while the kept norm is unchanged, so the allocation across layers
       follows the weights' magnitudes as in global magnitude pruning).
+    keep: ``None`` (default) for the L1 penalty; an integer ``k`` (may be
+      traced, or a callable of the number of masked entries) for the
+      **trimmed** L1 penalty ``lambda * sum of all but the k
+      largest |w_i|`` (Bertsimas, Copenhaver & Mazumder 2017; Yun et al.
+      2019): each step the ``k`` largest masked entries of ``w + u``, ranked
+      in their thresholds' units (:func:`threshold_units`), are exempt and
+      the rest are soft-thresholded. The weights meant to survive a prune to
+      ``k`` are then not shrunk (no L1 bias on them), while the others are
+      driven to exact zeros as before.
 
   Example:
     >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
@@ -268,7 +322,7 @@ def prox_l1(
   """
   return _prox_transform(
       prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
-      normalized, rms_scaled, normalized_reference,
+      normalized, rms_scaled, normalized_reference, keep,
   )
 
 
@@ -456,6 +510,7 @@ def proxnag(
     normalized: MaskOrFn = None,
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
+    keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -491,6 +546,8 @@ def proxnag(
       ``normalized``, the rest of the kernels, so lambda is unitless for all.
     normalized_reference: ``'rms'`` or ``'init'``: what the normalised
       kernels' threshold is relative to (:func:`prox_l1`).
+    keep: ``k`` for the trimmed L1 penalty (the ``k`` largest entries
+      exempt, :func:`prox_l1`); default the L1 penalty.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -507,7 +564,7 @@ def proxnag(
           if groups is not None
           else prox_l1(l1, learning_rate, mask=mask, normalized=normalized,
                        rms_scaled=rms_scaled,
-                       normalized_reference=normalized_reference))
+                       normalized_reference=normalized_reference, keep=keep))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
       prox,

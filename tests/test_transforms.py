@@ -367,3 +367,48 @@ def test_prox_l1_rms_scaled_leaves_use_their_rms_at_init():
   # The weight stays the one set at init.
   _, st2 = tx.update(grads, st, new)
   np.testing.assert_allclose(st2.scales["a"], rms_a, rtol=1e-6)
+
+
+def test_prox_l1_trimmed_penalty_exempts_the_k_largest():
+  """``keep=k``: the proximal step of lambda * (sum of all but the k
+  largest |w_i|), written independently in numpy: the k largest entries of
+  w + u over all masked leaves pass unchanged, the rest are soft-thresholded
+  (unmasked leaves untouched); on a normalised leaf the ranking is in units
+  of each filter's rms and the filter's norm is kept."""
+  rng = np.random.default_rng(2)
+  params = {"a": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(10,)) * 3, jnp.float32),
+            "c": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+  mask = {"a": True, "b": True, "c": False}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  lr, lam, k = 0.5, 1.0, 9
+  tx = pj.prox_l1(lam, lr, mask=mask, keep=k)
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  new = optax.apply_updates(params, u)
+  x = np.concatenate([np.asarray(params["a"]).ravel(),
+                      np.asarray(params["b"])])
+  kept = np.zeros(x.size, bool)
+  kept[np.argsort(-np.abs(x))[:k]] = True
+  want = np.where(kept, x, np.sign(x) * np.maximum(np.abs(x) - lr * lam, 0))
+  got = np.concatenate([np.asarray(new["a"]).ravel(), np.asarray(new["b"])])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(new["c"], params["c"])
+  # keep as a callable of the masked count (here: prune all but 9) agrees.
+  tx2 = pj.prox_l1(lam, lr, mask=mask, keep=lambda n: n - (x.size - k))
+  u2, _ = tx2.update(grads, tx2.init(params), params)
+  for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(u2)):
+    np.testing.assert_array_equal(p, q)
+  # A normalised leaf: ranked by |w| / rms(w_c), norm kept per filter.
+  only_a = {"a": params["a"]}
+  tx3 = pj.prox_l1(0.4, 1.0, normalized={"a": True}, keep=6)
+  u3, _ = tx3.update({"a": jnp.zeros((6, 4))}, tx3.init(only_a), only_a)
+  w = np.asarray(params["a"])
+  rel = np.abs(w) / np.sqrt(np.mean(w ** 2, axis=0, keepdims=True))
+  ex = np.zeros(w.size, bool)
+  ex[np.argsort(-rel.ravel())[:6]] = True
+  ex = ex.reshape(w.shape)
+  thr = 0.4 * np.sqrt(np.mean(w ** 2, axis=0, keepdims=True))
+  y = np.where(ex, w, np.sign(w) * np.maximum(np.abs(w) - thr, 0))
+  y = y * np.linalg.norm(w, axis=0) / np.linalg.norm(y, axis=0)
+  np.testing.assert_allclose(w + np.asarray(u3["a"]), y, rtol=1e-5,
+                             atol=1e-7)

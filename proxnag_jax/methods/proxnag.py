@@ -78,6 +78,13 @@ rms(w at the phase start)``, so one unitless lambda serves all. A network
 without normalisation keeps the paper's absolute threshold ``eta * lambda``
 everywhere. docs/methods.md gives the reasoning.
 
+**Trimmed penalty** (``penalty='trimmed'``, both schedules): the proximal
+step of ``lambda * (sum of all but the k largest |w_i|)`` with ``k = n -
+round(target * n)`` (:func:`proxnag_jax.transforms.prox_l1`'s ``keep``):
+the weights that would survive the prune (ranked in their thresholds'
+units) are not shrunk, so the network keeps its accuracy while lambda
+drives the others to exact zeros; ``'l1'`` (default) is the paper's L1.
+
 **Budget.** The run never takes more than ``ctx.total_steps`` steps (the
 config's ``budget_epochs``). A paper-mode run whose rounds reach the reserve
 before the target goes straight to its final fine-tune and ends with outcome
@@ -181,7 +188,7 @@ def repair_overshoot(params, round_start, n_zero, prunable):
 
 
 def proxnag(schedule: str = "target", scale_invariant: bool = True,
-            threshold: str = "rms",
+            threshold: str = "rms", penalty: str = "l1",
             l1_init: float = 1e-3, l1_step: float = 5e-4,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
@@ -198,6 +205,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             fill_budget: bool = False) -> Method:
   """Prox-NAG pruning; see the module docstring for both schedules.
 
+  ``penalty``: ``'l1'`` or ``'trimmed'`` (see the module docstring).
   Settings of ``schedule='target'``: ``lam_start`` (``'auto'`` or
   ``'l1_init'``: lambda's start, which the controller moves), ``ramp_end``
   and ``deadline`` (fractions of the budget), ``catch_up``, ``lam_gain``,
@@ -212,6 +220,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   Per-run (vmappable) settings: ``l1_init``, ``l1_step``, ``prune_lr``,
   ``finetune_lr``, ``prune_weight_decay``, ``finetune_weight_decay``.
   """
+  if penalty not in ("l1", "trimmed"):
+    raise ValueError(f"proxnag: penalty must be 'l1' or 'trimmed', got "
+                     f"{penalty!r}.")
   if threshold not in ("rms", "start"):
     raise ValueError(f"proxnag: threshold must be 'rms' or 'start', got "
                      f"{threshold!r}.")
@@ -315,7 +326,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                              mask=ctx.prunable, normalized=normalized(ctx),
                              rms_scaled=rms_scaled(ctx),
                              normalized_reference=(
-                                 "rms" if threshold == "rms" else "init")))
+                                 "rms" if threshold == "rms" else "init"),
+                             keep=(None if penalty == "l1" else
+                                   lambda n: n - hp["n_zero"])))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],
         weight_decay=hp["prune_weight_decay"]))
