@@ -119,7 +119,12 @@ def get_config(arg: str = ""):
       c.variants = {"proxnag_paper": lambda_variants(
                         (1e-2,), SESSION_ROUNDS)[_name(1e-2)],
                     "proxnag_start": {"method": "proxnag",
-                                      "threshold": "start"}}
+                                      "threshold": "start"},
+                    "proxnag_trimmed": {"method": "proxnag",
+                                        "penalty": "trimmed"},
+                    "proxnag_start_trimmed": {"method": "proxnag",
+                                              "threshold": "start",
+                                              "penalty": "trimmed"}}
       c.methods = ("proxnag", "magnitude", "proxnag_paper", "snip")
       c.select_on_val = {}
       c.sparsities = (0.9, 0.7, 0.5)

@@ -791,6 +791,23 @@ def validate_config(config) -> None:
   if config.get("schedule", "cosine") not in SCHEDULES:
     raise ValueError(f"unknown schedule {config.schedule!r}; valid: "
                      f"{', '.join(SCHEDULES)}.")
+  # Every field takes effect or is refused.
+  opt = config.get("optimizer", "sgd")
+  ignored = []
+  if opt != "proxnag":
+    ignored += [f for f, off in (("l1", 0.0), ("fista", False))
+                if config.get(f, off) != off]
+  elif not config.get("nesterov", True):
+    ignored.append("nesterov")
+  if config.get("schedule", "cosine") != "step" and config.get("lr_steps",
+                                                               ()):
+    ignored.append("lr_steps")
+  if ignored:
+    raise ValueError(
+        f"config.{', config.'.join(ignored)} would be ignored: l1 and fista "
+        "are read only with optimizer='proxnag' (which is always Nesterov, "
+        "so nesterov=False is not), lr_steps only with schedule='step'; "
+        "drop them or change the optimizer / schedule.")
 
 
 def setup(config, mesh: Mesh, log=print):

@@ -443,3 +443,21 @@ def test_bench_refuses_settings_it_cannot_time(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   assert "--steps=0: must be at least 1" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_dense_config_refuses_fields_its_optimizer_or_schedule_ignores():
+  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+  for field, value, says in (("l1", 1e-3, "config.l1 would be ignored"),
+                             ("fista", True, "config.fista would be"),
+                             ("lr_steps", (5,), "config.lr_steps would be")):
+    c = lenet5_mnist.get_config("smoke")
+    c[field] = value
+    with pytest.raises(ValueError, match=says):
+      engine.validate_config(c)
+  c = lenet5_mnist.get_config("smoke")
+  c.optimizer, c.l1 = "proxnag", 1e-3     # read with the proxnag optimizer
+  engine.validate_config(c)
+  c.nesterov = False
+  with pytest.raises(ValueError, match="config.nesterov would be ignored"):
+    engine.validate_config(c)
