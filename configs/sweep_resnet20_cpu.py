@@ -124,7 +124,13 @@ def get_config(arg: str = ""):
                                         "penalty": "trimmed"},
                     "proxnag_start_trimmed": {"method": "proxnag",
                                               "threshold": "start",
-                                              "penalty": "trimmed"}}
+                                              "penalty": "trimmed"},
+                    "proxnag_start_r10": {"method": "proxnag",
+                                          "threshold": "start",
+                                          "ramp_end": 0.1, "deadline": 0.15},
+                    "proxnag_start_r20": {"method": "proxnag",
+                                          "threshold": "start",
+                                          "ramp_end": 0.2, "deadline": 0.3}}
       c.methods = ("proxnag", "magnitude", "proxnag_paper", "snip")
       c.select_on_val = {}
       c.sparsities = (0.9, 0.7, 0.5)
