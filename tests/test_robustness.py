@@ -401,7 +401,7 @@ def test_validate_refuses_ignored_settings_in_a_config():
   c.proxnag.schedule = "paper"
   c.proxnag.scale_invariant = False
   loop.validate(c)                       # read by the paper schedule
-  c.proxnag.threshold = "start"
+  c.proxnag.threshold = "rms"             # (the default is 'start')
   with pytest.raises(ValueError, match="read only with scale_invariant"):
     loop.validate(c)
   c = proxnag_lenet5_mnist.get_config("smoke")
