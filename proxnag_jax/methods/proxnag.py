@@ -276,29 +276,24 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     return jax.tree.map(lambda w, n: bool(w and not n), ctx.prunable, norm)
 
   def threshold_units(params, ctx):
-    """``|w|`` of every prunable weight in the units its threshold is in
-    (flat, concatenated): per filter rms for normalised kernels under
-    ``threshold='rms'``, the kernel's rms for ``rms_scaled`` ones, weight
-    units otherwise (``'start'`` measures a filter at its phase-start norm,
-    which it has at the start)."""
+    """``|w|`` of every prunable weight in the units its threshold is in at
+    the phase start (flat, concatenated; :func:`transforms.threshold_units`:
+    per filter rms for normalised kernels under ``threshold='rms'``, the
+    kernel's rms for ``rms_scaled`` ones, weight units otherwise; under
+    ``'start'`` a filter is at its reference norm at the start)."""
     norm, rmss = normalized(ctx), rms_scaled(ctx)
-    falses = jax.tree.map(lambda _: False, ctx.prunable)
-    norm = falses if norm is None else norm
-    rmss = falses if rmss is None else rmss
     out = []
-    for p, n, r in zip(base.prunable_leaves(params, ctx.prunable),
-                       base.prunable_leaves(norm, ctx.prunable),
-                       base.prunable_leaves(rmss, ctx.prunable)):
+    leaves = base.prunable_leaves(params, ctx.prunable)
+    norms = (base.prunable_leaves(norm, ctx.prunable) if norm is not None
+             else [False] * len(leaves))
+    rms = (base.prunable_leaves(rmss, ctx.prunable) if rmss is not None
+           else [False] * len(leaves))
+    for p, n, r in zip(leaves, norms, rms):
       a = jnp.abs(p).astype(jnp.float32)
-      if n and threshold == "rms" and p.ndim >= 2:
-        scale = prox_lib.filter_rms(a)
-      elif r:
-        scale = jnp.sqrt(jnp.mean(jnp.square(a)))
-      else:
-        scale = None
-      if scale is not None:
-        a = jnp.where(scale > 0, a / jnp.where(scale > 0, scale, 1.0), 0.0)
-      out.append(a.ravel())
+      scale = jnp.sqrt(jnp.mean(jnp.square(a))) if r else jnp.float32(1.0)
+      n = bool(n) and threshold == "rms"
+      out.append(transforms.threshold_units(
+          p, n, jnp.where(scale > 0, scale, 1.0), None, False).ravel())
     return jnp.concatenate(out)
 
   def start_lambda(params, hp, ctx):
