@@ -41,3 +41,42 @@ def vmapped_update_events(method, ctx, params, batch_stats, hps, steps=4):
     stacked = stacked.replace(step=stacked.step + 4)
     stacked, events = upd(keys, stacked, metrics)
   return events
+
+
+class DenseStep:
+  """One dense training run of config ``c`` on ``mesh`` set up as the loop
+  does, for tests that compare single steps: ``state()`` is a fresh
+  initial state on the mesh, ``chunk(state, idx, n=None)`` runs steps,
+  ``idx`` is epoch 0's batch order, ``params`` the initial params."""
+
+  def __init__(self, c, mesh):
+    import jax  # pylint: disable=g-import-not-at-top
+    from proxnag_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+    from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+    from proxnag_jax import masks  # pylint: disable=g-import-not-at-top
+    from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
+    self._engine, self._loop, self._mesh = engine, loop, mesh
+    ds, model, self.arrays = engine.setup(c, mesh, log=lambda *_: None)
+    self.params, self._bs = engine.init_variables(model, c, ds.input_shape)
+    self._method = loop.dense_method(c)
+    self._ctx = base.Context(masks.prunable_tree(self.params), 8, 8,
+                             engine.schedule_fn(c, 8))
+    self._hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
+                                 weight_decay=c.weight_decay, momentum=0.9))
+    step = engine.make_step(model, self._method, self._ctx,
+                            mean=ds.mean_std[0], std=ds.mean_std[1],
+                            augment=True, mesh=mesh)
+    self._chunk = engine.make_chunk(step, self._method, self._ctx, mesh=mesh)
+    self.idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
+                                          len(ds.train_labels), c.batch_size)
+
+  def state(self):
+    s = self._loop.init_run(self._method, self._ctx, self.params, self._bs,
+                            self._hp, 0)[0]
+    return self._engine.put_replicated(s, self._mesh)
+
+  def chunk(self, state, idx, n=None):
+    """(A chunk donates its input state.)"""
+    return self._chunk(state, self.arrays["train_x"], self.arrays["train_y"],
+                       idx, n)

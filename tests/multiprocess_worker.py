@@ -55,31 +55,11 @@ def main():
 def one_step(data_dir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  import helpers  # pylint: disable=g-import-not-at-top
   from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import masks  # pylint: disable=g-import-not-at-top
-  from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = data_dir
-  mesh = engine.make_mesh()
-  ds, model, arrays = engine.setup(c, mesh, log=lambda *_: None)
-  params, bs = engine.init_variables(model, c, ds.input_shape)
-  method = loop.dense_method(c)
-  ctx = base.Context(masks.prunable_tree(params), 8, 8,
-                     engine.schedule_fn(c, 8))
-  hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
-                         weight_decay=c.weight_decay, momentum=0.9))
-  state, _ = loop.init_run(method, ctx, params, bs, hp, 0)
-  state = engine.put_replicated(state, mesh)
-  step = engine.make_step(model, method, ctx, mean=ds.mean_std[0],
-                          std=ds.mean_std[1], augment=True, mesh=mesh)
-  chunk = engine.make_chunk(step, method, ctx, mesh=mesh)
-  idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
-                                   len(ds.train_labels), c.batch_size)
-  before = jax.device_get(params)
-  new, outs, _ = chunk(state, arrays["train_x"], arrays["train_y"], idx[:1])
+  run = helpers.DenseStep(helpers.lenet5_smoke(data_dir), engine.make_mesh())
+  before = jax.device_get(run.params)
+  new, outs, _ = run.chunk(run.state(), run.idx[:1])
   after = jax.device_get(new.params)
   norms, projs = [], []
   for k, (a, b) in enumerate(zip(jax.tree.leaves(after),

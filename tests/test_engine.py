@@ -122,35 +122,23 @@ _SHARDED = r"""
 import sys
 import jax, numpy as np
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {root!r} + "/tests")
+import helpers
 from configs import resnet20_cifar10
-from proxnag_jax import data as data_lib, engine, loop, masks
-from proxnag_jax.methods import base
+from proxnag_jax import engine
 assert jax.device_count() == 4, jax.devices()
 c = resnet20_cifar10.get_config("smoke")
 c.data_dir = {npz!r}
 out = {{}}
 for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
-  mesh = engine.make_mesh(devs)
-  ds, model, arrays = engine.setup(c, mesh, log=lambda *_: None)
-  params, bs = engine.init_variables(model, c, ds.input_shape)
-  method = loop.dense_method(c)
-  ctx = base.Context(masks.prunable_tree(params), 8, 8,
-                     engine.schedule_fn(c, 8))
-  hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
-                     weight_decay=c.weight_decay, momentum=0.9))
-  state, _ = loop.init_run(method, ctx, params, bs, hp, 0)
-  state = engine.put_replicated(state, mesh)
-  step = engine.make_step(model, method, ctx, mean=ds.mean_std[0],
-                          std=ds.mean_std[1], augment=True, mesh=mesh)
-  chunk = engine.make_chunk(step, method, ctx, mesh=mesh)
-  idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
-                                   len(ds.train_labels), c.batch_size)
+  run = helpers.DenseStep(c, engine.make_mesh(devs))
+  state = run.state()
   before = jax.device_get(state.params)
-  one, outs1, _ = chunk(state, arrays["train_x"], arrays["train_y"], idx[:1])
+  one, outs1, _ = run.chunk(state, run.idx[:1])
   update = jax.tree.map(lambda a, b: np.asarray(a) - b,
                         jax.device_get(one.params), before)
   # (The chunk donates its input state: train on from the one-step state.)
-  state, outs, _ = chunk(one, arrays["train_x"], arrays["train_y"], idx[1:])
+  state, outs, _ = run.chunk(one, run.idx[1:])
   losses = np.asarray(outs["out"][0]["loss"])
   out[name] = (float(np.asarray(outs1["out"][0]["loss"])[0]), update, losses)
   sh = state.params["fc"]["kernel"].sharding
@@ -194,33 +182,16 @@ def test_chunk_length_does_not_change_a_step(mnist_dir):
   LeNet-5 moves a weight by ~lr * |g|, compared at 1e-4 of the update's
   largest entry). Whole runs are not compared: training amplifies
   last-bit differences."""
-  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import masks  # pylint: disable=g-import-not-at-top
-  from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
-  c = lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  mesh = engine.make_mesh()
-  ds, model, arrays = engine.setup(c, mesh, log=lambda *_: None)
-  params, bs = engine.init_variables(model, c, ds.input_shape)
-  method = loop.dense_method(c)
-  ctx = base.Context(masks.prunable_tree(params), 8, 8,
-                     engine.schedule_fn(c, 8))
-  hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
-                         weight_decay=c.weight_decay, momentum=0.9))
-  step = engine.make_step(model, method, ctx, mean=ds.mean_std[0],
-                          std=ds.mean_std[1], augment=True, mesh=mesh)
-  chunk = engine.make_chunk(step, method, ctx, mesh=mesh)
-  idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
-                                   len(ds.train_labels), c.batch_size)
+  c = helpers.lenet5_smoke(mnist_dir)
+  run = helpers.DenseStep(c, engine.make_mesh())
+  idx = run.idx
   padded = np.concatenate([np.asarray(idx)] * (100 // len(idx) + 1))[:100]
   out = []
   for ids, n in ((idx[:1], None), (padded, 1)):
-    state = engine.put_replicated(
-        loop.init_run(method, ctx, params, bs, hp, 0)[0], mesh)
-    new = chunk(state, arrays["train_x"], arrays["train_y"], ids, n)[0]
+    new = run.chunk(run.state(), ids, n)[0]
     assert int(new.step) == 1
     out.append(jax.device_get(new.params))
+  params = run.params
   before = jax.device_get(params)
   for b, x, y in zip(_leaves(before), _leaves(out[0]), _leaves(out[1])):
     upd = float(np.max(np.abs(x - np.asarray(b))))
