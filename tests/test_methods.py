@@ -93,37 +93,46 @@ def _single(name, seed, workdir):
   return _SINGLE[(name, seed)]
 
 
-def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
-                  chunk_steps, settings=None):
-  method = methods.get_method(name, **(settings if settings is not None
-                                       else SETTINGS.get(name, {})))
-  mesh = engine.make_mesh()
+def _tiny_inits(method, seeds, targets):
+  """The tiny task's context and the initial states of one run per (seed,
+  target), as the loop builds them: ``(ctx, [(seed, target, state,
+  events)])``."""
   params = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
       "params"]
   prunable = pj.prunable_tree(params)
   total = 4 * SPE
+  x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
+  y = DATA["train_y"][:BATCH]
   ctx = base.Context(prunable=prunable, steps_per_epoch=SPE,
                      total_steps=total,
                      schedule=lambda lr: optax.cosine_decay_schedule(lr,
-                                                                     total))
+                                                                     total),
+                     grad_fn=jax.grad(lambda q: jnp.mean(engine.cross_entropy(
+                         MODEL.apply({"params": q}, x), y))))
   n = base.num_prunable(params, prunable)
-  runs = []
+  out = []
   for seed in seeds:
     for target in targets:
       p = MODEL.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))[
           "params"]
       hp = loop.make_hp({"target": target, "n_zero": round(target * n),
-                     "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
-                     **method.hparams})
-      x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
-      y = DATA["train_y"][:BATCH]
-      grad_fn = jax.grad(lambda q: jnp.mean(engine.cross_entropy(
-          MODEL.apply({"params": q}, x), y)))
-      state, ev = loop.init_run(method, ctx._replace(grad_fn=grad_fn), p,
-                                {}, hp, seed)
-      tag = f"{seed}_{target}"
-      runs.append(loop.RunInit(state, seed, os.path.join(
-          workdir, f"trace_{tag}.jsonl"), ev))
+                         "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
+                         **method.hparams})
+      state, ev = loop.init_run(method, ctx, p, {}, hp, seed)
+      out.append((seed, target, state, ev))
+  return ctx, out
+
+
+def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
+                  chunk_steps, settings=None):
+  method = methods.get_method(name, **(settings if settings is not None
+                                       else SETTINGS.get(name, {})))
+  mesh = engine.make_mesh()
+  ctx, inits = _tiny_inits(method, seeds, targets)
+  ctx = ctx._replace(grad_fn=None)    # as the loop: only init sees grad_fn
+  runs = [loop.RunInit(state, seed, os.path.join(
+      workdir, f"trace_{seed}_{target}.jsonl"), ev)
+          for seed, target, state, ev in inits]
   os.makedirs(workdir, exist_ok=True)
   resuming = os.path.isdir(os.path.join(workdir, "ckpt"))
   return method, ctx, loop.run_loop(
@@ -214,27 +223,8 @@ def test_contract_vmapped_step_equals_one_by_one(name):
   holds on any machine)."""
   method = methods.get_method(name, **SETTINGS.get(name, {}))
   mesh = engine.make_mesh()
-  params0 = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
-      "params"]
-  prunable = pj.prunable_tree(params0)
-  total = 4 * SPE
-  ctx = base.Context(prunable=prunable, steps_per_epoch=SPE,
-                     total_steps=total,
-                     schedule=lambda lr: optax.cosine_decay_schedule(lr,
-                                                                     total))
-  n = base.num_prunable(params0, prunable)
-  x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
-  y = DATA["train_y"][:BATCH]
-  ctx = ctx._replace(grad_fn=jax.grad(lambda q: jnp.mean(
-      engine.cross_entropy(MODEL.apply({"params": q}, x), y))))
-  states = []
-  for seed in (0, 1):
-    p = MODEL.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))[
-        "params"]
-    hp = loop.make_hp({"target": 0.75, "n_zero": round(0.75 * n),
-                       "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
-                       **method.hparams})
-    states.append(loop.init_run(method, ctx, p, {}, hp, seed)[0])
+  ctx, inits = _tiny_inits(method, (0, 1), (0.75,))
+  states = [state for _, _, state, _ in inits]
   step = engine.make_step(MODEL, method, ctx, mean=(0.5,), std=(0.25,),
                           augment=False, mesh=mesh)
   idx = jnp.arange(2 * BATCH, dtype=jnp.int32).reshape(1, 2, BATCH)
