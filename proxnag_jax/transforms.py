@@ -210,28 +210,34 @@ def _prox_transform(
 
     use_ref = state.norms is not None
     exempt = None
+    units = None
     if keep is not None:
       # The trimmed penalty: the `keep` largest masked entries of w + u (in
       # their thresholds' units) are exempt from the step.
-      flat = [threshold_units(p + u, nrm, sc, ref, use_ref).ravel()
-              for u, p, m, nrm, sc, ref in zip(
-                  *(jax.tree.leaves(t, is_leaf=lambda x: x is None) for t in
-                    (updates, params, mask_tree, norm_tree, scales, refs)))
-              if u is not None and not (isinstance(m, bool) and not m)]
+      units = jax.tree.map(
+          lambda u, p, nrm, sc, ref: None if u is None else threshold_units(
+              p + u, nrm, sc, ref, use_ref),
+          updates, params, norm_tree, scales, refs,
+          is_leaf=lambda x: x is None)
+      flat = [a.ravel() for a, m in zip(
+          jax.tree.leaves(units, is_leaf=lambda x: x is None),
+          jax.tree.leaves(mask_tree, is_leaf=lambda x: x is None))
+              if a is not None and not (isinstance(m, bool) and not m)]
       if flat:
-        units = jnp.concatenate(flat)
-        k = keep(units.size) if callable(keep) else keep
-        k = jnp.clip(jnp.asarray(k, jnp.int32), 0, units.size)
-        desc = -jnp.sort(-units)
+        allu = jnp.concatenate(flat)
+        k = keep(allu.size) if callable(keep) else keep
+        k = jnp.clip(jnp.asarray(k, jnp.int32), 0, allu.size)
+        desc = -jnp.sort(-allu)
         exempt = jnp.where(k > 0, desc[jnp.maximum(k - 1, 0)], jnp.inf)
+    if units is None:
+      units = jax.tree.map(lambda u: None, updates,
+                           is_leaf=lambda x: x is None)
 
-    def leaf(u, p, m, nrm, sc, ref):
+    def leaf(u, p, m, nrm, sc, ref, un):
       if u is None:
         return None
       target = p + u
-      ex = None
-      if exempt is not None:
-        ex = threshold_units(target, nrm, sc, ref, use_ref) >= exempt
+      ex = None if exempt is None else un >= exempt
       shrunk = prox_fn(target, (tau * sc).astype(target.dtype))
       if ex is not None:
         shrunk = jnp.where(ex, target, shrunk)
@@ -244,7 +250,7 @@ def _prox_transform(
       return (new - p).astype(u.dtype)
 
     new_updates = jax.tree.map(
-        leaf, updates, params, mask_tree, norm_tree, scales, refs,
+        leaf, updates, params, mask_tree, norm_tree, scales, refs, units,
         is_leaf=lambda x: x is None
     )
     return new_updates, state._replace(count=optax.safe_increment(
