@@ -130,7 +130,11 @@ def get_config(arg: str = ""):
                                           "ramp_end": 0.1, "deadline": 0.15},
                     "proxnag_start_r20": {"method": "proxnag",
                                           "threshold": "start",
-                                          "ramp_end": 0.2, "deadline": 0.3}}
+                                          "ramp_end": 0.2, "deadline": 0.3},
+                    "proxnag_cubic": {"method": "proxnag", "ramp": "cubic"},
+                    "proxnag_cubic_r40": {"method": "proxnag",
+                                          "ramp": "cubic", "ramp_end": 0.4,
+                                          "deadline": 0.5}}
       c.methods = ("proxnag", "magnitude", "proxnag_paper", "snip")
       c.select_on_val = {}
       c.sparsities = (0.9, 0.7, 0.5)

@@ -587,13 +587,17 @@ def _proxnag_trace(tmp_path, **settings):
   return method, ctx, state, trace
 
 
-def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
+@pytest.mark.parametrize("ramp", ["linear", "cubic"])
+def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(
+    tmp_path, ramp):
   """The controller raises lambda while the sparsity is below the ramp; the
   prune phase ends on the step the count is reached, at exactly the target
   (overshoot given back), inside the deadline, and fine-tunes to the end of
-  the budget; every monitor traces lambda, the ramp and the filter norms."""
+  the budget; every monitor traces lambda, the ramp (of the chosen shape)
+  and the filter norms."""
   method, ctx, state, trace = _proxnag_trace(
-      tmp_path, prune_lr=0.05, monitor_every=2, lam_max_change=0.5)
+      tmp_path, prune_lr=0.05, monitor_every=2, lam_max_change=0.5,
+      ramp=ramp)
   summ = method.summary(state)
   assert summ["reached_target"] and summ["prune_stop"] == "target"
   assert summ["topped_up_by_magnitude"] == 0
@@ -602,6 +606,11 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
   assert int(state.step) == ctx.total_steps
   mons = [r for r in trace if r["kind"] == "monitor"]
   assert mons and all("fnorm/conv/kernel" in r and "ramp" in r for r in mons)
+  k_ramp = round(0.2 * ctx.total_steps)
+  for r in mons:
+    x = min(r["step"] / k_ramp, 1.0)
+    want = x if ramp == "linear" else 1 - (1 - x) ** 3
+    np.testing.assert_allclose(r["ramp"], 0.75 * want, rtol=1e-5)
   lam0 = [r for r in trace if r["kind"] == "phase_start"][0]["lam"]
   lams = [lam0] + [r["lam"] for r in mons]
   # Below the ramp, lambda grows, by at most lam_max_change per monitor.
@@ -611,6 +620,16 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(tmp_path):
   end = [r for r in trace if r["kind"] == "phase_end"][0]
   assert end["reason"] == "target"
   assert end["step"] <= round(0.3 * ctx.total_steps)
+
+
+def test_ramp_fraction_shapes():
+  x = np.linspace(-0.5, 1.5, 9)
+  c = np.clip(x, 0, 1)
+  np.testing.assert_allclose(proxnag_lib.ramp_fraction(x, "linear"), c)
+  np.testing.assert_allclose(proxnag_lib.ramp_fraction(x, "cubic"),
+                             1 - (1 - c) ** 3, rtol=1e-6)
+  with pytest.raises(ValueError, match="ramp must be one of"):
+    methods.get_method("proxnag", ramp="exp")
 
 
 def test_proxnag_target_schedule_tops_up_at_its_deadline(tmp_path):

@@ -124,6 +124,20 @@ STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
 OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
                  3: "budget exhausted"}
 SCHEDULES = ("target", "paper")
+RAMPS = ("linear", "cubic")
+
+
+def ramp_fraction(x, shape: str = "linear"):
+  """The fraction of the target sparsity the ramp asks for at ``x`` (the
+  phase step over the ramp's length, clipped to [0, 1]): ``'linear'``
+  ``x``; ``'cubic'`` ``1 - (1 - x)^3`` (Zhu & Gupta 2017: fast while the
+  weights being removed are small, slow near the target)."""
+  x = jnp.clip(jnp.asarray(x, jnp.float32), 0.0, 1.0)
+  if shape == "linear":
+    return x
+  if shape == "cubic":
+    return 1.0 - (1.0 - x) ** 3
+  raise ValueError(f"unknown ramp shape {shape!r}; use one of {RAMPS}.")
 
 
 def layer_names(prunable) -> list:
@@ -192,7 +206,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
             ramp_end: float = 0.2, deadline: float = 0.3,
-            lam_start: str = "auto",
+            ramp: str = "linear", lam_start: str = "auto",
             lam_gain: float = 10.0, lam_max_change: float = 0.15,
             prune_max_epochs: float = 2.0, monitor_every: int = 10,
             drop_tol: float = 0.002, patience: int = 15,
@@ -225,6 +239,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   if threshold not in ("rms", "start"):
     raise ValueError(f"proxnag: threshold must be 'rms' or 'start', got "
                      f"{threshold!r}.")
+  if ramp not in RAMPS:
+    raise ValueError(f"proxnag: ramp must be one of {RAMPS}, got {ramp!r}.")
   if lam_start not in ("auto", "l1_init"):
     raise ValueError(f"proxnag: lam_start must be 'auto' or 'l1_init', got "
                      f"{lam_start!r}.")
@@ -459,10 +475,10 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
       k = ms["phase_step"]
       n_ramp = ramp_steps(ctx)
       target = jnp.asarray(state.hp["target"], jnp.float32)
-      ramp = target * jnp.minimum(k.astype(jnp.float32) / n_ramp, 1.0)
+      ramp_now = target * ramp_fraction(k.astype(jnp.float32) / n_ramp, ramp)
       s_avg = ms["s_sum"] / jnp.maximum(n_steps, 1)
       k_mid = k.astype(jnp.float32) - 0.5 * (n_steps - 1).astype(jnp.float32)
-      behind = target * jnp.minimum(k_mid / n_ramp, 1.0) - s_avg
+      behind = target * ramp_fraction(k_mid / n_ramp, ramp) - s_avg
       change = jnp.clip(lam_gain * behind, -lam_max_change, lam_max_change)
       lam = ms["lam"] * jnp.exp(change)
       state = state.replace(opt_state=transforms.set_hyperparams(
@@ -470,7 +486,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
       ms = {**ms, "lam": lam, "s_sum": jnp.float32(0.0)}
       reason = jnp.select([zeros >= state.hp["n_zero"], collapse > 0,
                            out_of_time], [1, collapse, 7], 0)
-      extra = {"ramp": ramp, "mean_sparsity": s_avg}
+      extra = {"ramp": ramp_now, "mean_sparsity": s_avg}
     else:
       better = s > ms["best_sparsity"]
       pick = lambda new, old: jax.tree.map(
@@ -673,7 +689,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   paper_only = ("l1_step", "max_rounds", "prune_max_epochs", "drop_tol",
                 "patience", "finetune_epochs", "finetune_growth",
                 "final_finetune_epochs", "fill_budget")
-  target_only = ("ramp_end", "deadline", "lam_start", "lam_gain",
+  target_only = ("ramp_end", "deadline", "ramp", "lam_start", "lam_gain",
                  "lam_max_change")
   if target_mode:
     ignored = {k: "read only with schedule='paper'" for k in paper_only}
@@ -690,7 +706,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
              "finetune_weight_decay": float(finetune_weight_decay)}
   if target_mode:
     description = (
-        f"Prox-NAG, lambda tracking a linear sparsity ramp to the target by "
+        f"Prox-NAG, lambda tracking a {ramp} sparsity ramp to the target by "
         f"{ramp_end:.0%} of the budget (exact count, magnitude top-up at "
         f"{deadline:.0%}), then fine-tuning"
         + ("; scale-invariant step on normalised kernels"
