@@ -132,6 +132,11 @@ def get_config(arg: str = ""):
                                           "threshold": "start",
                                           "ramp_end": 0.2, "deadline": 0.3},
                     "proxnag_cubic": {"method": "proxnag", "ramp": "cubic"},
+                    "proxnag_rewind": {"method": "proxnag",
+                                       "finetune_from": "phase_start"},
+                    "proxnag_cubic_rewind": {"method": "proxnag",
+                                             "ramp": "cubic",
+                                             "finetune_from": "phase_start"},
                     "proxnag_cubic_r40": {"method": "proxnag",
                                           "ramp": "cubic", "ramp_end": 0.4,
                                           "deadline": 0.5}}

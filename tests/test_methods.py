@@ -622,6 +622,43 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(
   assert end["step"] <= round(0.3 * ctx.total_steps)
 
 
+@pytest.mark.parametrize("schedule", ["target", "paper"])
+@pytest.mark.parametrize("finetune_from", ["iterate", "phase_start"])
+def test_proxnag_finetune_starts_from_the_iterate_or_the_phase_start(
+    schedule, finetune_from):
+  """When the prune phase reaches the target, the fine-tune starts from the
+  sparse iterate (the paper) or, with ``finetune_from='phase_start'``, from
+  the phase start's weights on the iterate's support: the same exact count
+  of zeros either way."""
+  extra = {"final_finetune_epochs": 1.0} if schedule == "paper" else {}
+  method = methods.get_method("proxnag", schedule=schedule,
+                              finetune_from=finetune_from, monitor_every=1,
+                              **extra)
+  ctx, [(_, _, state, _)] = _tiny_inits(method, (0,), (0.75,))
+  start = state.params
+  n_zero = int(state.hp["n_zero"])
+  # A sparse iterate at exactly the count, its survivors moved (x0.5).
+  flat = np.concatenate([np.abs(np.asarray(p)).ravel() for p, w in zip(
+      jax.tree.leaves(start), jax.tree.leaves(ctx.prunable)) if w])
+  thr = np.sort(flat)[n_zero - 1]
+  sp = jax.tree.map(lambda p, w: jnp.where(jnp.abs(p) > thr, 0.5 * p, 0.0)
+                    if w else p, start, ctx.prunable)
+  state = state.replace(opt_state=pj.set_sparse_params(state.opt_state, sp))
+  metrics = {"loss": jnp.float32(1.0), "accuracy": jnp.float32(0.5)}
+  state, events = jax.jit(lambda s: method.update(
+      jax.random.PRNGKey(0), s, metrics, ctx))(state)
+  assert int(state.method_state["phase"]) == proxnag_lib.FINETUNE
+  assert int(events["phase_end"]["reason"]) == 1           # the target
+  want = sp if finetune_from == "iterate" else jax.tree.map(
+      lambda p, s, w: jnp.where(s != 0, p, 0.0) if w else s, start, sp,
+      ctx.prunable)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _zeros(state.params) == n_zero
+  with pytest.raises(ValueError, match="finetune_from must be one of"):
+    methods.get_method("proxnag", finetune_from="dense")
+
+
 def test_ramp_fraction_shapes():
   x = np.linspace(-0.5, 1.5, 9)
   c = np.clip(x, 0, 1)

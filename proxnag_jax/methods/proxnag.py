@@ -125,6 +125,7 @@ OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
                  3: "budget exhausted"}
 SCHEDULES = ("target", "paper")
 RAMPS = ("linear", "cubic")
+FINETUNE_FROM = ("iterate", "phase_start")
 
 
 def ramp_fraction(x, shape: str = "linear"):
@@ -206,7 +207,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
             ramp_end: float = 0.2, deadline: float = 0.3,
-            ramp: str = "linear", lam_start: str = "auto",
+            ramp: str = "linear", finetune_from: str = "iterate",
+            lam_start: str = "auto",
             lam_gain: float = 10.0, lam_max_change: float = 0.15,
             prune_max_epochs: float = 2.0, monitor_every: int = 10,
             drop_tol: float = 0.002, patience: int = 15,
@@ -239,6 +241,10 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   if threshold not in ("rms", "start"):
     raise ValueError(f"proxnag: threshold must be 'rms' or 'start', got "
                      f"{threshold!r}.")
+  if finetune_from not in FINETUNE_FROM:
+    raise ValueError(f"proxnag: finetune_from must be one of "
+                     f"{FINETUNE_FROM}, got {finetune_from!r}.")
+  rewind = finetune_from == "phase_start"
   if ramp not in RAMPS:
     raise ValueError(f"proxnag: ramp must be one of {RAMPS}, got {ramp!r}.")
   if lam_start not in ("auto", "l1_init"):
@@ -399,6 +405,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     ms = state.method_state
     f32 = jnp.float32
     nan = f32(jnp.nan)
+    if rewind:
+      ms = {**ms, "start_batch_stats": state.batch_stats}
     return {**ms, "phase": jnp.int32(PRUNE), "round": round_,
             "phase_step": jnp.int32(0), "lam": f32(lam),
             "round_start": state.params, "best_params": state.params,
@@ -514,7 +522,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   def exact_count(state, ctx):
     """The params the fine-tune starts from, with exactly the target count
     of zeros where the schedule can give it; ``(params, batch_stats,
-    restored, topped_up)``."""
+    restored, topped_up)``. With ``finetune_from='phase_start'`` the
+    nonzero weights get their values (and the BN statistics theirs) from
+    the phase's start: the prune phase chose the support only."""
     ms, n_zero = state.method_state, state.hp["n_zero"]
     if target_mode:
       sp = transforms.sparse_params(state.opt_state)
@@ -523,10 +533,19 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
       params, restored = repair_overshoot(sp, ms["prev_sparse"], n_zero,
                                           ctx.prunable)
       params, topped = magnitude_top_up(params, n_zero, ctx.prunable)
-      return params, state.batch_stats, restored, topped
-    params, restored = repair_overshoot(ms["best_params"], ms["round_start"],
-                                        n_zero, ctx.prunable)
-    return params, ms["best_batch_stats"], restored, jnp.int32(0)
+      bstats = state.batch_stats
+    else:
+      params, restored = repair_overshoot(ms["best_params"],
+                                          ms["round_start"], n_zero,
+                                          ctx.prunable)
+      bstats, topped = ms["best_batch_stats"], jnp.int32(0)
+    if rewind:
+      params = jax.tree.map(
+          lambda p, s, w: jnp.where(p != 0, jnp.where(s != 0, s, p),
+                                    jnp.zeros_like(p)) if w else p,
+          params, ms["round_start"], ctx.prunable)
+      bstats = ms["start_batch_stats"]
+    return params, bstats, restored, topped
 
   def leave_prune(state, ctx, reason):
     ms, hp = state.method_state, state.hp
