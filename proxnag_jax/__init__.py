@@ -17,12 +17,12 @@ Pruning methods are values of one interface (:mod:`proxnag_jax.methods`,
 and vmappable loop (:mod:`proxnag_jax.loop`).
 """
 
-from proxnag_jax.admm import admm_penalty
-from proxnag_jax.admm import admm_state
-from proxnag_jax.admm import admm_step
-from proxnag_jax.admm import AdmmState
-from proxnag_jax.admm import reweighted_shrink
-from proxnag_jax.admm import set_admm_state
+from proxnag_jax.transforms import admm_penalty
+from proxnag_jax.transforms import admm_state
+from proxnag_jax.transforms import admm_step
+from proxnag_jax.transforms import AdmmState
+from proxnag_jax.transforms import reweighted_shrink
+from proxnag_jax.transforms import set_admm_state
 from proxnag_jax.masks import apply_masks
 from proxnag_jax.masks import check_tree_match
 from proxnag_jax.masks import default_prunable

@@ -124,7 +124,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
              log_every_s: float = 5.0, desc: str = "",
              stop_after_steps: Optional[int] = None,
              log: Log = print) -> LoopResult:
-  """Runs ``method`` for ``method.steps(ctx)`` steps or until it is done.
+  """Runs ``method`` for ``ctx.total_steps`` steps or until it is done.
 
   Args:
     model, method, ctx: what to train and how (see :mod:`.methods.base`).
@@ -146,7 +146,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
   if not vmapped and n_runs != 1:
     raise ValueError("several runs need vmapped=True.")
   spe = ctx.steps_per_epoch
-  max_steps = method.steps(ctx)
+  max_steps = ctx.total_steps
   eval_every = eval_every_steps or spe
   step_fn = engine.make_step(model, method, ctx, mean=mean, std=std,
                              augment=augment, mesh=mesh)
@@ -878,8 +878,8 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
                              bs, hp, c.seed)
     runs.append(RunInit(state, c.seed, os.path.join(wd, "trace.jsonl"),
                         events))
-  log(f"{method.name}: {method.description}; up to {method.steps(ctx)} "
-      f"steps ({method.steps(ctx) / spe:.1f} epochs) from {method.start}"
+  log(f"{method.name}: {method.description}; up to {ctx.total_steps} "
+      f"steps ({ctx.total_steps / spe:.1f} epochs) from {method.start}"
       + (f"; {len(runs)} runs vmapped" if len(runs) > 1 else ""))
   res = run_loop(
       model=model, method=method, ctx=ctx, arrays=arrays, mesh=mesh,

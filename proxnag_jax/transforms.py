@@ -27,6 +27,9 @@ parameter sequence equals ``optax.sgd(eta, momentum=beta, nesterov=True)``'s.
 :func:`with_masks` wraps any Optax optimizer so that pruned weights stay
 exactly zero (no post-update hook to forget); masks live in its state and are
 read or replaced with :func:`get_masks` / :func:`set_masks`.
+
+ADMM's pieces (:func:`admm_penalty`, :func:`admm_step`) are here too: the
+W-step penalty as a transformation whose state holds ``Z`` and ``U``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,17 @@ __all__ = [
     "with_masks",
     "get_masks",
     "set_masks",
+    "set_sparse_params",
     "set_hyperparams",
+    "find_state",
+    "find_states",
+    "replace_states",
+    "AdmmState",
+    "admm_penalty",
+    "admm_state",
+    "set_admm_state",
+    "admm_step",
+    "reweighted_shrink",
 ]
 
 
@@ -583,37 +596,20 @@ def proxnag(
 # --------------------------------------------------------------------------
 
 
-def _is_namedtuple(x) -> bool:
-  return isinstance(x, tuple) and hasattr(x, "_fields")
+def find_states(opt_state: Any, cls: type) -> list:
+  """Every sub-state of type ``cls`` (a NamedTuple state class) inside
+  ``opt_state``, wherever it sits (``optax.chain``, ``inject_hyperparams``,
+  ``MultiSteps``, :func:`with_masks`...): ``[(path, state)]``, found by the
+  class's name with ``optax.tree_utils.tree_get_all_with_path``."""
+  return [(p, v) for p, v in optax.tree_utils.tree_get_all_with_path(
+      opt_state, cls.__name__) if isinstance(v, cls)]
 
 
-def _find(tree: Any, cls: type) -> list:
-  found = []
-  if isinstance(tree, cls):
-    found.append(tree)
-  elif _is_namedtuple(tree) or isinstance(tree, (tuple, list)):
-    for child in tree:
-      found.extend(_find(child, cls))
-  elif isinstance(tree, dict):
-    for child in tree.values():
-      found.extend(_find(child, cls))
-  return found
-
-
-def _replace(tree: Any, cls: type, fn: Callable[[Any], Any]) -> Any:
-  if isinstance(tree, cls):
-    return fn(tree)
-  if _is_namedtuple(tree):
-    return type(tree)(*[_replace(c, cls, fn) for c in tree])
-  if isinstance(tree, (tuple, list)):
-    return type(tree)(_replace(c, cls, fn) for c in tree)
-  if isinstance(tree, dict):
-    return type(tree)({k: _replace(v, cls, fn) for k, v in tree.items()})
-  return tree
-
-
-def _find_one(opt_state, cls, what, built_by):
-  found = _find(opt_state, cls)
+def find_state(opt_state: Any, cls: type, what: str, built_by: str):
+  """The one sub-state of type ``cls`` in ``opt_state``; a ValueError
+  naming ``what`` and the transformation that builds it (``built_by``) if
+  there is none or more than one."""
+  found = find_states(opt_state, cls)
   if not found:
     raise ValueError(
         f"no {what} found in this optimizer state: it was not built with "
@@ -624,7 +620,18 @@ def _find_one(opt_state, cls, what, built_by):
         f"{len(found)} {what}s found in this optimizer state; it is ambiguous "
         "which one to use. Read the sub-state you want and pass that."
     )
-  return found[0]
+  return found[0][1]
+
+
+def replace_states(opt_state: Any, cls: type,
+                   fn: Callable[[Any], Any]) -> Any:
+  """``opt_state`` with every sub-state of type ``cls`` replaced by
+  ``fn(sub_state)`` (``optax.tree_utils.tree_set`` at each one's path)."""
+  for path, st in find_states(opt_state, cls):
+    opt_state = optax.tree_utils.tree_set(
+        opt_state, lambda p, _, path=path: p == path,
+        **{cls.__name__: fn(st)})
+  return opt_state
 
 
 def sparse_params(opt_state: optax.OptState) -> PyTree:
@@ -642,7 +649,7 @@ def sparse_params(opt_state: optax.OptState) -> PyTree:
     >>> w_sparse = sparse_params(opt_state)
     >>> logits = model.apply({'params': w_sparse}, x)
   """
-  st = _find_one(
+  st = find_state(
       opt_state, ExtrapolationState, "Prox-NAG (nesterov_extrapolation) state",
       "proxnag(...) or nesterov_extrapolation(...)",
   )
@@ -654,11 +661,11 @@ def set_sparse_params(opt_state: optax.OptState, new: PyTree) -> optax.OptState:
 
   Used by pruning loops that multiply the sparse iterate by a mask.
   """
-  _find_one(
+  find_state(
       opt_state, ExtrapolationState, "Prox-NAG (nesterov_extrapolation) state",
       "proxnag(...) or nesterov_extrapolation(...)",
   )
-  return _replace(
+  return replace_states(
       opt_state, ExtrapolationState, lambda s: s._replace(sparse_params=new)
   )
 
@@ -688,7 +695,7 @@ def _mask_sparse_iterates(inner_state, masks: PyTree):
     return st._replace(sparse_params=jax.tree.map(
         lambda w, k: jnp.where(k, w, jnp.zeros_like(w)), sp, masks))
 
-  return _replace(inner_state, ExtrapolationState, fix)
+  return replace_states(inner_state, ExtrapolationState, fix)
 
 
 def _as_bool_masks(masks: PyTree, params: PyTree, who: str) -> PyTree:
@@ -768,7 +775,7 @@ def with_masks(
 
 def get_masks(opt_state: optax.OptState) -> PyTree:
   """The masks held by a :func:`with_masks` state, wherever it sits."""
-  return _find_one(
+  return find_state(
       opt_state, WithMasksState, "with_masks state", "with_masks(...)"
   ).masks
 
@@ -786,12 +793,8 @@ def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
         "set_masks: the new mask tree does not match the old one "
         f"({jax.tree.structure(masks)} vs {jax.tree.structure(old)})."
     ) from e
-  return _replace(opt_state, WithMasksState, lambda s: s._replace(
+  return replace_states(opt_state, WithMasksState, lambda s: s._replace(
       masks=new, inner_state=_mask_sparse_iterates(s.inner_state, new)))
-
-
-def _has_hyperparams(node) -> bool:
-  return _is_namedtuple(node) and "hyperparams" in node._fields
 
 
 def set_hyperparams(opt_state: optax.OptState, **values) -> optax.OptState:
@@ -810,29 +813,147 @@ def set_hyperparams(opt_state: optax.OptState, **values) -> optax.OptState:
     >>> state = set_hyperparams(tx.init(params), l1=2e-4)
   """
   seen = set()
-
-  def fix(node):
-    if _has_hyperparams(node):
-      hp = dict(node.hyperparams)
-      for k, v in values.items():
-        if k in hp:
-          hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
-          seen.add(k)
-      return node._replace(hyperparams=hp, **{
-          f: fix(getattr(node, f)) for f in node._fields
-          if f != "hyperparams"})
-    if _is_namedtuple(node):
-      return type(node)(*[fix(c) for c in node])
-    if isinstance(node, (tuple, list)):
-      return type(node)(fix(c) for c in node)
-    if isinstance(node, dict):
-      return type(node)({k: fix(v) for k, v in node.items()})
-    return node
-
-  out = fix(opt_state)
+  # Only the ``hyperparams`` fields of NamedTuple states (inject_hyperparams'
+  # states), never a params-tree key of that name.
+  found = [(p, v) for p, v in optax.tree_utils.tree_get_all_with_path(
+      opt_state, "hyperparams") if p and isinstance(
+          p[-1], optax.tree_utils.NamedTupleKey) and isinstance(v, dict)]
+  out = opt_state
+  for path, hp in found:
+    hp = dict(hp)
+    for k, v in values.items():
+      if k in hp:
+        hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
+        seen.add(k)
+    out = optax.tree_utils.tree_set(
+        out, lambda p, _, path=path: p == path, hyperparams=hp)
   missing = set(values) - seen
   if missing:
     raise ValueError(f"set_hyperparams: no injected hyperparameter named "
                      f"{sorted(missing)} in this optimizer state (build it "
                      "with optax.inject_hyperparams).")
   return out
+
+
+# --------------------------------------------------------------------------
+# ADMM (Zhang et al. 2018) as Optax pieces.
+# --------------------------------------------------------------------------
+#
+# ADMM weight pruning as Optax pieces: the penalty as a transformation whose
+# state holds the auxiliary variables ``Z`` and ``U``, and the Z/U step.
+#
+# ADMM (Zhang et al. 2018) splits ``min f(W) s.t. W in S`` (``S``: at most
+# ``k`` nonzeros) into
+#
+#     W-step:  W <- argmin f(W) + rho/2 ||W - Z + U||^2     (SGD steps)
+#     Z-step:  Z <- proj_S(W + U)                            (or a prox)
+#     U-step:  U <- U + W - Z
+#
+# :func:`admm_penalty` adds ``rho (W - Z + U)`` to the gradient of the leaves
+# it covers, so any Optax optimizer after it performs the W-step;
+# :func:`admm_step` performs the Z- and U-steps on the state, wherever it sits
+# (inside ``optax.chain``, ``with_masks``, ``inject_hyperparams``), with any
+# projection or proximal map. Everything is pure and traceable.
+#
+# Example::
+#
+#     tx = optax.chain(admm_penalty(rho=1e-3, mask=kernels), optax.sgd(0.01, 0.9))
+#     opt_state = tx.init(params)
+#     ...                                   # SGD steps: updates, opt_state = ...
+#     opt_state = admm_step(opt_state, params, project=lambda v: topk(v, k))
+
+
+class AdmmState(NamedTuple):
+  """``z``, ``u``: params-shaped (zero on leaves the penalty does not cover);
+  ``rho``: the penalty weight (a scalar array, so a loop can raise it)."""
+
+  z: PyTree
+  u: PyTree
+  rho: jax.Array
+
+
+def admm_penalty(rho: float, mask=None
+                 ) -> optax.GradientTransformationExtraArgs:
+  """The ADMM W-step penalty as a gradient transformation.
+
+  Update rule, on the leaves selected by ``mask`` (default: all)::
+
+      g <- g + rho * (w - z + u)
+
+  ``z`` starts at ``w`` and ``u`` at zero (so the penalty starts at zero);
+  :func:`admm_step` moves them. ``rho = 0`` turns the penalty off.
+
+  Args:
+    rho: the initial penalty weight (non-negative).
+    mask: a pytree of bools matching params, or a callable of params, or
+      None (every leaf).
+  """
+  _check_nonnegative("admm_penalty: rho", rho)
+
+  def init_fn(params):
+    which = _which(mask, params)
+    z = jax.tree.map(lambda p, w: p if w else jnp.zeros_like(p), params,
+                     which)
+    return AdmmState(z=z, u=jax.tree.map(jnp.zeros_like, params),
+                     rho=jnp.asarray(rho, jnp.float32))
+
+  def update_fn(updates, state, params=None, **extra):
+    del extra
+    _require_params(params, "admm_penalty")
+    which = _which(mask, params)
+    new = jax.tree.map(
+        lambda g, p, z, u, w: (g + state.rho * (p - z + u)).astype(g.dtype)
+        if w else g, updates, params, state.z, state.u, which)
+    return new, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _which(mask, params) -> PyTree:
+  """The covered leaves as Python bools (the mask is static)."""
+  return jax.tree.map(bool, _resolve_mask(
+      mask, params, "admm_penalty"))
+
+
+def admm_state(opt_state) -> AdmmState:
+  """The :func:`admm_penalty` state inside ``opt_state``."""
+  return find_state(
+      opt_state, AdmmState, "ADMM (admm_penalty) state", "admm_penalty(...)")
+
+
+def set_admm_state(opt_state, new: AdmmState):
+  admm_state(opt_state)     # exactly one, or a clear error
+  return replace_states(opt_state, AdmmState, lambda _: new)
+
+
+def admm_step(opt_state, params: PyTree,
+              project: Callable[[PyTree, AdmmState], PyTree],
+              rho: Optional[jax.Array] = None):
+  """The Z- and U-steps: ``Z <- project(W + U, state)``, ``U <- U + W - Z``.
+
+  ``project`` maps the params-shaped ``W + U`` (and the current state, for
+  reweighting) to the new ``Z`` (a projection onto a sparsity set, or a
+  proximal map). ``rho`` replaces the penalty weight (e.g. raised between
+  steps). Returns the new ``opt_state``.
+  """
+  st = admm_state(opt_state)
+  v = jax.tree.map(jnp.add, params, st.u)
+  z = project(v, st)
+  u = jax.tree.map(lambda uu, p, zz: uu + p - zz, st.u, params, z)
+  new = AdmmState(z=z, u=u, rho=st.rho if rho is None else
+                  jnp.asarray(rho, jnp.float32))
+  return set_admm_state(opt_state, new)
+
+
+def reweighted_shrink(v: jax.Array, z_prev: jax.Array, tau, eps: float
+                      ) -> jax.Array:
+  """The reweighted-L1 proximal map, elementwise::
+
+      z = sign(v) * max(|v| - tau / (|z_prev| + eps), 0)
+
+  i.e. the prox of ``tau * sum_j alpha_j |z_j|`` with importance weights
+  ``alpha_j = 1 / (|z_prev_j| + eps)``: a weight that was small is shrunk
+  hard, a large one barely.
+  """
+  thr = tau / (jnp.abs(z_prev) + eps)
+  return jnp.sign(v) * jnp.maximum(jnp.abs(v) - thr, 0.0)

@@ -52,9 +52,11 @@ _FACTORIES = {
     "gat": gat.gat,
     "group_proxnag": group_proxnag.group_proxnag,
 }
-# The structured methods (whole channels; the export is a smaller network).
-STRUCTURED_METHODS = ("gat", "group_proxnag", "l1_filter", "slimming")
 METHOD_NAMES = tuple(sorted(_FACTORIES))
+# The structured methods (whole channels; the export is a smaller network):
+# read from each method's own ``structured`` flag at its defaults.
+STRUCTURED_METHODS = tuple(n for n in METHOD_NAMES
+                           if _FACTORIES[n]().structured)
 # The pruning methods (every name but 'dense').
 PRUNING_METHODS = tuple(n for n in METHOD_NAMES if n != "dense")
 

@@ -4,8 +4,8 @@ Both start from the trained dense model and split the run's budget in two:
 
 1. **ADMM phase** (the first ``admm_fraction`` of the budget): SGD on
    ``f(W) + rho/2 ||W - Z + U||^2`` over the prunable weights (the penalty is
-   :func:`proxnag_jax.admm.admm_penalty` in the optimizer chain), and every
-   ``every_epochs`` a Z-step and a U-step (:func:`proxnag_jax.admm.admm_step`),
+   :func:`proxnag_jax.transforms.admm_penalty` in the optimizer chain), and every
+   ``every_epochs`` a Z-step and a U-step (:func:`proxnag_jax.transforms.admm_step`),
    after which ``rho`` is multiplied by ``rho_growth`` (the progressive
    variant; 1 keeps it fixed).
 2. **Hard prune and retrain**: a last Z-step, then the masks keep the
@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxnag_jax import admm as admm_lib
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
@@ -112,7 +111,7 @@ def _reweighted(v, z_prev, prunable, n_keep, eps, relative=False):
   tau = jnp.max(jnp.where(kflat, -jnp.inf, flat), initial=0.0)
   tau = jnp.maximum(tau, 0.0)
   z = jax.tree.map(
-      lambda x, zp, a, k, w: jnp.where(k, a * admm_lib.reweighted_shrink(
+      lambda x, zp, a, k, w: jnp.where(k, a * transforms.reweighted_shrink(
           x, zp, tau, eps), 0.0) if w else jnp.zeros_like(x),
       vr, zr, sv, keep, prunable)
   return z, keep
@@ -141,7 +140,7 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
   def tx(hp, ctx):
     _, end = _schedule_points(ctx, admm_fraction, every_epochs)
     return transforms.with_masks(optax.chain(
-        admm_lib.admm_penalty(hp["rho"], mask=ctx.prunable),
+        transforms.admm_penalty(hp["rho"], mask=ctx.prunable),
         optax.add_decayed_weights(hp["weight_decay"]),
         optax.sgd(_two_phase_cosine(hp["lr"], end, ctx.total_steps),
                   momentum=hp["momentum"], nesterov=True)))
@@ -173,7 +172,7 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     return project
 
   def stats(state, ctx):
-    st = admm_lib.admm_state(state.opt_state)
+    st = transforms.admm_state(state.opt_state)
     which = jax.tree.leaves(ctx.prunable)
     w = masks_lib.concat_selected(jax.tree.leaves(state.params), which)
     z = masks_lib.concat_selected(jax.tree.leaves(st.z), which)
@@ -205,9 +204,9 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
                                   tx(state.hp, ctx))
     # Z_0 = proj(W_0) (reweighted: the first round of the schedule keeps
     # everything, so Z_0 = W_0), U_0 = 0.
-    st = admm_lib.admm_state(state.opt_state)
+    st = transforms.admm_state(state.opt_state)
     z0 = z_step(state, ctx, jnp.int32(0))(state.params, st)
-    state = state.replace(opt_state=admm_lib.set_admm_state(
+    state = state.replace(opt_state=transforms.set_admm_state(
         state.opt_state, st._replace(z=z0)))
     rho_, res, z_sp = stats(state, ctx)
     ms = {"round": jnp.int32(0), "pruned": jnp.bool_(False)}
@@ -223,8 +222,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
 
     def zu(state):
       r = state.method_state["round"] + 1
-      st = admm_lib.admm_state(state.opt_state)
-      opt = admm_lib.admm_step(state.opt_state, state.params,
+      st = transforms.admm_state(state.opt_state)
+      opt = transforms.admm_step(state.opt_state, state.params,
                                z_step(state, ctx, r),
                                rho=st.rho * rho_growth)
       state = state.replace(opt_state=opt, method_state={
@@ -239,13 +238,13 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
       # prunes W by magnitude after the ADMM phase). Reweighted ADMM: the
       # support of the last Z (exactly the target count of nonzeros but
       # for exact-zero ties, hence top-k masks of |Z|).
-      st = admm_lib.admm_state(state.opt_state)
+      st = transforms.admm_state(state.opt_state)
       scores = jax.tree.map(lambda w, z: jnp.abs(z if reweighted else w)
                             .astype(jnp.float32), state.params, st.z)
       keep = base.topk_masks(scores, ctx.prunable, base.n_keep(
           state.params, state.hp, ctx), state.hp["target"], scope)
       state, _ = base.change_masks(state, keep)
-      opt = admm_lib.set_admm_state(state.opt_state, st._replace(
+      opt = transforms.set_admm_state(state.opt_state, st._replace(
           rho=jnp.float32(0.0)))
       return state.replace(opt_state=opt, method_state={
           **state.method_state, "pruned": jnp.bool_(True)})

@@ -186,9 +186,6 @@ class Method(NamedTuple):
     eval_params: ``state -> params`` to evaluate and export.
     export: ``(state, model) -> (model, variables)``.
     done: ``(state, ctx) -> bool`` array; the loop stops when it is true.
-    max_steps: ``ctx -> int``, the most steps the run can take (default
-      ``ctx.total_steps``; phased methods that decide when they are done
-      give an upper bound).
     summary: ``state -> dict`` of host values for ``summary.json``.
     start: ``'dense'`` (from the trained dense model) or ``'scratch'``.
     hparams: per-run numeric settings (floats) that go into ``hp`` and so
@@ -224,7 +221,6 @@ class Method(NamedTuple):
   eval_params: Callable = default_eval_params
   export: Optional[Callable] = None
   done: Callable = never_done
-  max_steps: Optional[Callable] = None
   summary: Optional[Callable] = None
   start: str = "scratch"
   hparams: dict = {}
@@ -235,9 +231,6 @@ class Method(NamedTuple):
   match: str = "channels"
   reads_lr: bool = True
   ignored: dict = {}
-
-  def steps(self, ctx: Context) -> int:
-    return int(self.max_steps(ctx)) if self.max_steps else ctx.total_steps
 
   def export_network(self, state: RunState, model):
     if self.export is not None:
@@ -318,11 +311,11 @@ def masks_of(opt_state) -> PyTree:
 
 def momentum_of(opt_state) -> PyTree:
   """The momentum buffer (``optax.TraceState.trace``) inside ``opt_state``."""
-  found = transforms._find(opt_state, optax.TraceState)  # pylint: disable=protected-access
+  found = transforms.find_states(opt_state, optax.TraceState)
   if len(found) != 1:
     raise ValueError("the method needs an optimizer with exactly one momentum "
                      f"trace (optax.sgd with momentum); found {len(found)}.")
-  return found[0].trace
+  return found[0][1].trace
 
 
 def reset_where(opt_state, grown: PyTree):
@@ -332,31 +325,21 @@ def reset_where(opt_state, grown: PyTree):
   matches ``grown`` is reset there (the masks themselves are left alone).
   """
   target = jax.tree.structure(grown)
+  shapes = [jnp.shape(g) for g in jax.tree.leaves(grown)]
+
+  def params_shaped(node):
+    if node is None or jax.tree.structure(node) != target:
+      return False
+    return [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
 
   def fix(node):
-    if isinstance(node, transforms.WithMasksState):
-      return node._replace(inner_state=fix(node.inner_state))
-    if transforms._is_namedtuple(node):  # pylint: disable=protected-access
-      fields = []
-      for f in node:
-        try:
-          same = jax.tree.structure(f) == target
-        except Exception:  # pylint: disable=broad-except
-          same = False
-        if same:
-          f = jax.tree.map(lambda v, g: jnp.where(g, jnp.zeros_like(v), v),
-                           f, grown)
-        else:
-          f = fix(f)
-        fields.append(f)
-      return type(node)(*fields)
-    if isinstance(node, (tuple, list)):
-      return type(node)(fix(c) for c in node)
-    if isinstance(node, dict):
-      return type(node)({k: fix(v) for k, v in node.items()})
-    return node
+    if not params_shaped(node) or any(
+        jnp.asarray(x).dtype == bool for x in jax.tree.leaves(node)):
+      return node          # not a buffer, or the masks themselves
+    return jax.tree.map(lambda v, g: jnp.where(g, jnp.zeros_like(v), v),
+                        node, grown)
 
-  return fix(opt_state)
+  return jax.tree.map(fix, opt_state, is_leaf=params_shaped)
 
 
 def start_with_masks(state: RunState, masks: PyTree, tx) -> RunState:

@@ -690,9 +690,6 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     del ctx
     return state.method_state["phase"] == DONE
 
-  def max_steps(ctx):
-    return ctx.total_steps
-
   def summary(state):
     ms = state.method_state
     return {"reached_target": int(ms["outcome"]) == 1,
@@ -738,7 +735,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
         + ("; scale-invariant step on normalised kernels"
            if scale_invariant else ""))
   return Method("proxnag", init=init, tx=tx, update=update,
-                eval_params=eval_params, done=done, max_steps=max_steps,
+                eval_params=eval_params, done=done,
                 summary=summary, start="dense", hparams=hparams,
                 reads_lr=False, ignored=ignored,
                 labels={"phase": PHASE_NAMES, "stop": STOP_NAMES,
