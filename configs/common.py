@@ -33,7 +33,7 @@ def run_config() -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   """A dense-training config: :func:`run_config` and the optimiser and
-  schedule (``engine.DENSE_TRAINING_FIELDS``)."""
+  schedule (``experiment.DENSE_TRAINING_FIELDS``)."""
   c = run_config()
   c.num_epochs = 10
   c.optimizer = "sgd"       # 'sgd' (Nesterov) or 'proxnag'

@@ -39,6 +39,8 @@ import optax
 from proxnag_jax import data as data_lib
 from proxnag_jax import distributed
 from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import methods as methods_lib
 from proxnag_jax import models as models_lib
@@ -167,7 +169,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
 
   state = _stack([r.state for r in runs]) if vmapped else runs[0].state
   state = engine.put_replicated(state, mesh)
-  ckpt = engine.Checkpointer(ckpt_dir, log=log)
+  ckpt = hostio.Checkpointer(ckpt_dir, log=log)
   lines = [0] * n_runs
   t, wall_before = 0, 0.0
   restored_window = [[] for _ in range(n_runs)]
@@ -192,7 +194,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
         if p and os.path.exists(p) and distributed.is_primary():
           os.remove(p)
       for rec in _event_lines(r.init_events, method.labels, 0):
-        engine.append_jsonl(r.trace_path, rec)
+        hostio.append_jsonl(r.trace_path, rec)
         lines[k] += 1
 
   def metrics_lines():
@@ -255,7 +257,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
     return orders[(seed, epoch)]
 
   done = bool(np.all(jax.device_get(done_fn(state))))
-  progress = engine.Progress(max_steps - t, batch_size * n_runs, desc=desc,
+  progress = hostio.Progress(max_steps - t, batch_size * n_runs, desc=desc,
                              every_s=log_every_s)
   stop_at = t + stop_after_steps if stop_after_steps else None
   window = restored_window   # (loss, accuracy) of steps since the last eval
@@ -288,7 +290,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
       progress.close()
       last = ckpt.latest_step()
       ckpt.close()
-      engine.check_finite(float(loss[j, k]), f"at step {t + j + 1}"
+      hostio.check_finite(float(loss[j, k]), f"at step {t + j + 1}"
                           + (f" of run {k}" if vmapped else ""), ckpt.dir,
                           last)
     for k in range(n_runs):
@@ -298,7 +300,7 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
         window[k].append((float(loss[j, k]), float(acc[j, k])))
         sel = (j, k) if vmapped else j
         for rec in _event_lines(events, method.labels, t + j + 1, sel):
-          engine.append_jsonl(runs[k].trace_path, rec)
+          hostio.append_jsonl(runs[k].trace_path, rec)
           lines[k] += 1
     t += n
     done = bool(np.all(done_arr))
@@ -319,10 +321,10 @@ def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
                "sparsity": e["sparsity"],
                "images_per_s": progress.images_per_s(),
                "wall_time_s": wall_before + time.time() - t_start}
-        engine.append_jsonl(r.trace_path, rec)
+        hostio.append_jsonl(r.trace_path, rec)
         lines[k] += 1
         if r.metrics_path:
-          engine.append_jsonl(r.metrics_path, {
+          hostio.append_jsonl(r.metrics_path, {
               "epoch": round(t / spe, 4), "step": t,
               "train_loss": rec["loss"], "train_accuracy": rec["accuracy"],
               "test_loss": e["loss"], "test_accuracy": e["accuracy"],
@@ -464,9 +466,9 @@ def train(config, workdir: str, *, overwrite: bool = False,
   Returns:
     The summary dict; when stopped early, ``{'stopped_at_epoch': e}``.
   """
-  engine.validate_config(config)
+  experiment.validate_config(config)
   method = dense_method(config)
-  with engine.workdir_lock(workdir):
+  with hostio.workdir_lock(workdir):
     return _train(config, workdir, method, overwrite, allow_changes,
                   stop_after_epochs, log)
 
@@ -475,23 +477,23 @@ def _train(config, workdir, method, overwrite, allow_changes,
            stop_after_epochs, log):
   t0 = time.time()
   mesh = engine.make_mesh()
-  ds, model, arrays = engine.setup(config, mesh, log)   # data errors first
+  ds, model, arrays = experiment.setup(config, mesh, log)   # data errors first
   resuming = bool(distributed.on_primary(
-      lambda: engine.prepare_workdir(workdir, config, overwrite,
+      lambda: experiment.prepare_workdir(workdir, config, overwrite,
                                      allow_changes), "prepare_workdir"))
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // config.batch_size
-  params, batch_stats = engine.init_variables(model, config, ds.input_shape)
+  params, batch_stats = experiment.init_variables(model, config, ds.input_shape)
   prunable = masks_lib.prunable_tree(params)
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
                      total_steps=int(config.num_epochs * spe),
-                     schedule=engine.schedule_fn(config, spe))
+                     schedule=experiment.schedule_fn(config, spe))
   hp = make_hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
             "weight_decay": config.get("weight_decay", 0.0),
             "momentum": config.get("momentum", 0.9), **method.hparams})
   state, events = init_run(method, ctx, params, batch_stats, hp, config.seed)
   log(f"model {config.model}: {report_lib.num_params(params):,} params; "
-      f"{engine.device_info()}; {spe} steps/epoch")
+      f"{hostio.device_info()}; {spe} steps/epoch")
   res = run_loop(
       model=model, method=method, ctx=ctx, arrays=arrays, mesh=mesh,
       mean=mean, std=std, augment=ds.augment and config.get("augment", True),
@@ -510,7 +512,7 @@ def _train(config, workdir, method, overwrite, allow_changes,
   state, ev = res.states[0], res.evals[0]
   _, variables = method.export_network(state, model)
   # Saved by every process together (orbax); the rest is process 0's.
-  engine.save_tree(os.path.join(workdir, "final"),
+  hostio.save_tree(os.path.join(workdir, "final"),
                    {"params": variables["params"],
                     "batch_stats": variables.get("batch_stats", {})})
   if not distributed.is_primary():
@@ -531,7 +533,7 @@ def _train(config, workdir, method, overwrite, allow_changes,
       "sparsity": ev["sparsity"],
       "wall_time_s": res.wall_time_s, "train_time_s": res.train_time_s,
       "images_per_s": res.images_per_s or last.get("images_per_s", 0.0),
-      **engine.device_info(),
+      **hostio.device_info(),
       "data": {"source": ds.source, "path": ds.path,
                "train_examples": int(len(ds.train_labels)),
                "val_examples": _n_val(ds),
@@ -540,7 +542,7 @@ def _train(config, workdir, method, overwrite, allow_changes,
   }
   # The completion marker, written last and atomically: a run killed before
   # this line is resumed, never taken as finished.
-  engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  hostio.write_json(os.path.join(workdir, "summary.json"), summary)
   distributed.sync("train_summary")
   log(f"done: test accuracy {summary['test_accuracy']:.4f}; "
       f"summary in {workdir}/summary.json ({time.time() - t0:.0f} s)")
@@ -603,8 +605,8 @@ def ignored_fields(config, method) -> dict:
 def validate(config) -> base.Method:
   """Fails early, before anything is written, on a config that cannot run
   or that sets a field the run would ignore."""
-  engine.check_numbers(config)     # budget_epochs > 0, no NaN, ...
-  stray = [k for k in engine.DENSE_TRAINING_FIELDS if k in config]
+  experiment.check_numbers(config)     # budget_epochs > 0, no NaN, ...
+  stray = [k for k in experiment.DENSE_TRAINING_FIELDS if k in config]
   if stray:
     raise ValueError(
         f"config.{', config.'.join(stray)}: a pruning run does not read "
@@ -618,7 +620,7 @@ def validate(config) -> base.Method:
   if method.name == "dense":
     raise ValueError("method 'dense' does not prune: use python -m "
                      "train.train.")
-  engine.validate_config(dense_config(config))
+  experiment.validate_config(dense_config(config))
   for pat in config.get("prune_exclude", ()):
     try:
       re.compile(pat)
@@ -699,9 +701,9 @@ def load_dense(config, workdir, model, input_shape, log):
     train(dense_config(config), os.path.join(workdir, "dense"), log=log)
     path = os.path.join(workdir, "dense")
   check_dense_split(config, path)
-  want_p, want_bs = engine.init_variables(model, config, input_shape)
+  want_p, want_bs = experiment.init_variables(model, config, input_shape)
   try:
-    loaded = engine.load_final(path)
+    loaded = hostio.load_final(path)
   except FileNotFoundError as e:
     raise ValueError(f"dense_checkpoint {path!r} holds no finished run "
                      "(expected DIR/final from train.train).") from e
@@ -749,7 +751,7 @@ def run_hparams(config, method, n_prunable: int) -> dict:
 def _static_view(config, method_name):
   """The config without the fields vmapped runs may differ in."""
   d = json.loads(config.to_json_best_effort())
-  for k in VMAP_FIELDS + engine.NON_RESULT_FIELDS:
+  for k in VMAP_FIELDS + experiment.NON_RESULT_FIELDS:
     d.pop(k, None)
   if isinstance(d.get(method_name), dict):
     for k in VMAP_METHOD_FIELDS:
@@ -796,7 +798,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
   methods = [validate(c) for c in configs]
   with contextlib.ExitStack() as stack:
     for d in list(workdirs) + ([group_dir] if group_dir else []):
-      stack.enter_context(engine.workdir_lock(d))
+      stack.enter_context(hostio.workdir_lock(d))
     return _prune_runs(configs, workdirs, methods, group_dir=group_dir,
                        vmap=vmap, overwrite=overwrite,
                        allow_changes=allow_changes,
@@ -820,14 +822,14 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   c0 = configs[0]
   mesh = engine.make_mesh()
   dcfg = dense_config(c0)
-  ds, model, arrays = engine.setup(dcfg, mesh, log)     # data errors first
+  ds, model, arrays = experiment.setup(dcfg, mesh, log)     # data errors first
   resuming = [bool(distributed.on_primary(
-      lambda c=c, w=w: engine.prepare_workdir(w, c, overwrite, allow_changes),
+      lambda c=c, w=w: experiment.prepare_workdir(w, c, overwrite, allow_changes),
       "prepare_workdir")) for c, w in zip(configs, workdirs)]
   mean, std = ds.mean_std
   spe = len(ds.train_labels) // c0.batch_size
   flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
-  template, template_bs = engine.init_variables(model, c0, ds.input_shape)
+  template, template_bs = experiment.init_variables(model, c0, ds.input_shape)
   prunable = masks_lib.prunable_tree(template, flt)
   groups = (surgery.channel_groups(
       model, {"params": template, "batch_stats": template_bs})
@@ -839,7 +841,7 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   if method.start == "dense":
     sched = lambda lr: optax.cosine_decay_schedule(lr, max(1, total))
   else:
-    sched = engine.schedule_fn(dcfg, spe, total / spe)
+    sched = experiment.schedule_fn(dcfg, spe, total / spe)
   costs = {}
   if method.structured and groups:
     tvars = {"params": template, "batch_stats": template_bs}
@@ -869,7 +871,7 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
     if method.start == "dense":
       params, bs = dense_info[-1][:2]
     else:
-      params, bs = engine.init_variables(model, c, ds.input_shape)
+      params, bs = experiment.init_variables(model, c, ds.input_shape)
     first = epoch_first_batch(c.seed, len(ds.train_labels), c.batch_size)
     grad_fn = _loss_grad_fn(model, arrays["train_x"][first],
                             arrays["train_y"][first], bs, mean, std)
@@ -1043,11 +1045,11 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
       "epochs": epochs,
       "pruned_layers": [l["name"] for l in rep["layers"] if l["prunable"]],
       "wall_time_s": wall_time_s,
-      **engine.device_info(),
+      **hostio.device_info(),
       **extra,
       "config": json.loads(config.to_json_best_effort()),
   }
-  engine.save_tree(os.path.join(workdir, "pruned"),
+  hostio.save_tree(os.path.join(workdir, "pruned"),
                    {"params": params, "batch_stats": batch_stats,
                     "masks": masks})
   if distributed.is_primary():
@@ -1061,7 +1063,7 @@ def finalize(workdir, config, *, method, model, ds, state, ev, prunable,
         workdir, "layer_sparsity.png"), prunable=flt)
   # The completion marker (a sweep takes a cell with it as finished):
   # written last and atomically, so a kill before it leaves a resumable run.
-  engine.write_json(os.path.join(workdir, "summary.json"), summary)
+  hostio.write_json(os.path.join(workdir, "summary.json"), summary)
   # Every process sees the marker before any goes on (a sweep's next cell).
   distributed.sync("prune_summary")
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
@@ -1090,7 +1092,7 @@ def load_pruned(workdir: str):
   arch = {k: tuple(v) if isinstance(v, list) else v
           for k, v in (s.get("architecture") or {}).items()}
   model = models_lib.get_model(s["model"], s.get("num_classes", 10), **arch)
-  saved = engine.load_final(workdir, "pruned")
+  saved = hostio.load_final(workdir, "pruned")
   variables = {"params": saved["params"]}
   if saved.get("batch_stats"):
     variables["batch_stats"] = saved["batch_stats"]

@@ -46,7 +46,8 @@ from typing import Callable
 import numpy as np
 
 from proxnag_jax import distributed
-from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import loop
 from proxnag_jax import methods as methods_lib
 
@@ -184,7 +185,7 @@ def _result_fields(cfg: dict) -> dict:
   """A run's config as compared for reuse: the fields that change results,
   without the dense checkpoint's path (its config is compared instead) and
   the sub-configs of the methods it does not run."""
-  out = engine.comparable_config(cfg)
+  out = experiment.comparable_config(cfg)
   out.pop("dense_checkpoint", None)
   return {k: v for k, v in out.items() if k == out.get("method")
           or k not in methods_lib.PRUNING_METHODS}
@@ -202,7 +203,7 @@ def _finished_with(run_dir, fields) -> bool:
   """Whether ``run_dir`` holds a finished run whose config compares equal
   to ``fields``."""
   cfg = _read_json(os.path.join(run_dir, "config.json"))
-  return (cfg is not None and engine.comparable_config(cfg) == fields and
+  return (cfg is not None and experiment.comparable_config(cfg) == fields and
           os.path.exists(os.path.join(run_dir, "summary.json")))
 
 
@@ -210,7 +211,7 @@ def _copy_run(src, dst, workdir, what, log) -> None:
   if os.path.exists(dst):
     shutil.rmtree(dst)          # an unfinished run of the same config
   shutil.copytree(src, dst)
-  engine.append_jsonl(os.path.join(workdir, "reused.jsonl"),
+  hostio.append_jsonl(os.path.join(workdir, "reused.jsonl"),
                       {what: os.path.basename(dst), "from": src})
   log(f"reused {src} as {os.path.basename(dst)}")
 
@@ -237,7 +238,7 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
             dense) else cfg.get("dense_checkpoint") or ""))
 
   def dense_fields(cc):
-    return engine.comparable_config(json.loads(
+    return experiment.comparable_config(json.loads(
         loop.dense_config(cc).to_json_best_effort()))
 
   def get_dense(seed, want, src_dense=None) -> bool:
@@ -282,7 +283,7 @@ def report_partial(config, workdir: str, log=print) -> list[dict]:
     raise ValueError(f"{path} is missing or unreadable: {workdir!r} holds no "
                      "sweep to report on.")
   want = json.loads(config.to_json_best_effort())
-  if engine.comparable_config(old) != engine.comparable_config(want):
+  if experiment.comparable_config(old) != experiment.comparable_config(want):
     raise ValueError(f"{workdir!r} holds a sweep of another config; pass the "
                      "config it was run with.")
   cells = cells_of(config)
@@ -332,14 +333,14 @@ def run(config, workdir: str, *, overwrite: bool = False,
                        "wipe the cells of the others: clear the workdir once "
                        "(delete it, or one run with --overwrite and no "
                        "--worker), then start the workers.")
-  with engine.workdir_lock(workdir, shared=worker):
+  with hostio.workdir_lock(workdir, shared=worker):
     return _run(config, workdir, overwrite, allow_changes, log,
                 tuple(reuse_from or ()), worker)
 
 
 def _setup_lock(workdir):
   """Workers set the workdir up, and write its tables, one at a time."""
-  return engine.try_lock(os.path.join(workdir, engine.PREPARE_LOCK_FILE),
+  return hostio.try_lock(os.path.join(workdir, hostio.PREPARE_LOCK_FILE),
                          blocking=True)
 
 
@@ -363,7 +364,7 @@ def _shared_dense(config, workdir, seed, log) -> str:
 
 
 def _claim(workdir, name, blocking=False):
-  return engine.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
+  return hostio.try_lock(os.path.join(workdir, "claims", f"{name}.lock"),
                          blocking=blocking)
 
 
@@ -371,7 +372,7 @@ def _run(config, workdir, overwrite, allow_changes, log, reuse_from=(),
          worker=False):
   # Workers set the workdir up one at a time (the first creates it).
   with _setup_lock(workdir) if worker else contextlib.nullcontext():
-    distributed.on_primary(lambda: engine.prepare_workdir(
+    distributed.on_primary(lambda: experiment.prepare_workdir(
         workdir, config, overwrite, allow_changes), "prepare_workdir")
     if reuse_from:
       distributed.on_primary(lambda: reuse_cells(config, workdir, reuse_from,
@@ -479,7 +480,7 @@ def write_outputs(config, workdir, rows, note) -> None:
     f.write(table_md(config, rows, note))
   chosen = chosen_on_val(config, rows)
   if chosen:
-    engine.write_json(os.path.join(workdir, "selection.json"), {
+    hostio.write_json(os.path.join(workdir, "selection.json"), {
         name: {f"{s:g}": (None if p is None else {
             "entry": p[0], "val_accuracy": p[1], "seeds": p[2]})
                for s, p in by_s.items()} for name, by_s in chosen.items()})

@@ -53,15 +53,16 @@ class DenseStep:
     import jax  # pylint: disable=g-import-not-at-top
     from proxnag_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+    from proxnag_jax import experiment  # pylint: disable=g-import-not-at-top
     from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
     from proxnag_jax import masks  # pylint: disable=g-import-not-at-top
     from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
     self._engine, self._loop, self._mesh = engine, loop, mesh
-    ds, model, self.arrays = engine.setup(c, mesh, log=lambda *_: None)
-    self.params, self._bs = engine.init_variables(model, c, ds.input_shape)
+    ds, model, self.arrays = experiment.setup(c, mesh, log=lambda *_: None)
+    self.params, self._bs = experiment.init_variables(model, c, ds.input_shape)
     self._method = loop.dense_method(c)
     self._ctx = base.Context(masks.prunable_tree(self.params), 8, 8,
-                             engine.schedule_fn(c, 8))
+                             experiment.schedule_fn(c, 8))
     self._hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
                                  weight_decay=c.weight_decay, momentum=0.9))
     step = engine.make_step(model, self._method, self._ctx,

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from proxnag_jax import engine
+
+from proxnag_jax import experiment
 from proxnag_jax import loop
 from proxnag_jax import sweep
 
@@ -31,7 +32,7 @@ def test_config_and_smoke_variant_validate(name):
     elif "target_sparsity" in c:
       loop.validate(c)
     else:
-      engine.validate_config(c)
+      experiment.validate_config(c)
   with pytest.raises(ValueError, match="unknown config variant"):
     mod.get_config("smok")
   full, smoke = mod.get_config(""), mod.get_config("smoke")

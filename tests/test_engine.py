@@ -11,6 +11,7 @@ import pytest
 
 import helpers
 from proxnag_jax import engine
+from proxnag_jax import hostio
 from proxnag_jax import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ def test_smoke_run_writes_outputs(tmp_path, mnist_dir):
   assert summary["test_accuracy"] > 0.5      # 2 tiny epochs, well above 0.1
   lines = open(os.path.join(wd, "metrics.jsonl")).read().splitlines()
   assert len(lines) == 2 and json.loads(lines[-1])["epoch"] == 2
-  v = engine.load_final(wd)
+  v = hostio.load_final(wd)
   assert set(v) == {"params", "batch_stats"}
 
 
@@ -50,8 +51,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
   assert out == {"stopped_at_epoch": 1}
   assert not os.path.exists(os.path.join(part, "summary.json"))
   loop.train(cfg, part, log=lambda *_: None)   # same command: resumes
-  for a, b in zip(_leaves(engine.load_final(full)),
-                  _leaves(engine.load_final(part))):
+  for a, b in zip(_leaves(hostio.load_final(full)),
+                  _leaves(hostio.load_final(part))):
     np.testing.assert_array_equal(a, b)
   lines = open(os.path.join(part, "metrics.jsonl")).read().splitlines()
   assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
@@ -72,7 +73,7 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch)
   wd = str(tmp_path / "run")
   cfg = _smoke(mnist_dir)
   loop.train(cfg, wd, stop_after_epochs=1, log=lambda *_: None)
-  good = engine.Checkpointer(os.path.join(wd, "checkpoints"))
+  good = hostio.Checkpointer(os.path.join(wd, "checkpoints"))
   # The end of epoch 1: (512 - 64 held out) / 64 = 7 steps.
   assert good.latest_step() == 7
   good.close()
@@ -88,10 +89,10 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch)
     return nan_step
 
   monkeypatch.setattr(engine, "make_step", poisoned)
-  with pytest.raises(engine.TrainingDiverged,
+  with pytest.raises(hostio.TrainingDiverged,
                      match="loss is nan at step 8.*step 7.*intact"):
     loop.train(cfg, wd, log=lambda *_: None)
-  ck = engine.Checkpointer(os.path.join(wd, "checkpoints"))
+  ck = hostio.Checkpointer(os.path.join(wd, "checkpoints"))
   assert ck.latest_step() == 7
   ck.close()
 

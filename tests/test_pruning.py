@@ -12,7 +12,8 @@ import pytest
 import helpers
 import proxnag_jax as pj
 from configs import proxnag_lenet5_mnist
-from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import loop
 
 QUIET = dict(log=lambda *_: None)
@@ -66,7 +67,7 @@ def test_prune_end_to_end(smoke_run):
   for f in ("summary.json", "trace.jsonl", "report.md", "sparsity_loss.png",
             "weight_histograms.png", "layer_sparsity.png"):
     assert os.path.getsize(os.path.join(wd, f)) > 0
-  saved = engine.load_final(wd, "pruned")
+  saved = hostio.load_final(wd, "pruned")
   for p, m in zip(jax.tree.leaves(saved["params"]),
                   jax.tree.leaves(saved["masks"])):
     # masks are exactly the nonzero pattern of the saved params
@@ -101,8 +102,8 @@ def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
   b = loop.prune(cfg, part, **QUIET)
   assert a["test_accuracy"] == b["test_accuracy"]
   assert a["sparsity"] == b["sparsity"]
-  for x, y in zip(jax.tree.leaves(engine.load_final(full, "pruned")),
-                  jax.tree.leaves(engine.load_final(part, "pruned"))):
+  for x, y in zip(jax.tree.leaves(hostio.load_final(full, "pruned")),
+                  jax.tree.leaves(hostio.load_final(part, "pruned"))):
     np.testing.assert_array_equal(x, y)
   assert helpers.trace_records(full) == helpers.trace_records(part)
 
@@ -154,7 +155,7 @@ def test_which_layers_are_pruned_is_configurable(tmp_path, mnist_dir, dense_dir)
   s = loop.prune(c, str(tmp_path / "p"), **QUIET)
   assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
   assert abs(s["sparsity"] - 0.5) < 1e-3
-  saved = engine.load_final(str(tmp_path / "p"), "pruned")["params"]
+  saved = hostio.load_final(str(tmp_path / "p"), "pruned")["params"]
   assert np.all(np.asarray(saved["conv1"]["kernel"]) != 0)
   assert np.all(np.asarray(saved["fc2"]["kernel"]) != 0)
   assert "conv2/kernel" in open(str(tmp_path / "p" / "report.md")).read()
@@ -174,9 +175,9 @@ def test_baselines_reach_target_and_resume(tmp_path, mnist_dir, dense_dir,
       "stopped_at_step": 5}
   again = loop.prune(c, part, **QUIET)
   assert again["test_accuracy"] == full["test_accuracy"]
-  for a, b in zip(jax.tree.leaves(engine.load_final(str(tmp_path / "full"),
+  for a, b in zip(jax.tree.leaves(hostio.load_final(str(tmp_path / "full"),
                                                     "pruned")),
-                  jax.tree.leaves(engine.load_final(part, "pruned"))):
+                  jax.tree.leaves(hostio.load_final(part, "pruned"))):
     np.testing.assert_array_equal(a, b)
 
 
@@ -257,23 +258,23 @@ def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   msgs = []
   held = os.path.join(wd, "claims", "random_50_seed0.lock")
-  with engine.try_lock(held) as got:
+  with hostio.try_lock(held) as got:
     assert got
     rows = sweep.run(c, wd, worker=True, log=msgs.append)
     assert [r["method"] for r in rows] == ["magnitude"]
     assert any("random_50_seed0: another worker runs it" in m for m in msgs)
     assert not os.path.exists(os.path.join(wd, "table.md"))
     # While a worker holds the workdir, a plain sweep is kept out.
-    with engine.workdir_lock(wd, shared=True):
-      with pytest.raises(engine.WorkdirLocked, match="in use"):
+    with hostio.workdir_lock(wd, shared=True):
+      with pytest.raises(hostio.WorkdirLocked, match="in use"):
         sweep.run(c, wd, **QUIET)
   # Released (the other worker died): the next worker runs the last cell and
   # writes the tables.
   rows = sweep.run(c, wd, worker=True, **QUIET)
   assert [r["method"] for r in rows] == ["magnitude", "random"]
   assert "| random |" in open(os.path.join(wd, "table.md")).read()
-  with engine.workdir_lock(wd):
-    with pytest.raises(engine.WorkdirLocked, match="in use"):
+  with hostio.workdir_lock(wd):
+    with pytest.raises(hostio.WorkdirLocked, match="in use"):
       sweep.run(c, wd, worker=True, **QUIET)
   with pytest.raises(ValueError, match="wipe"):
     sweep.run(c, wd, worker=True, overwrite=True, **QUIET)
@@ -305,7 +306,7 @@ def test_worker_trains_scratch_cells_while_another_trains_the_dense(
       waiting.set()
 
   def other_worker():
-    with engine.try_lock(os.path.join(wd, "claims", "dense_seed0.lock")):
+    with hostio.try_lock(os.path.join(wd, "claims", "dense_seed0.lock")):
       held.set()
       waiting.wait(timeout=120)
       shutil.copytree(dense_dir, os.path.join(wd, "dense_seed0"),
@@ -468,14 +469,14 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
     if dense_cfg_change:
       d.num_epochs += 1
     os.makedirs(src / "dense_seed0", exist_ok=True)
-    engine.write_json(str(src / "dense_seed0" / "config.json"),
+    hostio.write_json(str(src / "dense_seed0" / "config.json"),
                       json.loads(d.to_json_best_effort()))
-    engine.write_json(str(src / "dense_seed0" / "summary.json"), {})
+    hostio.write_json(str(src / "dense_seed0" / "summary.json"), {})
     cell = src / "cells" / sweep.cell_name(method, 0.5, 0)
     os.makedirs(cell)
-    engine.write_json(str(cell / "config.json"),
+    hostio.write_json(str(cell / "config.json"),
                       json.loads(cc.to_json_best_effort()))
-    engine.write_json(str(cell / "summary.json"), {"method": "sbp"})
+    hostio.write_json(str(cell / "summary.json"), {"method": "sbp"})
 
   fake_run(search, "sbp_lr0p1")
   fake_run(search, "sbp_lr0p3")
@@ -514,12 +515,12 @@ def test_sweep_report_only_tables_the_finished_cells(tmp_path):
   c = sweep_random_nets.get_config("smoke")
   c.methods, c.sparsities, c.seeds = ("sbp", "edge_popup"), (0.5,), (0, 1)
   wd = str(tmp_path)
-  engine.prepare_workdir(wd, c)
+  experiment.prepare_workdir(wd, c)
   for (m, seed), acc in {("sbp", 0): 0.90, ("sbp", 1): 0.92,
                          ("edge_popup", 0): 0.95}.items():
     d = os.path.join(wd, "cells", sweep.cell_name(m, 0.5, seed))
     os.makedirs(d)
-    engine.write_json(os.path.join(d, "summary.json"), {
+    hostio.write_json(os.path.join(d, "summary.json"), {
         "method": m, "seed": seed, "target_sparsity": 0.5, "sparsity": 0.5,
         "test_accuracy": acc, "val_accuracy": acc, "dense_test_accuracy": 0.97,
         "epochs": 2.0, "reached_target": True})

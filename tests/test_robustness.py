@@ -18,6 +18,8 @@ import helpers
 from configs import proxnag_lenet5_mnist
 from proxnag_jax import data
 from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import loop
 
 QUIET = dict(log=lambda *_: None)
@@ -82,25 +84,25 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
     tmp_path):
   wd = str(tmp_path / "w")
   a = helpers.lenet5_smoke("")
-  assert not engine.prepare_workdir(wd, a)
+  assert not experiment.prepare_workdir(wd, a)
   b = helpers.lenet5_smoke("")
   b.learning_rate = 0.01
   # Only config.json there: not a run yet, so the new config replaces it.
-  assert not engine.prepare_workdir(wd, b)
+  assert not experiment.prepare_workdir(wd, b)
   # The same config again (e.g. a second sweep worker): nothing to discard;
   # anything besides the config and the lock files means a run got going.
-  open(os.path.join(wd, engine.PREPARE_LOCK_FILE), "w").close()
-  assert not engine.prepare_workdir(wd, b)
+  open(os.path.join(wd, hostio.PREPARE_LOCK_FILE), "w").close()
+  assert not experiment.prepare_workdir(wd, b)
   os.makedirs(os.path.join(wd, "claims"))
-  assert engine.prepare_workdir(wd, b)
+  assert experiment.prepare_workdir(wd, b)
   os.rmdir(os.path.join(wd, "claims"))
   assert json.load(open(os.path.join(wd, "config.json")))[
       "learning_rate"] == 0.01
   with open(os.path.join(wd, "trace.jsonl"), "w") as f:
     f.write("{}\n")
   with pytest.raises(ValueError, match="different config.*allow_changes"):
-    engine.prepare_workdir(wd, a)
-  assert engine.prepare_workdir(wd, a, allow_changes=True)
+    experiment.prepare_workdir(wd, a)
+  assert experiment.prepare_workdir(wd, a, allow_changes=True)
   rec = json.loads(open(os.path.join(wd, "config_changes.jsonl")).read())
   assert rec["changed"]["learning_rate"] == [0.01, a.learning_rate]
 
@@ -110,10 +112,10 @@ def test_config_changes_name_the_nested_field():
          "methods": ["a"]}
   new = {"base": {"proxnag": {"l1_step": 1e-2, "lr": 0.01}, "seed": 0,
                   "extra": 1}, "methods": ["a", "b"]}
-  assert engine.config_diff(old, new) == {
+  assert experiment.config_diff(old, new) == {
       "base.extra": [None, 1], "base.proxnag.l1_step": [2e-3, 1e-2],
       "methods": [["a"], ["a", "b"]]}
-  assert engine.config_diff(old, old) == {}
+  assert experiment.config_diff(old, old) == {}
 
 
 def test_library_api_names_the_bad_argument():
@@ -190,7 +192,7 @@ def _data_files(ckpt_dir, step):
 def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
   d = str(tmp_path / "ck")
   warnings = []
-  ck = engine.Checkpointer(d, log=warnings.append)
+  ck = hostio.Checkpointer(d, log=warnings.append)
   ck.save(1, _tree(1.0), {"step": 1})
   ck.save(2, _tree(2.0), {"step": 2})
   # Flip bytes in the array data of step 2 (not the metadata).
@@ -212,16 +214,16 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
   metas = [f for f in _data_files(d, 1) if f.split(os.sep)[-2] == "meta"]
   for f in metas:
     open(f, "w").write("{")
-  with pytest.raises(engine.CheckpointError, match="no checkpoint .* intact"):
+  with pytest.raises(hostio.CheckpointError, match="no checkpoint .* intact"):
     ck.restore(_tree(0.0))
   ck.close()
 
 
 def test_a_nan_state_is_never_saved(tmp_path):
   d = str(tmp_path / "ck")
-  ck = engine.Checkpointer(d, log=lambda *_: None)
+  ck = hostio.Checkpointer(d, log=lambda *_: None)
   ck.save(1, _tree(1.0), {"step": 1})
-  with pytest.raises(engine.TrainingDiverged, match="step 1 in"):
+  with pytest.raises(hostio.TrainingDiverged, match="step 1 in"):
     bad = _tree(2.0)
     ck.save(2, {**bad, "w": bad["w"].at[3, 5].set(jnp.nan)}, {"step": 2})
   assert ck.latest_step() == 1
@@ -240,7 +242,7 @@ def test_summary_is_the_last_thing_written(tmp_path, mnist_dir, monkeypatch):
   def boom(*a, **k):
     raise RuntimeError("killed while saving final/")
 
-  monkeypatch.setattr(engine, "save_tree", boom)
+  monkeypatch.setattr(hostio, "save_tree", boom)
   with pytest.raises(RuntimeError, match="killed"):
     loop.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
   assert not os.path.exists(os.path.join(wd, "summary.json"))
@@ -269,28 +271,28 @@ def test_metrics_have_one_line_per_epoch_after_resume(tmp_path, mnist_dir):
 
 def test_second_writer_is_refused(tmp_path):
   wd = str(tmp_path / "w")
-  with engine.workdir_lock(wd):
-    with pytest.raises(engine.WorkdirLocked, match="in use by pid"):
-      with engine.workdir_lock(wd):
+  with hostio.workdir_lock(wd):
+    with pytest.raises(hostio.WorkdirLocked, match="in use by pid"):
+      with hostio.workdir_lock(wd):
         pass
-  with engine.workdir_lock(wd):     # released: a new writer gets it
+  with hostio.workdir_lock(wd):     # released: a new writer gets it
     pass
   # Another process holding it.
   code = ("import sys, time; sys.path.insert(0, %r); "
-          "from proxnag_jax import engine\n"
-          "with engine.workdir_lock(%r):\n"
+          "from proxnag_jax import hostio\n"
+          "with hostio.workdir_lock(%r):\n"
           "  print('locked', flush=True); time.sleep(30)" % (ROOT, wd))
   p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                        text=True)
   try:
     assert p.stdout.readline().strip() == "locked"
-    with pytest.raises(engine.WorkdirLocked, match=f"pid {p.pid}"):
-      with engine.workdir_lock(wd):
+    with pytest.raises(hostio.WorkdirLocked, match=f"pid {p.pid}"):
+      with hostio.workdir_lock(wd):
         pass
   finally:
     p.kill()
     p.wait()
-  with engine.workdir_lock(wd):     # the kernel released the dead holder's
+  with hostio.workdir_lock(wd):     # the kernel released the dead holder's
     pass
 
 
@@ -447,17 +449,16 @@ def test_bench_refuses_settings_it_cannot_time(tmp_path):
 
 def test_dense_config_refuses_fields_its_optimizer_or_schedule_ignores():
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
   for field, value, says in (("l1", 1e-3, "config.l1 would be ignored"),
                              ("fista", True, "config.fista would be"),
                              ("lr_steps", (5,), "config.lr_steps would be")):
     c = lenet5_mnist.get_config("smoke")
     c[field] = value
     with pytest.raises(ValueError, match=says):
-      engine.validate_config(c)
+      experiment.validate_config(c)
   c = lenet5_mnist.get_config("smoke")
   c.optimizer, c.l1 = "proxnag", 1e-3     # read with the proxnag optimizer
-  engine.validate_config(c)
+  experiment.validate_config(c)
   c.nesterov = False
   with pytest.raises(ValueError, match="config.nesterov would be ignored"):
-    engine.validate_config(c)
+    experiment.validate_config(c)

@@ -12,7 +12,7 @@ import pytest
 
 import helpers
 from configs import structured_lenet5_mnist
-from proxnag_jax import engine
+from proxnag_jax import hostio
 from proxnag_jax import loop
 from proxnag_jax import methods
 from proxnag_jax import models
@@ -172,8 +172,8 @@ def test_structured_run_resumes_to_the_same_result(tmp_path, tmp_path_factory,
   b = loop.prune(cfg, part, **QUIET)
   assert a["test_accuracy"] == b["test_accuracy"]
   assert a["architecture"] == b["architecture"]
-  for x, y in zip(jax.tree.leaves(engine.load_final(full, "pruned")),
-                  jax.tree.leaves(engine.load_final(part, "pruned"))):
+  for x, y in zip(jax.tree.leaves(hostio.load_final(full, "pruned")),
+                  jax.tree.leaves(hostio.load_final(part, "pruned"))):
     np.testing.assert_array_equal(x, y)
   assert helpers.trace_records(full) == helpers.trace_records(part)
 

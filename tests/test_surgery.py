@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import proxnag_jax as pj
-from proxnag_jax import engine
+from proxnag_jax import hostio
 from proxnag_jax import models
 from proxnag_jax import surgery
 from proxnag_jax.methods import gat as gat_lib
@@ -329,8 +329,8 @@ def _shrunk(name, seed, frac=0.6):
 def test_shrunk_network_saves_and_loads(tmp_path):
   _, shape = FAMILIES["lenet5_bn"]
   _, small, sv = _shrunk("lenet5_bn", seed=3)
-  engine.save_tree(str(tmp_path / "small"), sv)
-  loaded = engine.load_final(str(tmp_path / "small"))
+  hostio.save_tree(str(tmp_path / "small"), sv)
+  loaded = hostio.load_final(str(tmp_path / "small"))
   rebuilt = models.get_model("lenet5_bn", **{
       k: tuple(x) for k, x in surgery.architecture(small).items()})
   x = jax.random.normal(jax.random.PRNGKey(0), (2,) + shape)

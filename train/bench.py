@@ -16,7 +16,6 @@ augmentation, forward, forward + backward) to say where the time goes.
 Writes ``bench.json``.
 """
 
-import json
 import os
 import sys
 import time
@@ -31,6 +30,8 @@ from ml_collections import config_flags
 
 from proxnag_jax import data as data_lib
 from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import loop
 from proxnag_jax import masks as masks_lib
 from proxnag_jax.methods import base
@@ -62,12 +63,12 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
   with config.unlocked():
     if not config.train_subset:
       config.train_subset = max(config.batch_size * 8, 10000)
-  ds, model, arrays = engine.setup(config, mesh, log=print)
-  params, bs = engine.init_variables(model, config, ds.input_shape)
+  ds, model, arrays = experiment.setup(config, mesh, log=print)
+  params, bs = experiment.init_variables(model, config, ds.input_shape)
   method = loop.dense_method(config)
   spe = len(ds.train_labels) // config.batch_size
   ctx = base.Context(masks_lib.prunable_tree(params), spe, 100 * spe,
-                     engine.schedule_fn(config, spe, 100))
+                     experiment.schedule_fn(config, spe, 100))
   hp = loop.make_hp({"target": 0.0, "n_zero": 0,
                      "lr": config.learning_rate,
                      "weight_decay": config.weight_decay, "momentum": 0.9,
@@ -83,7 +84,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
   res = {"model": config.model, "dataset": config.dataset,
          "optimizer": config.optimizer, "batch_size": config.batch_size,
          "steps": steps, "chunk": chunk, "repeats": repeats,
-         **engine.device_info(), "jax_version": jax.__version__, "runs": []}
+         **hostio.device_info(), "jax_version": jax.__version__, "runs": []}
   state0, _ = loop.init_run(method, ctx, params, bs, hp, config.seed)
 
   # -- bare jitted step, called once per step -------------------------------
@@ -215,7 +216,7 @@ def main(argv):
               _VMAP.value, _REPEATS.value, _PARTS.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   path = os.path.join(_WORKDIR.value, "bench.json")
-  engine.write_json(path, res)
+  hostio.write_json(path, res)
   print(f"wrote {path}")
 
 

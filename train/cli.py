@@ -18,12 +18,13 @@ from ml_collections import config_flags
 
 from proxnag_jax import data as data_lib
 from proxnag_jax import distributed
-from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import experiment
 from proxnag_jax import methods as methods_lib
 
 # Errors that are the user's to fix, not bugs.
 USER_ERRORS = (ValueError, FileNotFoundError, data_lib.DataError,
-               engine.TrainingDiverged, engine.WorkdirLocked,
+               hostio.TrainingDiverged, hostio.WorkdirLocked,
                distributed.PrimaryFailed)
 
 
@@ -45,7 +46,7 @@ def unused_method_flags(config, argv) -> list:
 def ignored_flags(config, argv) -> list:
   """``--config.<field>`` overrides of a pruning run that the run would not
   read (:func:`proxnag_jax.loop.ignored_fields`), with the reason."""
-  if not engine.is_pruning_config(config):
+  if not experiment.is_pruning_config(config):
     return []
   from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   ignored = loop.ignored_fields(config, loop.method_of(config))

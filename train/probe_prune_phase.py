@@ -33,8 +33,8 @@ import numpy as np
 from configs import sweep_resnet20_cpu
 from proxnag_jax import data as data_lib
 from proxnag_jax import engine
+from proxnag_jax import hostio
 from proxnag_jax import loop
-from proxnag_jax import masks as masks_lib
 from proxnag_jax import sweep
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
@@ -102,7 +102,7 @@ def main():
   mean, std = kw["mean"], kw["std"]
   template = kw["runs"][0].state
   prunable = kw["ctx"].prunable
-  ckpt = engine.Checkpointer(os.path.join(args.workdir, "checkpoints"))
+  ckpt = hostio.Checkpointer(os.path.join(args.workdir, "checkpoints"))
 
   n_sub = 5000
   rng = np.random.default_rng(0)

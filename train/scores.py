@@ -17,7 +17,8 @@ from absl import app
 from absl import flags
 import orbax.checkpoint as ocp
 
-from proxnag_jax import engine
+
+from proxnag_jax import hostio
 from proxnag_jax.methods import edge_popup
 
 _RUN = flags.DEFINE_string("run", None, "A train.prune / sweep cell workdir "
@@ -36,7 +37,7 @@ def main(argv):
   if method not in ("edge_popup", "sbp"):
     raise app.UsageError(f"{_RUN.value} ran {method!r}; score statistics "
                          "are for edge_popup and sbp runs.")
-  ckpt = engine.Checkpointer(os.path.join(_RUN.value, "checkpoints"))
+  ckpt = hostio.Checkpointer(os.path.join(_RUN.value, "checkpoints"))
   step = ckpt.latest_step()
   if step is None:
     raise app.UsageError(f"{_RUN.value}/checkpoints holds no checkpoint.")
@@ -55,7 +56,7 @@ def main(argv):
           f"{r['init_halfwidth']:.4f} | {r['mean_dist']:.4f} | "
           f"{r['max_dist']:.3f} | {pct(r['at_lower'])} | "
           f"{pct(r['at_upper'])} | {pct(r['kept_at_upper'])} |")
-  engine.write_json(os.path.join(_RUN.value, "score_stats.json"),
+  hostio.write_json(os.path.join(_RUN.value, "score_stats.json"),
                     {"method": method, "step": step, "layers": rows})
 
 

@@ -34,7 +34,7 @@ from absl import app
 from absl import flags
 
 from proxnag_jax import data as data_lib
-from proxnag_jax import engine
+from proxnag_jax import hostio
 from proxnag_jax import loop
 from proxnag_jax import models
 from proxnag_jax import report
@@ -91,7 +91,7 @@ def time_run(run: str, dense: str | None = None, batch_size: int = 256,
   model, variables = loop.load_pruned(run)
   n_cls = s.get("num_classes", 10)
   dense_model = models.get_model(s["model"], n_cls)
-  saved = engine.load_final(dense or s["dense_checkpoint"])
+  saved = hostio.load_final(dense or s["dense_checkpoint"])
   dense_vars = {"params": saved["params"]}
   if saved.get("batch_stats"):
     dense_vars["batch_stats"] = saved["batch_stats"]
@@ -174,7 +174,7 @@ def main(argv):
               f"(`python -m train.speed --sweep "
               f"{_SWEEP.value}`), {rows[0]['time']}; cpu_count "
               f"{rows[0]['cpu_count']}.\n\n" + table)
-    engine.write_json(os.path.join(_SWEEP.value, "speed.json"),
+    hostio.write_json(os.path.join(_SWEEP.value, "speed.json"),
                       {"cells": rows})
     print(table)
     return
@@ -184,7 +184,7 @@ def main(argv):
   out = time_run(_RUN.value, _DENSE.value, _BATCH.value, _REPEATS.value,
                  _WIDTHS.value, _BLOCK.value)
   if not (_WIDTHS.value or _BLOCK.value):  # not the run's network otherwise
-    engine.write_json(os.path.join(_RUN.value, "speed.json"), out)
+    hostio.write_json(os.path.join(_RUN.value, "speed.json"), out)
   print(json.dumps(out, indent=1))
 
 

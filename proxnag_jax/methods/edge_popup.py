@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from proxnag_jax import transforms
 from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Method
 

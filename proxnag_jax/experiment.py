@@ -1,0 +1,261 @@
+"""Reading a config: the checks that refuse a bad one before anything is
+written, the workdir check (resume or refuse), and the shared setup of a run
+(data on the devices, the model, its first variables, the learning-rate
+schedule of a dense-training config). The layers below take explicit
+arguments."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from proxnag_jax import data as data_lib
+from proxnag_jax import engine
+from proxnag_jax import hostio
+from proxnag_jax import models as models_lib
+
+PyTree = Any
+
+
+def schedule_fn(config, steps_per_epoch: int, num_epochs=None):
+  """``peak_lr -> schedule`` of a dense training config (its ``schedule``,
+  ``warmup_epochs``, ``lr_steps`` / ``lr_decay``) over ``num_epochs``."""
+  num_epochs = config.num_epochs if num_epochs is None else num_epochs
+  kind = config.get("schedule", "cosine")
+  total = int(round(num_epochs * steps_per_epoch))
+  warm = int(config.get("warmup_epochs", 0) * steps_per_epoch)
+  bounds = {int(e * steps_per_epoch): config.get("lr_decay", 0.1)
+            for e in config.get("lr_steps", ())}
+  return lambda lr: engine.make_schedule(lr, kind=kind, total_steps=total,
+                                  warmup_steps=warm, boundaries=bounds)
+
+
+# Config fields that do not change results; a resumed run may change them.
+NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
+                     "download",
+                     "eval_batch_size", "workdir", "chunk_steps",
+                     # A sweep's reporting: what its table shows.
+                     "select_on_val", "select_scope", "paper_table", "paper_sparsities",
+                     "paper_dense", "target_note")
+
+
+# A dense-training config's optimiser and schedule. A pruning config has
+# them only under ``dense`` (pruning never reads them at its top level: it
+# refuses a config that carries them there, and older runs' configs that
+# did carry them compare without them).
+DENSE_TRAINING_FIELDS = ("num_epochs", "optimizer", "learning_rate",
+                         "nesterov", "weight_decay", "l1", "fista",
+                         "schedule", "lr_steps", "lr_decay", "warmup_epochs")
+
+
+def is_pruning_config(cfg) -> bool:
+  return "method" in cfg and "target_sparsity" in cfg and "dense" in cfg
+
+
+def comparable_config(cfg: dict) -> dict:
+  """The config without the fields that do not change results, at any
+  depth (a sweep's base config holds them too)."""
+  drop = DENSE_TRAINING_FIELDS if is_pruning_config(cfg) else ()
+  return {k: comparable_config(v) if isinstance(v, dict) else v
+          for k, v in cfg.items()
+          if k not in NON_RESULT_FIELDS and k not in drop}
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> dict:
+  """``{'a.b.c': [old, new]}`` for every leaf that differs (nested dicts are
+  descended, so a sweep's ``base.proxnag.l1_step`` is named, not ``base``)."""
+  out = {}
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(config_diff(a, b, f"{prefix}{k}."))
+    elif a != b:
+      out[f"{prefix}{k}"] = [a, b]
+  return out
+
+
+def prepare_workdir(workdir: str, config, overwrite: bool = False,
+                    allow_changes: bool = False) -> bool:
+  """Creates ``workdir`` or checks it holds a run of the same config.
+
+  Returns True if a run of this config is there to resume. A workdir holding
+  a different config raises unless ``overwrite`` (which wipes it) or
+  ``allow_changes`` (which resumes it under the new config and records the
+  changed fields in ``config_changes.jsonl``, e.g. a lower learning rate
+  after a NaN).
+  """
+  path = os.path.join(workdir, "config.json")
+  cfg = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = None
+    # Anything besides the config (and the lock) means a run got going.
+    ran = bool(set(os.listdir(workdir)) - {"config.json", *hostio.LOCK_FILES})
+    if not overwrite and ran:
+      if old is None:
+        raise ValueError(
+            f"{path} is unreadable, so the run in {workdir!r} cannot be "
+            "checked against this config. Pass --overwrite to start over, or "
+            "use another --workdir.")
+      if comparable_config(old) != comparable_config(cfg):
+        changed = config_diff(comparable_config(old), comparable_config(cfg))
+        diff = sorted(changed)
+        if allow_changes:
+          hostio.append_jsonl(os.path.join(workdir, "config_changes.jsonl"), {
+              "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "changed": changed})
+          hostio.write_json(path, cfg)
+          return True
+        raise ValueError(
+            f"workdir {workdir!r} holds a run of a different config (fields "
+            f"differ: {', '.join(diff)}). Use another --workdir, pass "
+            "--overwrite to discard it, or --allow_changes to resume it with "
+            "the new values.")
+      return True
+    if (not overwrite and old is not None
+        and comparable_config(old) == comparable_config(cfg)):
+      # This config, set up but not yet run: nothing to discard (and a sweep
+      # worker starting beside another may be creating files right now).
+      hostio.write_json(path, cfg)
+      return False
+    # A different run to discard, or a config that never got to run (e.g. a
+    # bad value that failed before the first checkpoint): start afresh.
+    _clear_dir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  hostio.write_json(path, cfg)
+  return False
+
+
+def _clear_dir(workdir: str) -> None:
+  """Removes everything in ``workdir`` but its lock file."""
+  for name in os.listdir(workdir):
+    if name in hostio.LOCK_FILES:
+      continue
+    p = os.path.join(workdir, name)
+    if os.path.isdir(p) and not os.path.islink(p):
+      shutil.rmtree(p)
+    else:
+      os.remove(p)
+
+
+# Numeric fields of the training configs and what they must be.
+POSITIVE_FIELDS = ("num_epochs", "batch_size", "learning_rate",
+                   "eval_batch_size", "chunk_steps", "budget_epochs",
+                   "finetune_lr", "log_every_s")
+
+
+NON_NEGATIVE_FIELDS = ("weight_decay", "warmup_epochs", "train_subset",
+                       "test_subset", "val_size", "val_seed", "seed",
+                       "checkpoint_every_steps", "l1", "lr_decay")
+
+
+UNIT_FIELDS = ("momentum",)      # in [0, 1)
+
+
+def check_numbers(config, where: str = "config") -> None:
+  """Every number of ``config`` (nested) is finite; the fields named in
+  :data:`POSITIVE_FIELDS` / :data:`NON_NEGATIVE_FIELDS` / :data:`UNIT_FIELDS`
+  are in range. Raises ValueError naming the field."""
+  for k, v in config.items():
+    name = f"{where}.{k}"
+    if isinstance(v, ml_collections.ConfigDict):
+      check_numbers(v, name)
+      continue
+    vals = v if isinstance(v, (tuple, list)) else (v,)
+    for x in vals:
+      if isinstance(x, bool) or not isinstance(x, (int, float)):
+        continue
+      if not math.isfinite(x):
+        raise ValueError(f"{name} is {x}: it must be a finite number.")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      continue
+    if k in POSITIVE_FIELDS and not v > 0:
+      raise ValueError(f"{name} must be positive, got {v}.")
+    if k in NON_NEGATIVE_FIELDS and v < 0:
+      raise ValueError(f"{name} must be >= 0, got {v}.")
+    if k in UNIT_FIELDS and not 0 <= v < 1:
+      raise ValueError(f"{name} must be in [0, 1), got {v}.")
+
+
+def validate_config(config) -> None:
+  """Fails early, with what to do, on a config that cannot run (before
+  anything is written)."""
+  if config.model not in models_lib.MODEL_NAMES:
+    models_lib.get_model(config.model)   # raises, listing the valid names
+  data_lib.check_dataset_name(config.dataset)
+  check_numbers(config)   # num_epochs, batch_size, learning_rate > 0, ...
+  sub = config.get("train_subset", 0)
+  if sub and config.get("val_size", 0) >= sub:
+    raise ValueError(f"config.val_size ({config.val_size}) must be smaller "
+                     f"than config.train_subset ({sub}).")
+  if config.get("optimizer", "sgd") not in ("sgd", "proxnag"):
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: "
+                     "sgd, proxnag.")
+  if config.get("schedule", "cosine") not in engine.SCHEDULES:
+    raise ValueError(f"unknown schedule {config.schedule!r}; valid: "
+                     f"{', '.join(engine.SCHEDULES)}.")
+  # Every field takes effect or is refused.
+  opt = config.get("optimizer", "sgd")
+  ignored = []
+  if opt != "proxnag":
+    ignored += [f for f, off in (("l1", 0.0), ("fista", False))
+                if config.get(f, off) != off]
+  elif not config.get("nesterov", True):
+    ignored.append("nesterov")
+  if config.get("schedule", "cosine") != "step" and config.get("lr_steps",
+                                                               ()):
+    ignored.append("lr_steps")
+  if ignored:
+    raise ValueError(
+        f"config.{', config.'.join(ignored)} would be ignored: l1 and fista "
+        "are read only with optimizer='proxnag' (which is always Nesterov, "
+        "so nesterov=False is not), lr_steps only with schedule='step'; "
+        "drop them or change the optimizer / schedule.")
+
+
+def setup(config, mesh: Mesh, log=print):
+  """Loads data to the devices and builds the model: the shared prologue."""
+  validate_config(config)
+  ds = data_lib.load_dataset(config.dataset, config.get("data_dir", ""),
+                             config.get("train_subset", 0),
+                             config.get("test_subset", 0),
+                             download=config.get("download", True))
+  ds = data_lib.split_validation(ds, config.get("val_size", 0),
+                                 config.get("val_seed", 0))
+  log(f"data: {data_lib.describe(ds)}")
+  if len(ds.train_labels) < config.batch_size:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the "
+                     f"{len(ds.train_labels)} training examples.")
+  if config.batch_size % mesh.devices.size:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by "
+                     f"the {mesh.devices.size} devices.")
+  model = models_lib.get_model(config.model, ds.num_classes)
+  rep = engine.replicated(mesh)
+  arrays = {
+      "train_x": jax.device_put(ds.train_images, rep),
+      "train_y": jax.device_put(ds.train_labels, rep),
+      "test_x": jax.device_put(ds.test_images, rep),
+      "test_y": jax.device_put(ds.test_labels, rep),
+  }
+  if ds.val_labels is not None:
+    arrays["val_x"] = jax.device_put(ds.val_images, rep)
+    arrays["val_y"] = jax.device_put(ds.val_labels, rep)
+  return ds, model, arrays
+
+
+def init_variables(model, config, input_shape):
+  key = jax.random.PRNGKey(config.seed)
+  v = models_lib.init_model(model, jax.random.fold_in(key, 0),
+                            (1,) + tuple(input_shape))
+  return v["params"], v.get("batch_stats", {})
