@@ -623,13 +623,14 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(
 
 
 @pytest.mark.parametrize("schedule", ["target", "paper"])
-@pytest.mark.parametrize("finetune_from", ["iterate", "phase_start"])
+@pytest.mark.parametrize("finetune_from", ["iterate", "phase_start", "auto"])
 def test_proxnag_finetune_starts_from_the_iterate_or_the_phase_start(
     schedule, finetune_from):
   """When the prune phase reaches the target, the fine-tune starts from the
   sparse iterate (the paper) or, with ``finetune_from='phase_start'``, from
   the phase start's weights on the iterate's support: the same exact count
-  of zeros either way."""
+  of zeros either way. ``'auto'``: the second under the target schedule,
+  the paper's first under the paper schedule."""
   extra = {"final_finetune_epochs": 1.0} if schedule == "paper" else {}
   method = methods.get_method("proxnag", schedule=schedule,
                               finetune_from=finetune_from, monitor_every=1,
@@ -649,6 +650,8 @@ def test_proxnag_finetune_starts_from_the_iterate_or_the_phase_start(
       jax.random.PRNGKey(0), s, metrics, ctx))(state)
   assert int(state.method_state["phase"]) == proxnag_lib.FINETUNE
   assert int(events["phase_end"]["reason"]) == 1           # the target
+  if finetune_from == "auto":
+    finetune_from = "phase_start" if schedule == "target" else "iterate"
   want = sp if finetune_from == "iterate" else jax.tree.map(
       lambda p, s, w: jnp.where(s != 0, p, 0.0) if w else s, start, sp,
       ctx.prunable)

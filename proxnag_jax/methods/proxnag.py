@@ -33,7 +33,12 @@ phase from the trained dense model, then one fine-tune:
    are pruned (magnitude) up to the count, and the summary says so
    (``topped_up``, ``stop``).
 2. **fine-tune** with the mask fixed for the rest of the budget, Nesterov SGD
-   with a cosine learning rate from ``finetune_lr``.
+   with a cosine learning rate from ``finetune_lr``, starting from the
+   weights (and BN statistics) of the phase's start on the support found
+   (``finetune_from='phase_start'``, this schedule's default: the prune phase
+   chooses the weights that stay, as the relaxed lasso's L1 path chooses a
+   support for an unpenalised refit; its shrunk weights recover more slowly,
+   docs/methods.md), or from the sparse iterate (``'iterate'``).
 
 ``'paper'``: **the paper's procedure** (open-loop lambda, local-maximum
 stop): rounds ``r = 0, 1, ...`` of
@@ -59,7 +64,8 @@ stop): rounds ``r = 0, 1, ...`` of
    zeroed *in this round* with the largest magnitude at the round's start get
    their round-start values back until exactly ``round(target * n)`` prunable
    weights are zero.
-3. **fine-tune** with the mask fixed, ``finetune_epochs + r *
+3. **fine-tune** with the mask fixed (from the kept ``w~``: ``finetune_from``
+   is ``'iterate'`` by default here), ``finetune_epochs + r *
    finetune_growth`` epochs (the last round at least
    ``final_finetune_epochs``; with ``fill_budget`` the last fine-tune takes
    what is left of the run's budget), with a cosine learning rate from
@@ -125,7 +131,7 @@ OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
                  3: "budget exhausted"}
 SCHEDULES = ("target", "paper")
 RAMPS = ("linear", "cubic")
-FINETUNE_FROM = ("iterate", "phase_start")
+FINETUNE_FROM = ("auto", "iterate", "phase_start")
 
 
 def ramp_fraction(x, shape: str = "linear"):
@@ -207,7 +213,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             max_rounds: int = 10, prune_lr: float = 0.01,
             prune_weight_decay: float = 0.0, fista: bool = False,
             ramp_end: float = 0.2, deadline: float = 0.3,
-            ramp: str = "linear", finetune_from: str = "iterate",
+            ramp: str = "linear", finetune_from: str = "auto",
             lam_start: str = "auto",
             lam_gain: float = 10.0, lam_max_change: float = 0.15,
             prune_max_epochs: float = 2.0, monitor_every: int = 10,
@@ -221,6 +227,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   """Prox-NAG pruning; see the module docstring for both schedules.
 
   ``penalty``: ``'l1'`` or ``'trimmed'`` (see the module docstring).
+  ``finetune_from``: ``'phase_start'``, ``'iterate'`` or ``'auto'`` (the
+  first under ``schedule='target'``, the second, the paper's, under
+  ``'paper'``). ``ramp``: ``'linear'`` or ``'cubic'``.
   Settings of ``schedule='target'``: ``lam_start`` (``'auto'`` or
   ``'l1_init'``: lambda's start, which the controller moves), ``ramp_end``
   and ``deadline`` (fractions of the budget), ``lam_gain``,
@@ -244,6 +253,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   if finetune_from not in FINETUNE_FROM:
     raise ValueError(f"proxnag: finetune_from must be one of "
                      f"{FINETUNE_FROM}, got {finetune_from!r}.")
+  if finetune_from == "auto":
+    finetune_from = "phase_start" if schedule == "target" else "iterate"
   rewind = finetune_from == "phase_start"
   if ramp not in RAMPS:
     raise ValueError(f"proxnag: ramp must be one of {RAMPS}, got {ramp!r}.")
@@ -696,6 +707,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             "outcome": OUTCOME_NAMES[int(ms["outcome"])],
             "budget_exhausted": int(ms["outcome"]) == 3,
             "schedule": schedule, "scale_invariant": scale_invariant,
+            "finetune_from": finetune_from,
             "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"]),
             "prune_stop": STOP_NAMES[int(ms["stop"])],
             "prune_steps": int(ms["prune_steps"]),
@@ -724,7 +736,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     description = (
         f"Prox-NAG, lambda tracking a {ramp} sparsity ramp to the target by "
         f"{ramp_end:.0%} of the budget (exact count, magnitude top-up at "
-        f"{deadline:.0%}), then fine-tuning"
+        f"{deadline:.0%}), then fine-tuning from "
+        + ("the phase start's weights on the support found" if rewind
+           else "the sparse iterate")
         + ("; scale-invariant step on normalised kernels"
            if scale_invariant else ""))
   else:
