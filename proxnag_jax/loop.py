@@ -488,9 +488,7 @@ def _train(config, workdir, method, overwrite, allow_changes,
   ctx = base.Context(prunable=prunable, steps_per_epoch=spe,
                      total_steps=int(config.num_epochs * spe),
                      schedule=experiment.schedule_fn(config, spe))
-  hp = make_hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
-            "weight_decay": config.get("weight_decay", 0.0),
-            "momentum": config.get("momentum", 0.9), **method.hparams})
+  hp = dense_hparams(config, method)
   state, events = init_run(method, ctx, params, batch_stats, hp, config.seed)
   log(f"model {config.model}: {report_lib.num_params(params):,} params; "
       f"{hostio.device_info()}; {spe} steps/epoch")
@@ -730,6 +728,14 @@ def budget_steps(config, method, spe: int) -> int:
   if method.start != "dense":
     epochs += config.dense.num_epochs
   return int(round(epochs * spe))
+
+
+def dense_hparams(config, method) -> dict:
+  """The per-run numbers of a dense-training config (see ``RunState.hp``)."""
+  return make_hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
+                  "weight_decay": config.get("weight_decay", 0.0),
+                  "momentum": config.get("momentum", 0.9),
+                  **method.hparams})
 
 
 def run_hparams(config, method, n_prunable: int) -> dict:

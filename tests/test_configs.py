@@ -54,3 +54,16 @@ def test_resnet20_prune_smoke(tmp_path, cifar_dir):
   assert s["num_params"] == 269_722
   assert abs(s["sparsity"] - 0.3) < 1e-3
   assert len(s["pruned_layers"]) == 20     # 19 convs + fc
+
+
+def test_dense_run_numbers_come_from_the_config():
+  """The dense commands and train.bench read momentum, learning rate and
+  weight decay from the config (bench once hard-coded momentum 0.9)."""
+  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+  c = lenet5_mnist.get_config("smoke")
+  c.momentum, c.learning_rate, c.weight_decay = 0.5, 0.03, 2e-4
+  hp = loop.dense_hparams(c, loop.dense_method(c))
+  assert float(hp["momentum"]) == 0.5
+  assert abs(float(hp["lr"]) - 0.03) < 1e-9
+  assert abs(float(hp["weight_decay"]) - 2e-4) < 1e-9

@@ -69,10 +69,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
   spe = len(ds.train_labels) // config.batch_size
   ctx = base.Context(masks_lib.prunable_tree(params), spe, 100 * spe,
                      experiment.schedule_fn(config, spe, 100))
-  hp = loop.make_hp({"target": 0.0, "n_zero": 0,
-                     "lr": config.learning_rate,
-                     "weight_decay": config.weight_decay, "momentum": 0.9,
-                     **method.hparams})
+  hp = loop.dense_hparams(config, method)
   mean, std = ds.mean_std
   step = engine.make_step(model, method, ctx, mean=mean, std=std,
                           augment=ds.augment, mesh=mesh)
