@@ -552,8 +552,8 @@ def _train(config, workdir, method, overwrite, allow_changes,
 # ---------------------------------------------------------------------------
 
 # Fields that may differ between runs that share one vmapped program.
+# (and the method's own per-run numbers, ``Method.hparams``).
 VMAP_FIELDS = ("seed", "target_sparsity", "finetune_lr", "dense_checkpoint")
-VMAP_METHOD_FIELDS = ("l1_init", "l1_step", "prune_lr", "finetune_lr")
 
 
 def method_of(config) -> base.Method:
@@ -754,14 +754,14 @@ def run_hparams(config, method, n_prunable: int) -> dict:
   return make_hp(hp)
 
 
-def _static_view(config, method_name):
+def _static_view(config, method):
   """The config without the fields vmapped runs may differ in."""
   d = json.loads(config.to_json_best_effort())
   for k in VMAP_FIELDS + experiment.NON_RESULT_FIELDS:
     d.pop(k, None)
-  if isinstance(d.get(method_name), dict):
-    for k in VMAP_METHOD_FIELDS:
-      d[method_name].pop(k, None)
+  if isinstance(d.get(method.name), dict):
+    for k in method.hparams:
+      d[method.name].pop(k, None)
   return d
 
 
@@ -819,11 +819,12 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
   if len(configs) > 1:
     if not vmap:
       raise ValueError("several configs run together only with vmap=True.")
-    ref = _static_view(configs[0], method.name)
+    ref = _static_view(configs[0], method)
     for c in configs[1:]:
-      if c.method != method.name or _static_view(c, method.name) != ref:
+      if c.method != method.name or _static_view(c, method) != ref:
         raise ValueError("vmapped runs may differ only in "
-                         f"{', '.join(VMAP_FIELDS + VMAP_METHOD_FIELDS)}.")
+                         f"{', '.join(VMAP_FIELDS)} and the method's "
+                         f"per-run settings ({', '.join(method.hparams)}).")
   ckpt_dir = os.path.join(group_dir or workdirs[0], "checkpoints")
   c0 = configs[0]
   mesh = engine.make_mesh()
@@ -1108,5 +1109,4 @@ def load_pruned(workdir: str):
 __all__ = ["RunInit", "load_pruned", "LoopResult", "run_loop", "train", "prune",
            "prune_runs", "method_of", "validate", "dense_config",
            "load_dense", "budget_steps", "run_hparams", "finalize",
-           "make_state", "make_hp", "init_run", "evaluate_params", "VMAP_FIELDS",
-           "VMAP_METHOD_FIELDS"]
+           "make_state", "make_hp", "init_run", "evaluate_params", "VMAP_FIELDS"]

@@ -535,3 +535,15 @@ def test_sweep_report_only_tables_the_finished_cells(tmp_path):
   c.seeds = (0, 1, 2)
   with pytest.raises(ValueError, match="another config"):
     sweep.run(c, wd, report_only=True)
+
+
+def test_vmapped_runs_may_differ_only_in_per_run_settings(tmp_path):
+  """Runs sharing one vmapped program may differ in seed, target and the
+  method's per-run numbers (``Method.hparams``), nothing else: refused
+  before any data is read."""
+  a = proxnag_lenet5_mnist.get_config("smoke")
+  b = proxnag_lenet5_mnist.get_config("smoke")
+  b.proxnag.ramp_end, b.proxnag.deadline = 0.1, 0.2
+  with pytest.raises(ValueError, match=r"may differ only in .*prune_lr"):
+    loop.prune_runs([a, b], [str(tmp_path / "a"), str(tmp_path / "b")],
+                    vmap=True)
