@@ -28,6 +28,7 @@ def run_config() -> ml_collections.ConfigDict:
   c.augment = True          # CIFAR: pad-4 crop + flip (ignored for MNIST)
   c.log_every_s = 5.0
   c.chunk_steps = 100       # steps per scanned chunk: one host sync each
+  c.checkpoint_every_steps = 0   # > 0: also checkpoint every N steps
   return c
 
 

@@ -120,10 +120,10 @@ def _event_lines(events: dict, labels: dict, step: int, select=None) -> list:
 def run_loop(*, model, method: base.Method, ctx: base.Context, arrays: dict,
              mesh, mean, std, augment: bool, batch_size: int,
              runs: Sequence[RunInit], vmapped: bool, ckpt_dir: str,
-             resuming: bool, chunk_steps: int = 100,
+             resuming: bool, chunk_steps: int, eval_batch_size: int,
+             log_every_s: float,
              eval_every_steps: Optional[int] = None,
-             checkpoint_every_steps: int = 0, eval_batch_size: int = 1000,
-             log_every_s: float = 5.0, desc: str = "",
+             checkpoint_every_steps: int = 0, desc: str = "",
              stop_after_steps: Optional[int] = None,
              log: Log = print) -> LoopResult:
   """Runs ``method`` for ``ctx.total_steps`` steps or until it is done.
@@ -494,15 +494,15 @@ def _train(config, workdir, method, overwrite, allow_changes,
       f"{hostio.device_info()}; {spe} steps/epoch")
   res = run_loop(
       model=model, method=method, ctx=ctx, arrays=arrays, mesh=mesh,
-      mean=mean, std=std, augment=ds.augment and config.get("augment", True),
+      mean=mean, std=std, augment=ds.augment and config.augment,
       batch_size=config.batch_size,
       runs=[RunInit(state, config.seed, os.path.join(workdir, "trace.jsonl"),
                     events, os.path.join(workdir, "metrics.jsonl"))],
       vmapped=False, ckpt_dir=os.path.join(workdir, "checkpoints"),
-      resuming=resuming, chunk_steps=config.get("chunk_steps", 100),
-      checkpoint_every_steps=config.get("checkpoint_every_steps", 0),
-      eval_batch_size=config.get("eval_batch_size", 1000),
-      log_every_s=config.get("log_every_s", 5.0), desc="train",
+      resuming=resuming, chunk_steps=config.chunk_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      eval_batch_size=config.eval_batch_size,
+      log_every_s=config.log_every_s, desc="train",
       stop_after_steps=(stop_after_epochs * spe if stop_after_epochs
                         else None), log=log)
   if res.stopped_at_step is not None:
@@ -733,8 +733,8 @@ def budget_steps(config, method, spe: int) -> int:
 def dense_hparams(config, method) -> dict:
   """The per-run numbers of a dense-training config (see ``RunState.hp``)."""
   return make_hp({"target": 0.0, "n_zero": 0, "lr": config.learning_rate,
-                  "weight_decay": config.get("weight_decay", 0.0),
-                  "momentum": config.get("momentum", 0.9),
+                  "weight_decay": config.weight_decay,
+                  "momentum": config.momentum,
                   **method.hparams})
 
 
@@ -895,8 +895,8 @@ def _prune_runs(configs, workdirs, methods, *, group_dir, vmap, overwrite,
       mean=mean, std=std, augment=ds.augment and c0.augment,
       batch_size=c0.batch_size, runs=runs, vmapped=len(runs) > 1 or vmap,
       ckpt_dir=ckpt_dir, resuming=all(resuming),
-      chunk_steps=c0.get("chunk_steps", 100),
-      checkpoint_every_steps=c0.get("checkpoint_every_steps", 0),
+      chunk_steps=c0.chunk_steps,
+      checkpoint_every_steps=c0.checkpoint_every_steps,
       eval_batch_size=c0.eval_batch_size, log_every_s=c0.log_every_s,
       desc=method.name, stop_after_steps=stop_after_steps, log=log)
   if res.stopped_at_step is not None:
