@@ -388,7 +388,8 @@ def init_run(method, ctx, params, batch_stats, hp: dict, seed: int):
     method.check(params, jax.device_get(hp), ctx)
   state = make_state(params, batch_stats, method.tx(hp, ctx), hp, seed)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 8)
-  return jax.jit(lambda k, s: method.init(k, s, ctx))(key, state)
+  return jax.jit(lambda k, s: method.init(k, s, ctx, method.tx(s.hp, ctx)))(
+      key, state)
 
 
 def _loss_grad_fn(model, x, y, batch_stats, mean, std):

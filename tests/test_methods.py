@@ -950,3 +950,16 @@ def test_reweighted_layer_relative_keeps_small_scale_layers():
     assert (n1 > 0) == bool(expect_l1), (relative, n1)
     assert sum(int(jnp.sum(k)) for k, w in zip(
         jax.tree.leaves(keep), jax.tree.leaves(which)) if w) == 100
+
+
+@pytest.mark.parametrize("name", ["magnitude", "snip", "sparse_momentum"])
+def test_init_starts_the_transformation_it_is_given(name):
+  """A method's init re-initialises the optimizer with the transformation
+  the loop passes (the one the run trains with), not a rebuilt copy."""
+  method = methods.get_method(name)
+  ctx, [(_, _, state, _)] = _tiny_inits(method, (0,), (0.5,))
+  custom = pj.with_masks(optax.adam(1e-3))
+  fresh = loop.make_state(state.params, {}, custom, state.hp, 0)
+  new, _ = method.init(jax.random.PRNGKey(0), fresh, ctx, custom)
+  assert pj.transforms.find_states(new.opt_state, optax.ScaleByAdamState)
+  assert not pj.transforms.find_states(new.opt_state, optax.TraceState)

@@ -198,10 +198,10 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
             f"{masks_lib.path_name(path)} ({p.size} weights); use "
             "scope='global' or a lower target.")
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     state = base.start_with_masks(state, base.ones_like_masks(state.params),
-                                  tx(state.hp, ctx))
+                                  tx)
     # Z_0 = proj(W_0) (reweighted: the first round of the schedule keeps
     # everything, so Z_0 = W_0), U_0 = 0.
     st = transforms.admm_state(state.opt_state)

@@ -3,7 +3,7 @@
 A method is a :class:`Method`: a name and a few pure functions over pytrees,
 each with a default, so a method file writes only what makes it different::
 
-    init(key, state, ctx)          -> (state, events)   masks, method state
+    init(key, state, ctx, tx)      -> (state, events)   masks, method state
     tx(hp, ctx)                    -> the Optax transformation it trains with
     update(key, state, metrics, ctx) -> (state, events)     every step, in jit
     forward(params, method_state)  -> the params the model sees
@@ -126,8 +126,8 @@ def masked_sgd(hp, ctx, dense_grads: bool = False
                 nesterov=True)), dense_grads=dense_grads)
 
 
-def no_init(key, state, ctx):
-  del key, ctx
+def no_init(key, state, ctx, tx):
+  del key, ctx, tx
   return state, {}
 
 
@@ -174,11 +174,12 @@ class Method(NamedTuple):
 
   Attributes:
     name: registry name.
-    init: ``(key, state, ctx) -> (state, events)``: the loop builds a
+    init: ``(key, state, ctx, tx) -> (state, events)``: the loop builds a
       :class:`RunState` (params, BN statistics, ``tx.init(params)``, empty
-      method state) and the method sets its first masks (e.g. with
-      :func:`start_with_masks`) and its state; ``events`` are traced at
-      step 0.
+      method state) and passes the run's transformation ``tx`` (this
+      method's ``tx(state.hp, ctx)``), so a method that re-initialises the
+      optimizer for its first masks (e.g. :func:`start_with_masks`) uses the
+      one it trains with, never a copy; ``events`` are traced at step 0.
     tx: ``(hp, ctx) -> optax transformation`` (built inside jit with traced
       ``hp``; masked methods wrap it in ``with_masks``).
     update: ``(key, state, metrics, ctx) -> (state, events)``, every step.

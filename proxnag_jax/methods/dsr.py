@@ -113,7 +113,7 @@ def dsr(n_prune_fraction: float = REF_N_PRUNE / REF_SPARSE_WEIGHTS,
     fits = n_dense <= base.n_keep(state.params, state.hp, ctx)
     return jnp.array([not d for d in matched]) | ~fits, fits
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     idx, _ = layers(ctx)
     leaves, treedef = jax.tree.flatten(state.params)
     sizes = jnp.array([leaves[i].size for i in idx], jnp.int32)
@@ -130,7 +130,7 @@ def dsr(n_prune_fraction: float = REF_N_PRUNE / REF_SPARSE_WEIGHTS,
                               counts[j])
       masks[i] = jnp.where(sparse[j], m, True)
     state = base.start_with_masks(state, jax.tree.unflatten(treedef, masks),
-                                  base.masked_sgd(state.hp, ctx))
+                                  tx)
     ms = {"threshold": jnp.float32(threshold), "pruned": jnp.int32(0),
           "target": jnp.float32(0.0)}
     return state.replace(method_state=ms), {"init": base.event(

@@ -121,7 +121,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
     return base.topk_masks(scores, ctx.prunable, base.n_keep(params, hp, ctx),
                            hp["target"], scope)
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     k_w, k_s = jax.random.split(key)
     w0 = state.params
     if weight_init == "signed_constant":
@@ -140,7 +140,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
         scores.append(0.5 + u if relaxed else u)
     scores = jax.tree.unflatten(treedef, scores)
     mask = new_mask(scores, state.hp, ctx)
-    opt = tx(state.hp, ctx).init(scores)
+    opt = tx.init(scores)
     flags = jax.tree.map(jnp.bool_, ctx.prunable)
     return state.replace(params=scores, opt_state=opt, method_state={
         "w0": w0, "mask": mask, "prunable": flags}), {}

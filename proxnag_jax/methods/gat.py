@@ -117,12 +117,12 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
                                       sizes - 1))
     return base.keep_for_target(pick, hp, ctx, match), rho
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     grads = ctx.grad_fn(state.params)
     keep, rho = select(state.params, grads, state.hp, ctx)
     state = base.prune_channels(state, keep, ctx, start=True,
-                                tx=base.masked_sgd(state.hp, ctx))
+                                tx=tx)
     return state, {"prune": base.event(
         True, removed=surgery.removed_channels(state.params, ctx.groups),
         sparsity=base.sparsity_of(state.params, ctx.prunable),

@@ -81,10 +81,10 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
   def prune_end(ctx):
     return max(1, int(round(prune_fraction * ctx.total_steps)))
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     state = base.start_with_masks(state, base.ones_like_masks(state.params),
-                                  tx(state.hp, ctx))
+                                  tx)
     ms = {"phase": jnp.int32(PRUNE), "lam": jnp.float32(state.hp["l1_init"]),
           "ft_start": jnp.int32(0), "forced": jnp.int32(0)}
     return state.replace(method_state=ms), {}

@@ -44,7 +44,7 @@ def l1_filter(scope: str = "layer", round_to: int = 1,
     del params, hp
     base.check_groups("l1_filter", ctx)
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     scores = {}
     for g in surgery.prunable_groups(ctx.groups):
@@ -55,7 +55,7 @@ def l1_filter(scope: str = "layer", round_to: int = 1,
             scores, ctx.groups, s, scope), scores, ctx.groups, round_to),
         state.hp, ctx, match)
     state = base.prune_channels(state, keep, ctx, start=True,
-                                tx=base.masked_sgd(state.hp, ctx))
+                                tx=tx)
     return state, {"prune": base.event(
         True, removed=surgery.removed_channels(state.params, ctx.groups),
         sparsity=base.sparsity_of(state.params, ctx.prunable))}

@@ -19,14 +19,14 @@ def random() -> Method:
   """Random masks with the same sparsity in every layer, at initialisation;
   then sparse training. The sanity floor."""
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(key, len(leaves))
     scores = jax.tree.unflatten(treedef, [
         jax.random.uniform(k, p.shape) for k, p in zip(keys, leaves)])
     masks = base.layer_topk_masks(scores, ctx.prunable, state.hp["target"])
     return base.start_with_masks(state, masks,
-                                 base.masked_sgd(state.hp, ctx)), {}
+                                 tx), {}
 
   return Method("random", init=init, start="scratch",
                 description="random masks, uniform per-layer sparsity, at "
@@ -40,7 +40,7 @@ def magnitude(scope: str = "global") -> Method:
   if scope not in ("global", "layer"):
     raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     scores = jax.tree.map(jnp.abs, state.params)
     if scope == "global":
@@ -49,7 +49,7 @@ def magnitude(scope: str = "global") -> Method:
     else:
       masks = base.layer_topk_masks(scores, ctx.prunable, state.hp["target"])
     return base.start_with_masks(state, masks,
-                                 base.masked_sgd(state.hp, ctx)), {}
+                                 tx), {}
 
   return Method("magnitude", init=init, start="dense",
                 description=f"one-shot {scope} magnitude pruning of the dense "
@@ -71,10 +71,10 @@ def gmp(every: int = 100, end_fraction: float = 0.5) -> Method:
   rest of the budget fine-tunes with the final mask.
   """
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     return base.start_with_masks(state, base.ones_like_masks(state.params),
-                                 base.masked_sgd(state.hp, ctx)), {}
+                                 tx), {}
 
   def update(key, state, metrics, ctx):
     del key, metrics
@@ -119,10 +119,10 @@ def l2(iterations: int = 3) -> Method:
   value that removes exactly the scheduled count.
   """
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     state = base.start_with_masks(state, base.ones_like_masks(state.params),
-                                  base.masked_sgd(state.hp, ctx))
+                                  tx)
     return state.replace(method_state={"k": jnp.int32(0)}), {}
 
   def update(key, state, metrics, ctx):

@@ -436,7 +436,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                       sparsity=base.sparsity_of(state.params, ctx.prunable),
                       epochs=jnp.float32(epochs), final=final)
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     check_budget(ctx)
     hp = state.hp

@@ -105,10 +105,10 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
         optax.sgd(ctx.schedule(hp["lr"]), momentum=hp["momentum"],
                   nesterov=True)))
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     state = base.start_with_masks(state, base.ones_like_masks(state.params),
-                                  tx(state.hp, ctx))
+                                  tx)
     return state, {}
 
   def update(key, state, metrics, ctx):

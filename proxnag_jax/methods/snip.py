@@ -16,7 +16,7 @@ def snip() -> Method:
   sparse network. (Normalising the scores by their sum, as in the paper, does
   not change a top-k.)"""
 
-  def init(key, state, ctx):
+  def init(key, state, ctx, tx):
     del key
     if ctx.grad_fn is None:
       raise ValueError("snip needs ctx.grad_fn (the loss gradient on one "
@@ -27,7 +27,7 @@ def snip() -> Method:
     masks = base.global_topk_masks(scores, ctx.prunable, base.n_keep(
         state.params, state.hp, ctx))
     return base.start_with_masks(state, masks,
-                                 base.masked_sgd(state.hp, ctx)), {}
+                                 tx), {}
 
   return Method("snip", init=init, start="scratch",
                 description="SNIP: global top-k of |g*w| on one minibatch at "

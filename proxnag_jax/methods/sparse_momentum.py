@@ -77,10 +77,9 @@ def sparse_momentum(prune_rate: float = 0.5,
     # accumulating, which is what growth ranks.
     return base.masked_sgd(hp, ctx, dense_grads=True)
 
-  def init(key, state, ctx):
-    state, _ = base_init(key, state, ctx)
-    state = base.start_with_masks(state, base.masks_of(state.opt_state),
-                                  tx(state.hp, ctx))
+  def init(key, state, ctx, tx):
+    # random's masks, started with this method's transformation.
+    state, _ = base_init(key, state, ctx, tx)
     return state.replace(method_state={"prune_rate": jnp.float32(prune_rate)}), {}
 
   def update(key, state, metrics, ctx):
