@@ -23,6 +23,7 @@ Prints one table and writes ``DIR/probe.json``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 
@@ -87,7 +88,7 @@ def main():
     *path, last = k.split(".")
     for p in path:
       node = node[p]
-    node[last] = type(node[last])(eval(v))  # pylint: disable=eval-used
+    node[last] = type(node[last])(ast.literal_eval(v))
   steps = [int(s) for s in args.steps.split(",")]
   os.makedirs(args.workdir, exist_ok=True)
 
@@ -171,7 +172,7 @@ def main():
     w, bs = st.params, st.batch_stats
     try:
       ws = transforms.sparse_params(st.opt_state)
-    except Exception:  # pylint: disable=broad-except
+    except ValueError:       # a method without a Prox-NAG state
       ws = w
     phase = st.method_state.get("phase") if isinstance(
         st.method_state, dict) else None

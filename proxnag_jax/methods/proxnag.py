@@ -437,7 +437,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                       epochs=jnp.float32(epochs), final=final)
 
   def init(key, state, ctx, tx):
-    del key
+    # Each phase starts its own optimizer state (fresh_opt: this method's
+    # transformation with the phase's learning rate, lambda, weight decay).
+    del key, tx
     check_budget(ctx)
     hp = state.hp
     lam0 = start_lambda(state.params, hp, ctx)
