@@ -53,7 +53,6 @@ import ml_collections
 
 from configs import common
 from configs import proxnag_resnet20_cifar10
-from configs import table1_resnet20_cifar10
 
 LAMBDAS = (5e-3, 1e-2, 2e-2)
 VARIANTS = ("smoke", "session", "session_rates")
@@ -153,7 +152,7 @@ def get_config(arg: str = ""):
     c.sparsities = (0.3,)
   c.base = b
   c.paper_table = {k: tuple(v) for k, v in
-                   table1_resnet20_cifar10.PAPER.items()}
+                   proxnag_resnet20_cifar10.PAPER_TABLE1.items()}
   c.paper_sparsities = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
   c.paper_dense = 92.93
   return c

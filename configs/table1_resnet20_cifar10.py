@@ -23,14 +23,7 @@ from configs import proxnag_resnet20_cifar10
 from configs import sweep_resnet20_cpu
 
 # The paper's Table 1 (test accuracy %, pruning rate 40..90%).
-PAPER = {
-    "magnitude": (92.99, 92.86, 92.70, 92.59, 92.26, 90.92),
-    "l2": (92.90, 92.74, 92.57, 92.18, 91.93, 90.57),
-    "snip": (92.81, 92.53, 92.13, 91.55, 90.98, 89.08),
-    "sparse_momentum": (92.88, 92.65, 92.43, 91.98, 91.54, 89.76),
-    "dsr": (92.91, 92.71, 92.51, 92.00, 91.78, 87.88),
-    "proxnag": (93.00, 92.91, 92.82, 92.78, 92.63, 91.20),
-}
+PAPER = proxnag_resnet20_cifar10.PAPER_TABLE1
 
 
 def get_config(arg: str = ""):

@@ -1,17 +1,25 @@
-"""Reading a config: the checks that refuse a bad one before anything is
-written, the workdir check (resume or refuse), and the shared setup of a run
-(data on the devices, the model, its first variables, the learning-rate
-schedule of a dense-training config). The layers below take explicit
-arguments."""
+"""Reading a config: the one layer that does.
+
+The checks that refuse a bad config before anything is written
+(:func:`validate_config`, :func:`validate_pruning`), the workdir check
+(resume or refuse), the method a config names (:func:`method_of`), the
+dense-training config a pruning config implies (:func:`dense_config`), the
+step budget, the typed per-run numbers (:class:`RunNumbers`), and the shared
+setup of a run (data on the devices, the model, its first variables, the
+learning-rate schedule). The layers below (:mod:`.loop`, :mod:`.engine`,
+the methods) take explicit arguments."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -20,7 +28,10 @@ from jax.sharding import Mesh
 from proxnag_jax import data as data_lib
 from proxnag_jax import engine
 from proxnag_jax import hostio
+from proxnag_jax import loop
+from proxnag_jax import methods as methods_lib
 from proxnag_jax import models as models_lib
+from proxnag_jax.methods import base
 
 PyTree = Any
 
@@ -259,3 +270,232 @@ def init_variables(model, config, input_shape):
   v = models_lib.init_model(model, jax.random.fold_in(key, 0),
                             (1,) + tuple(input_shape))
   return v["params"], v.get("batch_stats", {})
+
+
+# ---------------------------------------------------------------------------
+# Pruning configs.
+# ---------------------------------------------------------------------------
+
+
+def dense_method(config) -> base.Method:
+  return methods_lib.get_method(
+      "dense", optimizer=config.get("optimizer", "sgd"),
+      l1=config.get("l1", 0.0), fista=bool(config.get("fista", False)),
+      nesterov=bool(config.get("nesterov", True)))
+
+
+# Fields that may differ between runs that share one vmapped program.
+# (and the method's own per-run numbers, ``Method.hparams``).
+VMAP_FIELDS = ("seed", "target_sparsity", "finetune_lr", "dense_checkpoint")
+
+
+def method_of(config) -> base.Method:
+  """The method of a pruning config, built from its own sub-config."""
+  name = config.method
+  if name not in methods_lib.METHOD_NAMES:
+    methods_lib.get_method(name)      # raises, listing the valid names
+  kwargs = dict(config.get(name, None) or {})
+  return methods_lib.get_method(name, **kwargs)
+
+
+# The dense sub-config's fields a pruning run reads when it starts from a
+# dense checkpoint (so does not train it): the masked fine-tune's weight
+# decay, and for a method from scratch its training schedule.
+DENSE_READ_WITH_CHECKPOINT = {
+    "dense": ("weight_decay",),
+    "scratch": ("weight_decay", "num_epochs", "learning_rate", "schedule",
+                "lr_steps", "lr_decay", "warmup_epochs")}
+
+
+def ignored_fields(config, method) -> dict:
+  """``{'field.path': why}``: the fields of a pruning config that this run
+  does not read (besides other methods' sub-configs): the top-level
+  ``finetune_lr`` where the method does not train at it, the dense
+  model's training settings when it comes from ``dense_checkpoint``, and
+  the method's own settings its configuration ignores
+  (``Method.ignored``). A command refuses an override of any of them, and
+  :func:`validate` a method setting among them that is not its default."""
+  out = {}
+  if method.start != "dense":
+    out["finetune_lr"] = ("a method from scratch trains at "
+                          "config.dense.learning_rate")
+  elif not method.reads_lr:
+    out["finetune_lr"] = (f"{method.name} has learning rates of its own "
+                          f"(config.{method.name}.*_lr)")
+  if config.get("dense_checkpoint", ""):
+    read = DENSE_READ_WITH_CHECKPOINT[method.start]
+    for k in config.dense.keys():
+      if k not in read and k not in SHARED_WITH_DENSE:
+        out[f"dense.{k}"] = ("the dense model comes from "
+                             "config.dense_checkpoint, so is not trained here")
+  for k, why in method.ignored.items():
+    out[f"{method.name}.{k}"] = why
+  return out
+
+
+def validate_pruning(config) -> base.Method:
+  """Fails early, before anything is written, on a config that cannot run
+  or that sets a field the run would ignore."""
+  check_numbers(config)     # budget_epochs > 0, no NaN, ...
+  stray = [k for k in DENSE_TRAINING_FIELDS if k in config]
+  if stray:
+    raise ValueError(
+        f"config.{', config.'.join(stray)}: a pruning run does not read "
+        "these at the config's top level (its dense model trains with "
+        "config.dense.*, each method with its own settings); remove them, "
+        "or set them under config.dense.")
+  t = config.target_sparsity
+  if not 0.0 < t < 1.0:
+    raise ValueError(f"target_sparsity must be in (0, 1), got {t}.")
+  method = method_of(config)
+  if method.name == "dense":
+    raise ValueError("method 'dense' does not prune: use python -m "
+                     "train.train.")
+  validate_config(dense_config(config))
+  for pat in config.get("prune_exclude", ()):
+    try:
+      re.compile(pat)
+    except re.error as e:
+      raise ValueError(f"config.prune_exclude: {pat!r} is not a valid "
+                       f"regular expression ({e}).") from None
+  sub = config.get(method.name, None) or {}
+  defaults = methods_lib.method_config(method.name)
+  for k, why in method.ignored.items():
+    if k in sub and k in defaults and sub[k] != defaults[k]:
+      raise ValueError(
+          f"config.{method.name}.{k} = {sub[k]!r} would be ignored: {why} "
+          f"(its default is {defaults[k]!r}); drop it or change the mode.")
+  for k, v in sub.items():
+    vals = v if isinstance(v, (tuple, list)) else (v,)
+    if any(isinstance(x, (int, float)) and not isinstance(x, bool) and x < 0
+           for x in vals):
+      raise ValueError(f"config.{method.name}.{k} must be >= 0, got {v}.")
+  path = config.get("dense_checkpoint", "")
+  if path and not os.path.isdir(path):
+    raise ValueError(f"config.dense_checkpoint {path!r} does not exist: give "
+                     "the workdir of a finished `python -m train.train` run, "
+                     "or leave it empty to train the dense model here.")
+  return method
+
+
+# Fields a pruning run shares with its dense run (the same data, model, seed
+# and validation split).
+SHARED_WITH_DENSE = ("model", "dataset", "data_dir", "download", "seed",
+                     "train_subset",
+                     "test_subset", "val_size", "val_seed", "batch_size",
+                     "eval_batch_size")
+
+
+def dense_config(config):
+  """The dense-training config, sharing data, model and seed with pruning."""
+  d = copy.deepcopy(config.dense)
+  with d.unlocked():
+    for k in SHARED_WITH_DENSE:
+      d[k] = config[k]
+  return d
+
+
+def check_dense_split(config, path: str) -> None:
+  """Refuses a dense checkpoint trained on other data than the pruning run
+  (e.g. on the images this run holds out for validation)."""
+  f = os.path.join(path, "summary.json")
+  if not os.path.exists(f):
+    return
+  try:
+    with open(f) as fh:
+      got = json.load(fh).get("config", {})
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{f} is unreadable ({e}); re-run the dense training "
+                     "(python -m train.train) into that workdir.") from None
+  keys = ("dataset", "train_subset", "val_size", "val_seed")
+  old = {k: got.get(k, 0) for k in keys}
+  new = {k: config.get(k, 0) for k in keys}
+  if old != new:
+    diff = ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in keys
+                     if old[k] != new[k])
+    raise ValueError(
+        f"dense_checkpoint {path!r} was trained on other data than this run "
+        f"({diff}); with a different validation split its training images "
+        "include this run's validation images. Train the dense model with "
+        "the same data settings (or pass them here, e.g. "
+        f"--config.val_size={old['val_size']}), or leave dense_checkpoint "
+        "empty to train one here.")
+
+
+def budget_steps(config, method, spe: int) -> int:
+  """The run's step budget: ``budget_epochs`` for methods that start from
+  the dense model, ``dense.num_epochs + budget_epochs`` from scratch."""
+  epochs = config.budget_epochs
+  if method.start != "dense":
+    epochs += config.dense.num_epochs
+  return int(round(epochs * spe))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunNumbers:
+  """The numbers of one run that may differ between runs of one vmapped
+  program (they travel in ``RunState.hp`` as arrays, :meth:`as_hp`).
+
+  ``target``: target sparsity; ``n_zero``: the prunable weights it
+  removes; ``lr``: the learning rate the method trains at (a pruning
+  method from the dense model: ``finetune_lr``; from scratch and dense
+  training: the dense learning rate); ``weight_decay``, ``momentum``; and
+  ``method``: the method's own per-run settings (``Method.hparams``, e.g.
+  Prox-NAG's ``l1_init``, ``prune_lr``).
+  """
+
+  target: float
+  n_zero: int
+  lr: float
+  weight_decay: float
+  momentum: float
+  method: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+  def as_hp(self) -> dict:
+    """``RunState.hp``: ``n_zero`` int32, the rest float32."""
+    values = {"target": self.target, "n_zero": self.n_zero, "lr": self.lr,
+              "weight_decay": self.weight_decay, "momentum": self.momentum,
+              **self.method}
+    return loop.make_hp(values)
+
+
+def dense_numbers(config, method) -> RunNumbers:
+  """The per-run numbers of a dense-training config."""
+  return RunNumbers(target=0.0, n_zero=0, lr=config.learning_rate,
+                    weight_decay=config.weight_decay,
+                    momentum=config.momentum, method=dict(method.hparams))
+
+
+def run_numbers(config, method, n_prunable: int) -> RunNumbers:
+  """The per-run numbers of a pruning config: read here and nowhere else."""
+  sub = config.get(method.name, None) or {}
+  return RunNumbers(
+      target=config.target_sparsity,
+      n_zero=int(round(config.target_sparsity * n_prunable)),
+      lr=(config.finetune_lr if method.start == "dense"
+          else config.dense.learning_rate),
+      weight_decay=config.dense.weight_decay, momentum=config.momentum,
+      method={k: sub.get(k, v) for k, v in method.hparams.items()})
+
+
+def static_view(config, method):
+  """The config without the fields vmapped runs may differ in."""
+  d = json.loads(config.to_json_best_effort())
+  for k in VMAP_FIELDS + NON_RESULT_FIELDS:
+    d.pop(k, None)
+  if isinstance(d.get(method.name), dict):
+    for k in method.hparams:
+      d[method.name].pop(k, None)
+  return d
+
+
+def loop_schedule(config, desc: str, stop_after_steps=None):
+  """The loop's :class:`~proxnag_jax.loop.Schedule` from a config's run
+  settings (``chunk_steps``, ``checkpoint_every_steps``,
+  ``eval_batch_size``, ``log_every_s``; configs/common.run_config)."""
+  return loop.Schedule(
+      chunk_steps=config.chunk_steps,
+      eval_batch_size=config.eval_batch_size,
+      log_every_s=config.log_every_s,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      stop_after_steps=stop_after_steps, desc=desc)

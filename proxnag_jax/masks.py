@@ -36,6 +36,13 @@ __all__ = [
     "magnitude_masks",
     "topk_mask",
     "global_topk_masks",
+    "layer_topk_masks",
+    "topk_masks",
+    "prunable_leaves",
+    "num_prunable",
+    "count_zeros",
+    "sparsity_of",
+    "masks_from_params",
     "concat_selected",
     "split_selected",
     "filter_from_tree",
@@ -279,13 +286,61 @@ def filter_from_tree(which: PyTree) -> Filter:
 
 def sparsity(params: PyTree, prunable: Optional[Filter] = None) -> jax.Array:
   """Fraction of exact zeros among the prunable weights (jit-compatible)."""
-  which = prunable_tree(params, prunable)
-  zeros, total = 0, 0
-  for p, w in zip(jax.tree.leaves(params), jax.tree.leaves(which)):
-    if w:
-      zeros = zeros + jnp.sum(p == 0)
-      total += p.size
-  return jnp.asarray(zeros, jnp.float32) / max(total, 1)
+  return sparsity_of(params, prunable_tree(params, prunable))
+
+
+# ---------------------------------------------------------------------------
+# The same on a tree of Python bools (the form the methods carry in
+# ``Context.prunable``): all traceable.
+# ---------------------------------------------------------------------------
+
+
+def prunable_leaves(tree: PyTree, prunable: PyTree) -> list:
+  """The leaves of ``tree`` marked prunable, in tree order."""
+  treedef = jax.tree.structure(prunable)
+  return [x for x, w in zip(treedef.flatten_up_to(tree),
+                            jax.tree.leaves(prunable)) if w]
+
+
+def num_prunable(params: PyTree, prunable: PyTree) -> int:
+  return int(sum(x.size for x in prunable_leaves(params, prunable)))
+
+
+def count_zeros(params: PyTree, prunable: PyTree) -> jax.Array:
+  """Exact zeros among the prunable weights (int32, traceable)."""
+  leaves = prunable_leaves(params, prunable)
+  return sum((jnp.sum(x == 0, dtype=jnp.int32) for x in leaves),
+             jnp.int32(0))
+
+
+def sparsity_of(params: PyTree, prunable: PyTree) -> jax.Array:
+  n = max(num_prunable(params, prunable), 1)
+  return count_zeros(params, prunable).astype(jnp.float32) / n
+
+
+def masks_from_params(params: PyTree, prunable: PyTree) -> PyTree:
+  """Masks of the nonzero prunable weights (other leaves all True)."""
+  return jax.tree.map(
+      lambda p, w: (p != 0) if w else jnp.ones(p.shape, bool), params,
+      prunable)
+
+
+def layer_topk_masks(scores: PyTree, prunable: PyTree, sparsity) -> PyTree:
+  """In every prunable leaf keep all but ``round(sparsity * size)`` of the
+  highest scores; ``sparsity`` may be traced. Other leaves all True."""
+  return magnitude_masks(
+      scores, sparsity, scope="layer",
+      prunable=filter_from_tree(prunable), scores=scores)
+
+
+def topk_masks(scores: PyTree, prunable: PyTree, n_keep, sparsity,
+               scope: str) -> PyTree:
+  """The highest ``scores``: ``n_keep`` over all prunable leaves
+  (``scope='global'``) or all but ``round(sparsity * size)`` in every leaf
+  (``'layer'``). Traceable."""
+  if scope == "global":
+    return global_topk_masks(scores, prunable, n_keep)
+  return layer_topk_masks(scores, prunable, sparsity)
 
 
 def sparsity_report(

@@ -89,13 +89,13 @@ def dense_dir(tmp_path_factory, worker_id, mnist_dir):
   it under a lock in the session's common temp dir, the others wait and
   reuse it."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import commands  # pylint: disable=g-import-not-at-top
 
   def build(wd):
     c = lenet5_mnist.get_config("smoke")
     c.data_dir = mnist_dir
     c.batch_size = 64
-    loop.train(c, wd, log=lambda *_: None)
+    commands.train(c, wd, log=lambda *_: None)
     return wd
 
   if worker_id == "master":

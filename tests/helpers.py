@@ -31,7 +31,7 @@ def vmapped_update_events(method, ctx, params, batch_stats, hps, steps=4):
   states = [loop.init_run(method, ctx, params, batch_stats,
                           loop.make_hp({**hp, **method.hparams}), 0)[0]
             for hp in hps]
-  stacked = loop._stack(states)  # pylint: disable=protected-access
+  stacked = loop.stack(states)
   n = len(hps)
   metrics = {"loss": jnp.ones(n), "accuracy": jnp.ones(n)}
   upd = jax.jit(jax.vmap(lambda k, s, m: method.update(k, s, m, ctx)))
@@ -60,7 +60,7 @@ class DenseStep:
     self._engine, self._loop, self._mesh = engine, loop, mesh
     ds, model, self.arrays = experiment.setup(c, mesh, log=lambda *_: None)
     self.params, self._bs = experiment.init_variables(model, c, ds.input_shape)
-    self._method = loop.dense_method(c)
+    self._method = experiment.dense_method(c)
     self._ctx = base.Context(masks.prunable_tree(self.params), 8, 8,
                              experiment.schedule_fn(c, 8))
     self._hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
@@ -81,3 +81,11 @@ class DenseStep:
     """(A chunk donates its input state.)"""
     return self._chunk(state, self.arrays["train_x"], self.arrays["train_y"],
                        idx, n)
+
+
+# The fields every summary.json has (proxnag_jax.summary.common).
+COMMON_SUMMARY_FIELDS = (
+    "kind", "method", "model", "dataset", "seed", "target_sparsity",
+    "sparsity", "reached_target", "test_accuracy", "test_loss",
+    "val_accuracy", "val_loss", "num_params", "steps", "epochs",
+    "wall_time_s", "images_per_s", "backend", "config")

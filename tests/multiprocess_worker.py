@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from proxnag_jax import commands
 from proxnag_jax import distributed  # pylint: disable=g-import-not-at-top
 
 
@@ -29,7 +30,6 @@ def main():
   distributed.initialize(f"localhost:{port}", int(n), int(pid))
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
   from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   log = print if distributed.is_primary() else (lambda *_: None)
   if mode == "step":
     print("RESULT " + json.dumps(one_step(data_dir)), flush=True)
@@ -37,14 +37,14 @@ def main():
   if mode == "train":
     c = lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
-    out = loop.train(c, workdir, stop_after_epochs=int(extra) if extra
+    out = commands.train(c, workdir, stop_after_epochs=int(extra) if extra
                      else None, log=log)
   else:
     c = proxnag_lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
     c.dense_checkpoint = extra
     c.checkpoint_every_steps = 0     # resume is tested on the train mode
-    out = loop.prune(c, workdir, log=log)
+    out = commands.prune(c, workdir, log=log)
   import jax  # pylint: disable=g-import-not-at-top
   print("RESULT " + json.dumps({
       "process_index": jax.process_index(),

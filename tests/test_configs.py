@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 
+from proxnag_jax import commands
 from proxnag_jax import experiment
-from proxnag_jax import loop
 from proxnag_jax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,9 +28,9 @@ def test_config_and_smoke_variant_validate(name):
     c = mod.get_config(arg)
     if "methods" in c:
       sweep.validate(c)
-      loop.validate(c.base)
+      experiment.validate_pruning(c.base)
     elif "target_sparsity" in c:
-      loop.validate(c)
+      experiment.validate_pruning(c)
     else:
       experiment.validate_config(c)
   with pytest.raises(ValueError, match="unknown config variant"):
@@ -46,8 +46,8 @@ def test_resnet20_prune_smoke(tmp_path, cifar_dir):
   c = proxnag_resnet20_cifar10.get_config("smoke")
   c.data_dir = cifar_dir
   c.dense.num_epochs = 1
-  s = loop.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
-  # The dense ResNet-20 it trained first (loop.train, the dense config).
+  s = commands.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
+  # The dense ResNet-20 it trained first (commands.train, the dense config).
   with open(tmp_path / "r20" / "dense" / "summary.json") as f:
     dense = json.load(f)
   assert dense["num_params"] == 269_722 and np.isfinite(dense["train_loss"])
@@ -60,10 +60,9 @@ def test_dense_run_numbers_come_from_the_config():
   """The dense commands and train.bench read momentum, learning rate and
   weight decay from the config (bench once hard-coded momentum 0.9)."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   c = lenet5_mnist.get_config("smoke")
   c.momentum, c.learning_rate, c.weight_decay = 0.5, 0.03, 2e-4
-  hp = loop.dense_hparams(c, loop.dense_method(c))
+  hp = experiment.dense_numbers(c, experiment.dense_method(c)).as_hp()
   assert float(hp["momentum"]) == 0.5
   assert abs(float(hp["lr"]) - 0.03) < 1e-9
   assert abs(float(hp["weight_decay"]) - 2e-4) < 1e-9

@@ -1,18 +1,15 @@
-"""The training loop: smoke run, resume, bad input, NaN, data parallelism."""
+"""proxnag_jax.engine: the step and the scanned chunk (data parallelism across
+devices, chunk length)."""
 
-import json
 import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
-import pytest
 
 import helpers
 from proxnag_jax import engine
-from proxnag_jax import hostio
-from proxnag_jax import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,101 +19,6 @@ _smoke = helpers.lenet5_smoke
 
 def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-
-def test_smoke_run_writes_outputs(tmp_path, mnist_dir):
-  wd = str(tmp_path / "run")
-  loop.train(_smoke(mnist_dir), wd, log=lambda *_: None)
-  for f in ("summary.json", "metrics.jsonl", "config.json"):
-    assert os.path.exists(os.path.join(wd, f))
-  with open(os.path.join(wd, "summary.json")) as f:
-    summary = json.load(f)
-  for key in ("model", "dataset", "seed", "test_accuracy", "train_loss",
-              "epochs", "num_params", "wall_time_s", "images_per_s", "config"):
-    assert key in summary
-  assert summary["num_params"] == 431_080
-  assert summary["test_accuracy"] > 0.5      # 2 tiny epochs, well above 0.1
-  lines = open(os.path.join(wd, "metrics.jsonl")).read().splitlines()
-  assert len(lines) == 2 and json.loads(lines[-1])["epoch"] == 2
-  v = hostio.load_final(wd)
-  assert set(v) == {"params", "batch_stats"}
-
-
-def test_killed_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
-  cfg = _smoke(mnist_dir, num_epochs=3)
-  full = str(tmp_path / "full")
-  loop.train(cfg, full, log=lambda *_: None)
-  part = str(tmp_path / "part")
-  out = loop.train(cfg, part, stop_after_epochs=1, log=lambda *_: None)
-  assert out == {"stopped_at_epoch": 1}
-  assert not os.path.exists(os.path.join(part, "summary.json"))
-  loop.train(cfg, part, log=lambda *_: None)   # same command: resumes
-  for a, b in zip(_leaves(hostio.load_final(full)),
-                  _leaves(hostio.load_final(part))):
-    np.testing.assert_array_equal(a, b)
-  lines = open(os.path.join(part, "metrics.jsonl")).read().splitlines()
-  assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
-
-
-def test_workdir_with_other_config_is_refused(tmp_path, mnist_dir):
-  wd = str(tmp_path / "run")
-  loop.train(_smoke(mnist_dir, num_epochs=1), wd, log=lambda *_: None)
-  with pytest.raises(ValueError, match="different config.*learning_rate"):
-    loop.train(_smoke(mnist_dir, num_epochs=1, learning_rate=0.5), wd,
-                 log=lambda *_: None)
-  s = loop.train(_smoke(mnist_dir, num_epochs=1, learning_rate=0.001), wd,
-                   overwrite=True, log=lambda *_: None)
-  assert s["config"]["learning_rate"] == 0.001
-
-
-def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch):
-  wd = str(tmp_path / "run")
-  cfg = _smoke(mnist_dir)
-  loop.train(cfg, wd, stop_after_epochs=1, log=lambda *_: None)
-  good = hostio.Checkpointer(os.path.join(wd, "checkpoints"))
-  # The end of epoch 1: (512 - 64 held out) / 64 = 7 steps.
-  assert good.latest_step() == 7
-  good.close()
-
-  real = engine.make_step
-
-  def poisoned(*a, **k):
-    step = real(*a, **k)
-
-    def nan_step(*args):
-      state, (m, ev) = step(*args)
-      return state, ({**m, "loss": m["loss"] * np.nan}, ev)
-    return nan_step
-
-  monkeypatch.setattr(engine, "make_step", poisoned)
-  with pytest.raises(hostio.TrainingDiverged,
-                     match="loss is nan at step 8.*step 7.*intact"):
-    loop.train(cfg, wd, log=lambda *_: None)
-  ck = hostio.Checkpointer(os.path.join(wd, "checkpoints"))
-  assert ck.latest_step() == 7
-  ck.close()
-
-
-def test_bad_config_fails_early(tmp_path, mnist_dir):
-  with pytest.raises(ValueError, match="valid models"):
-    loop.train(_smoke(mnist_dir, model="lenet6"), str(tmp_path / "a"))
-  with pytest.raises(ValueError, match="valid datasets"):
-    loop.train(_smoke(mnist_dir, dataset="mnist2"), str(tmp_path / "b"))
-  with pytest.raises(ValueError, match="How to get the data"):
-    loop.train(_smoke(str(tmp_path)), str(tmp_path / "c"))
-
-
-def test_cli_smoke_with_overrides(tmp_path, mnist_dir):
-  wd = str(tmp_path / "cli")
-  r = subprocess.run(
-      [sys.executable, "-m", "train.train", "--config",
-       "configs/lenet5_mnist.py:smoke", "--workdir", wd,
-       f"--config.data_dir={mnist_dir}", "--config.num_epochs=1"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert "data: mnist from npz" in r.stdout
-  assert json.load(open(os.path.join(wd, "summary.json")))["epochs"] == 1
 
 
 _SHARDED = r"""

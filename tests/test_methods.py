@@ -5,7 +5,6 @@ of the methods' pieces. No dataset needed."""
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +12,9 @@ import optax
 import pytest
 
 import helpers
+import tiny
+from tiny import BATCH, DATA, MODEL, PAPER_PROXNAG, SCORE_METHODS, SETTINGS
+from tiny import SPE, WEIGHT_METHODS
 import proxnag_jax as pj
 from proxnag_jax import engine
 from proxnag_jax import loop
@@ -22,140 +24,6 @@ from proxnag_jax.methods import magnitude as magnitude_lib
 from proxnag_jax.methods import proxnag as proxnag_lib
 from proxnag_jax.methods import sparse_momentum as sm_lib
 
-QUIET = lambda *_: None
-
-
-class Tiny(nn.Module):
-  """A small conv net on 8x8x1 inputs: two prunable kernels, one bias."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Conv(8, (3, 3), use_bias=False, name="conv")(x)
-    x = nn.relu(x).reshape((x.shape[0], -1))
-    return nn.Dense(4, name="fc")(x)
-
-
-N, BATCH, SPE = 256, 32, 8
-SCORE_METHODS = ("edge_popup", "sbp")    # params are scores over frozen W0
-# Structured methods need a model surgery knows: tests/test_structured.py.
-WEIGHT_METHODS = tuple(n for n in methods.METHOD_NAMES
-                       if n not in methods.STRUCTURED_METHODS)
-# Settings that make every method do its thing within 4 tiny epochs.
-SETTINGS = {
-    "proxnag": dict(prune_lr=0.05, monitor_every=2),
-    "gmp": dict(every=2),
-    "admm": dict(every_epochs=0.5, rho=1e-2),
-    "rw_admm": dict(every_epochs=0.5, rho=1e-2),
-    "dsr": dict(periods=(4, 8), period_starts=(0.0, 0.5)),
-    "dense": {},
-}
-# Prox-NAG's paper schedule (open-loop lambda rounds) on the tiny task.
-PAPER_PROXNAG = dict(schedule="paper", scale_invariant=False, l1_init=0.05,
-                     l1_step=0.05, prune_lr=0.05, max_rounds=6,
-                     prune_max_epochs=1.0, monitor_every=2, patience=3,
-                     finetune_epochs=0.25, finetune_growth=0.0,
-                     final_finetune_epochs=0.5, fill_budget=True)
-
-
-def _data(seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(0, 255, size=(N, 8, 8, 1), dtype=np.uint8)
-  # Labels from a fixed random linear map, so there is something to learn.
-  w = rng.normal(size=(64, 4))
-  y = np.argmax(x.reshape(N, -1).astype(np.float32) @ w, -1).astype(np.int32)
-  return {"train_x": jnp.asarray(x), "train_y": jnp.asarray(y),
-          "test_x": jnp.asarray(x[:64]), "test_y": jnp.asarray(y[:64])}
-
-
-DATA = _data()
-MODEL = Tiny()
-
-
-_SINGLE = {}     # (method, seed) -> uninterrupted run at target 0.75
-
-
-def _run(name, workdir, *, targets=(0.75,), seeds=(0,), stop_after=None,
-         vmapped=False, chunk_steps=8):
-  """Runs ``name`` on the tiny task."""
-  out = _run_uncached(name, workdir, targets=targets, seeds=seeds,
-                      stop_after=stop_after, vmapped=vmapped,
-                      chunk_steps=chunk_steps)
-  if (stop_after is None and not vmapped and tuple(targets) == (0.75,)
-      and len(seeds) == 1):
-    _SINGLE[(name, seeds[0])] = out
-  return out
-
-
-def _single(name, seed, workdir):
-  """The uninterrupted single run (shared by the contract tests)."""
-  if (name, seed) not in _SINGLE:
-    _run(name, workdir, seeds=(seed,))
-  return _SINGLE[(name, seed)]
-
-
-def _tiny_inits(method, seeds, targets):
-  """The tiny task's context and the initial states of one run per (seed,
-  target), as the loop builds them: ``(ctx, [(seed, target, state,
-  events)])``."""
-  params = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))[
-      "params"]
-  prunable = pj.prunable_tree(params)
-  total = 4 * SPE
-  x = DATA["train_x"][:BATCH].astype(jnp.float32) / 255.0
-  y = DATA["train_y"][:BATCH]
-  ctx = base.Context(prunable=prunable, steps_per_epoch=SPE,
-                     total_steps=total,
-                     schedule=lambda lr: optax.cosine_decay_schedule(lr,
-                                                                     total),
-                     grad_fn=jax.grad(lambda q: jnp.mean(engine.cross_entropy(
-                         MODEL.apply({"params": q}, x), y))))
-  n = base.num_prunable(params, prunable)
-  out = []
-  for seed in seeds:
-    for target in targets:
-      p = MODEL.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))[
-          "params"]
-      hp = loop.make_hp({"target": target, "n_zero": round(target * n),
-                         "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9,
-                         **method.hparams})
-      state, ev = loop.init_run(method, ctx, p, {}, hp, seed)
-      out.append((seed, target, state, ev))
-  return ctx, out
-
-
-def _run_uncached(name, workdir, *, targets, seeds, stop_after, vmapped,
-                  chunk_steps, settings=None):
-  method = methods.get_method(name, **(settings if settings is not None
-                                       else SETTINGS.get(name, {})))
-  mesh = engine.make_mesh()
-  ctx, inits = _tiny_inits(method, seeds, targets)
-  ctx = ctx._replace(grad_fn=None)    # as the loop: only init sees grad_fn
-  runs = [loop.RunInit(state, seed, os.path.join(
-      workdir, f"trace_{seed}_{target}.jsonl"), ev)
-          for seed, target, state, ev in inits]
-  os.makedirs(workdir, exist_ok=True)
-  resuming = os.path.isdir(os.path.join(workdir, "ckpt"))
-  return method, ctx, loop.run_loop(
-      model=MODEL, method=method, ctx=ctx, arrays=DATA, mesh=mesh,
-      mean=(0.5,), std=(0.25,), augment=False, batch_size=BATCH, runs=runs,
-      vmapped=vmapped, ckpt_dir=os.path.join(workdir, "ckpt"),
-      resuming=resuming, chunk_steps=chunk_steps, eval_batch_size=64,
-      log_every_s=1e9, desc=name, stop_after_steps=stop_after, log=QUIET)
-
-
-def _final_params(method, state):
-  _, variables = method.export_network(state, MODEL)
-  return variables["params"]
-
-
-def _zeros(params):
-  which = pj.prunable_tree(params)
-  return sum(int(np.sum(np.asarray(p) == 0)) for p, w in zip(
-      jax.tree.leaves(params), jax.tree.leaves(which)) if w)
-
-
-def _n_prunable(params):
-  return base.num_prunable(params, pj.prunable_tree(params))
 
 
 # ---------------------------------------------------------------------------
@@ -164,13 +32,16 @@ def _n_prunable(params):
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
-def test_contract_sparsity_masks_and_resume(tmp_path, name):
-  """Exact target; masked weights are exactly zero; killed + resumed run ==
-  uninterrupted run, bitwise."""
-  method, ctx, full = _run(name, str(tmp_path / "full"))
+def test_contract_exact_target_and_masks(name):
+  """The loop, in memory: the exact target; masked weights are exactly zero;
+  one compiled chunk for the whole run (a second chunk, and the shorter
+  ones at epoch ends, do not recompile). (Resume: tests/test_loop.py.)"""
+  method, ctx, full = tiny.run_tiny(name)
+  assert full.chunk_compiles == 1, name
+  assert full.steps <= ctx.total_steps
   state = full.states[0]
-  params = _final_params(method, state)
-  want = round(0.75 * _n_prunable(params))
+  params = tiny.final_params(method, state)
+  want = round(0.75 * tiny.n_prunable(params))
   score_method = name in SCORE_METHODS
   try:
     masks = (state.method_state["mask"] if score_method else
@@ -183,9 +54,9 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
     assert masks is not None, name
     pruned = sum(int(np.sum(~np.asarray(m))) for m in jax.tree.leaves(masks))
     assert pruned == want, name
-    assert _zeros(params) >= want, name
+    assert tiny.zeros(params) >= want, name
     if name == "proxnag":
-      assert _zeros(params) == want
+      assert tiny.zeros(params) == want
   if masks is not None:
     # Masked weights are exactly zero (score methods: in the network the
     # model sees; their params are the scores).
@@ -193,18 +64,6 @@ def test_contract_sparsity_masks_and_resume(tmp_path, name):
     for p, m in zip(jax.tree.leaves(weights), jax.tree.leaves(masks)):
       assert np.all(np.asarray(p)[~np.asarray(m)] == 0), name
   assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
-  # Killed mid-epoch (mid-chunk), resumed: the same final params.
-  part = str(tmp_path / "part")
-  _, _, r1 = _run(name, part, stop_after=12)
-  assert r1.stopped_at_step == 12
-  _, _, r3 = _run(name, part)
-  for a, b in zip(jax.tree.leaves(full.states[0]),
-                  jax.tree.leaves(r3.states[0])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  ta = open(str(tmp_path / "full" / "trace_0_0.75.jsonl")).read()
-  tb = open(os.path.join(part, "trace_0_0.75.jsonl")).read()
-  strip = lambda t: [l.split('"images_per_s"')[0] for l in t.splitlines()]
-  assert strip(ta) == strip(tb)
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
@@ -223,14 +82,14 @@ def test_contract_vmapped_step_equals_one_by_one(name):
   holds on any machine)."""
   method = methods.get_method(name, **SETTINGS.get(name, {}))
   mesh = engine.make_mesh()
-  ctx, inits = _tiny_inits(method, (0, 1), (0.75,))
+  ctx, inits = tiny.tiny_inits(method, (0, 1), (0.75,))
   states = [state for _, _, state, _ in inits]
   step = engine.make_step(MODEL, method, ctx, mean=(0.5,), std=(0.25,),
                           augment=False, mesh=mesh)
   idx = jnp.arange(2 * BATCH, dtype=jnp.int32).reshape(1, 2, BATCH)
   before = [jax.device_get(s.params) for s in states]
   # (A chunk donates its input state: stack the runs first.)
-  stacked_in = loop._stack(states)  # pylint: disable=protected-access
+  stacked_in = loop.stack(states)
   one = engine.make_chunk(step, method, ctx, mesh=mesh)
   singles = [jax.device_get(one(s, DATA["train_x"], DATA["train_y"],
                                 idx[:, k])[0].params)
@@ -248,19 +107,19 @@ def test_contract_vmapped_step_equals_one_by_one(name):
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
-def test_contract_vmapped_runs_reach_their_targets(tmp_path, name):
+def test_contract_vmapped_runs_reach_their_targets(name):
   """End to end, vmapped: every run ends with at least its target count of
   zeros (exactly, for Prox-NAG; a kept weight may also be zero, as in the
   contract above) and trained (its final loss below chance, log 4): what
   holds on any CPU."""
-  method, _, vm = _run(name, str(tmp_path / "vm"), targets=(0.75,),
-                       seeds=(0, 1), vmapped=True)
+  method, _, vm = tiny.run_tiny(name, targets=(0.75,), seeds=(0, 1),
+                                vmapped=True)
   for k in (0, 1):
-    params = _final_params(method, vm.states[k])
-    want = round(0.75 * _n_prunable(params)) if name != "dense" else 0
-    assert _zeros(params) >= want, name
+    params = tiny.final_params(method, vm.states[k])
+    want = round(0.75 * tiny.n_prunable(params)) if name != "dense" else 0
+    assert tiny.zeros(params) >= want, name
     if name == "proxnag":
-      assert _zeros(params) == want
+      assert tiny.zeros(params) == want
     assert vm.evals[k]["loss"] < np.log(4), name
 
 
@@ -404,7 +263,7 @@ def test_sparse_momentum_momentum_is_dense_at_pruned_positions(tmp_path):
   """Regrowth ranks momentum: with the real optimizer in the loop, pruned
   positions must accumulate momentum (dense gradients) while their weights
   stay exactly zero."""
-  _, _, res = _run("sparse_momentum", str(tmp_path / "sm"))
+  _, _, res = tiny.run_tiny("sparse_momentum", str(tmp_path / "sm"))
   state = res.states[0]
   masks = base.masks_of(state.opt_state)
   mom = base.momentum_of(state.opt_state)
@@ -558,14 +417,14 @@ def test_proxnag_stays_inside_its_budget(tmp_path):
   before the cap it ran on for max_rounds full rounds."""
   s = dict(PAPER_PROXNAG, l1_init=1e-7, l1_step=1e-7, max_rounds=10,
            prune_max_epochs=0.5)
-  method, ctx, res = _run_uncached(
+  method, ctx, res = tiny.run_tiny(
       "proxnag", str(tmp_path), targets=(0.75,), seeds=(0,), stop_after=None,
       vmapped=False, chunk_steps=8, settings=s)
   state = res.states[0]
   assert res.steps == ctx.total_steps == int(state.step)
   summ = method.summary(state)
   assert summ["outcome"] == "budget exhausted"
-  assert not summ["reached_target"] and summ["budget_exhausted"]
+  assert summ["budget_exhausted"]
   ends = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
   starts = [r for r in ends if r["kind"] == "phase_start"]
   last = starts[-1]
@@ -579,7 +438,7 @@ def test_proxnag_stays_inside_its_budget(tmp_path):
 
 
 def _proxnag_trace(tmp_path, **settings):
-  method, ctx, res = _run_uncached(
+  method, ctx, res = tiny.run_tiny(
       "proxnag", str(tmp_path), targets=(0.75,), seeds=(0,), stop_after=None,
       vmapped=False, chunk_steps=8, settings=settings)
   state = res.states[0]
@@ -599,10 +458,10 @@ def test_proxnag_target_schedule_follows_the_ramp_to_an_exact_count(
       tmp_path, prune_lr=0.05, monitor_every=2, lam_max_change=0.5,
       ramp=ramp)
   summ = method.summary(state)
-  assert summ["reached_target"] and summ["prune_stop"] == "target"
+  assert summ["outcome"] == "target reached" and summ["prune_stop"] == "target"
   assert summ["topped_up_by_magnitude"] == 0
-  params = _final_params(method, state)
-  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  params = tiny.final_params(method, state)
+  assert tiny.zeros(params) == round(0.75 * tiny.n_prunable(params))
   assert int(state.step) == ctx.total_steps
   mons = [r for r in trace if r["kind"] == "monitor"]
   assert mons and all("fnorm/conv/kernel" in r and "ramp" in r for r in mons)
@@ -635,7 +494,7 @@ def test_proxnag_finetune_starts_from_the_iterate_or_the_phase_start(
   method = methods.get_method("proxnag", schedule=schedule,
                               finetune_from=finetune_from, monitor_every=1,
                               **extra)
-  ctx, [(_, _, state, _)] = _tiny_inits(method, (0,), (0.75,))
+  ctx, [(_, _, state, _)] = tiny.tiny_inits(method, (0,), (0.75,))
   start = state.params
   n_zero = int(state.hp["n_zero"])
   # A sparse iterate at exactly the count, its survivors moved (x0.5).
@@ -657,7 +516,7 @@ def test_proxnag_finetune_starts_from_the_iterate_or_the_phase_start(
       ctx.prunable)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert _zeros(state.params) == n_zero
+  assert tiny.zeros(state.params) == n_zero
   with pytest.raises(ValueError, match="finetune_from must be one of"):
     methods.get_method("proxnag", finetune_from="dense")
 
@@ -681,8 +540,8 @@ def test_proxnag_target_schedule_tops_up_at_its_deadline(tmp_path):
   summ = method.summary(state)
   assert summ["prune_stop"] == "deadline"
   assert summ["topped_up_by_magnitude"] > 0
-  params = _final_params(method, state)
-  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  params = tiny.final_params(method, state)
+  assert tiny.zeros(params) == round(0.75 * tiny.n_prunable(params))
   end = [r for r in trace if r["kind"] == "phase_end"][0]
   assert end["step"] == round(0.3 * ctx.total_steps)
   assert int(state.step) == ctx.total_steps
@@ -759,16 +618,16 @@ def test_proxnag_collapse_guard_stops_pruning(tmp_path):
   assert mons[-1]["stop"] == "loss_rise"
   assert mons[-1]["loss_ema"] > 1.5 * mons[-1]["loss_ref"]
   assert mons[-1]["loss_ref"] == mons[0]["loss"]       # the phase's first
-  params = _final_params(method, state)
-  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  params = tiny.final_params(method, state)
+  assert tiny.zeros(params) == round(0.75 * tiny.n_prunable(params))
 
 
 def test_proxnag_paper_schedule_still_runs_to_the_target(tmp_path):
   method, _, state, trace = _proxnag_trace(tmp_path, **PAPER_PROXNAG)
   summ = method.summary(state)
-  assert summ["schedule"] == "paper" and summ["reached_target"]
-  params = _final_params(method, state)
-  assert _zeros(params) == round(0.75 * _n_prunable(params))
+  assert summ["schedule"] == "paper" and summ["outcome"] == "target reached"
+  params = tiny.final_params(method, state)
+  assert tiny.zeros(params) == round(0.75 * tiny.n_prunable(params))
   assert any(r["kind"] == "monitor" and "fnorm/fc/kernel" in r
              for r in trace)
 
@@ -828,7 +687,7 @@ def test_reweighted_shrink_keeps_exactly_the_scheduled_count():
 
 @pytest.mark.parametrize("name", ["admm", "rw_admm"])
 def test_admm_hard_prunes_at_the_end_of_its_phase(tmp_path, name):
-  method, ctx, res = _run_uncached(name, str(tmp_path / name),
+  method, ctx, res = tiny.run_tiny(name, str(tmp_path / name),
                                    targets=(0.75,), seeds=(0,),
                                    stop_after=None, vmapped=False,
                                    chunk_steps=8)
@@ -856,7 +715,6 @@ def test_admm_bad_settings_fail_at_construction():
     methods.get_method("rw_admm", eps=0.0)
   with pytest.raises(ValueError, match="admm_fraction must be in"):
     methods.get_method("admm", admm_fraction=1.0)
-  m, ctx, state = None, None, None
   p = _params()
   which = pj.prunable_tree(p)
   ctx = base.Context(prunable=which, steps_per_epoch=10, total_steps=100,
@@ -957,7 +815,7 @@ def test_init_starts_the_transformation_it_is_given(name):
   """A method's init re-initialises the optimizer with the transformation
   the loop passes (the one the run trains with), not a rebuilt copy."""
   method = methods.get_method(name)
-  ctx, [(_, _, state, _)] = _tiny_inits(method, (0,), (0.5,))
+  ctx, [(_, _, state, _)] = tiny.tiny_inits(method, (0,), (0.5,))
   custom = pj.with_masks(optax.adam(1e-3))
   fresh = loop.make_state(state.params, {}, custom, state.hp, 0)
   new, _ = method.init(jax.random.PRNGKey(0), fresh, ctx, custom)

@@ -16,11 +16,10 @@ import pytest
 import proxnag_jax as pj
 import helpers
 from configs import proxnag_lenet5_mnist
+from proxnag_jax import commands
 from proxnag_jax import data
-from proxnag_jax import engine
 from proxnag_jax import hostio
 from proxnag_jax import experiment
-from proxnag_jax import loop
 
 QUIET = dict(log=lambda *_: None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +47,7 @@ def test_bad_train_config_fails_before_the_workdir(tmp_path, mnist_dir, field,
                                                    value, match):
   wd = str(tmp_path / "w")
   with pytest.raises(ValueError, match=match):
-    loop.train(_dense_cfg(mnist_dir, **{field: value}), wd, **QUIET)
+    commands.train(_dense_cfg(mnist_dir, **{field: value}), wd, **QUIET)
   assert not os.path.exists(os.path.join(wd, "config.json"))
 
 
@@ -76,7 +75,7 @@ def test_bad_prune_config_fails_before_the_workdir(tmp_path, mnist_dir):
   for i, (over, match) in enumerate(cases):
     wd = str(tmp_path / f"p{i}")
     with pytest.raises(ValueError, match=match):
-      loop.prune(cfg(**over), wd, **QUIET)
+      commands.prune(cfg(**over), wd, **QUIET)
     assert not os.path.exists(os.path.join(wd, "config.json")), over
 
 
@@ -244,10 +243,10 @@ def test_summary_is_the_last_thing_written(tmp_path, mnist_dir, monkeypatch):
 
   monkeypatch.setattr(hostio, "save_tree", boom)
   with pytest.raises(RuntimeError, match="killed"):
-    loop.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
+    commands.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
   assert not os.path.exists(os.path.join(wd, "summary.json"))
   monkeypatch.undo()
-  s = loop.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
+  s = commands.train(_dense_cfg(mnist_dir, num_epochs=1), wd, **QUIET)
   assert os.path.exists(os.path.join(wd, "summary.json"))
   assert os.path.isdir(os.path.join(wd, "final")) and s["epochs"] == 1
 
@@ -255,10 +254,10 @@ def test_summary_is_the_last_thing_written(tmp_path, mnist_dir, monkeypatch):
 def test_metrics_have_one_line_per_epoch_after_resume(tmp_path, mnist_dir):
   wd = str(tmp_path / "w")
   c = _dense_cfg(mnist_dir, num_epochs=3)
-  assert loop.train(c, wd, stop_after_epochs=1, **QUIET) == {
+  assert commands.train(c, wd, stop_after_epochs=1, **QUIET) == {
       "stopped_at_epoch": 1}
-  loop.train(c, wd, stop_after_epochs=1, **QUIET)
-  loop.train(c, wd, **QUIET)
+  commands.train(c, wd, stop_after_epochs=1, **QUIET)
+  commands.train(c, wd, **QUIET)
   epochs = [json.loads(l)["epoch"] for l in open(
       os.path.join(wd, "metrics.jsonl"))]
   assert epochs == [1, 2, 3]
@@ -393,25 +392,24 @@ def test_validate_refuses_ignored_settings_in_a_config():
   refused: a paper-schedule setting under the target schedule, a
   dense-training field at a pruning config's top level."""
   from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
   c = proxnag_lenet5_mnist.get_config("smoke")
-  loop.validate(c)
+  experiment.validate_pruning(c)
   c.proxnag.fill_budget = True
   with pytest.raises(ValueError, match=r"config.proxnag.fill_budget = True "
                      r"would be ignored: read only with schedule='paper'"):
-    loop.validate(c)
+    experiment.validate_pruning(c)
   c.proxnag.schedule = "paper"
   c.proxnag.scale_invariant = False
-  loop.validate(c)                       # read by the paper schedule
+  experiment.validate_pruning(c)                       # read by the paper schedule
   c.proxnag.threshold = "rms"             # (the default is 'start')
   with pytest.raises(ValueError, match="read only with scale_invariant"):
-    loop.validate(c)
+    experiment.validate_pruning(c)
   c = proxnag_lenet5_mnist.get_config("smoke")
   with c.unlocked():
     c.learning_rate = 0.5
   with pytest.raises(ValueError, match=r"config.learning_rate: a pruning run "
                      "does not read"):
-    loop.validate(c)
+    experiment.validate_pruning(c)
 
 
 @pytest.mark.parametrize("args, says", [

@@ -12,10 +12,12 @@ import pytest
 
 import helpers
 from configs import structured_lenet5_mnist
+from proxnag_jax import commands
 from proxnag_jax import hostio
 from proxnag_jax import loop
 from proxnag_jax import methods
 from proxnag_jax import models
+from proxnag_jax import summary as summary_lib
 from proxnag_jax import surgery
 from proxnag_jax.methods import base
 
@@ -31,7 +33,7 @@ def dense_bn_dir(tmp_path_factory, mnist_dir):
   c = lenet5_mnist.get_config("smoke")
   c.model = "lenet5_bn"
   c.data_dir = mnist_dir
-  loop.train(c, wd, **QUIET)
+  commands.train(c, wd, **QUIET)
   return wd
 
 
@@ -52,7 +54,7 @@ _RUNS = {}
 def _run(method, tmp_path_factory, mnist_dir, dense_dir):
   if method not in _RUNS:
     wd = str(tmp_path_factory.mktemp(method) / "run")
-    _RUNS[method] = (wd, loop.prune(_cfg(mnist_dir, dense_dir, method), wd,
+    _RUNS[method] = (wd, commands.prune(_cfg(mnist_dir, dense_dir, method), wd,
                                     **QUIET))
   return _RUNS[method]
 
@@ -79,7 +81,7 @@ def test_structured_run_exports_a_smaller_network(method, tmp_path_factory,
   for k in ("measured_speedup", "dense_images_per_s", "shrunk_images_per_s"):
     assert s[k] > 0
   # The saved smaller network loads and is what the summary says.
-  model, variables = loop.load_pruned(wd)
+  model, variables = summary_lib.load_pruned(wd)
   assert tuple(model.widths) == tuple(widths)
   assert surgery.count_params(variables) == s["params_shrunk"]
   x = jnp.zeros((2, 28, 28, 1))
@@ -109,7 +111,7 @@ def test_structured_target_as_a_fraction_of_macs_or_params(
   fewest channels that do)."""
   c = _cfg(mnist_dir, dense_bn_dir, method, target_sparsity=0.6)
   c[method].match = match
-  s = loop.prune(c, str(tmp_path / "r"), **QUIET)
+  s = commands.prune(c, str(tmp_path / "r"), **QUIET)
   assert s["match"] == match and s["reached_target"]
   dense, small = ((s["macs_dense"], s["macs_shrunk"]) if match == "macs"
                   else (s["params_dense"], s["params_shrunk"]))
@@ -167,9 +169,9 @@ def test_structured_run_resumes_to_the_same_result(tmp_path, tmp_path_factory,
   full, a = _run("group_proxnag", tmp_path_factory, mnist_dir, dense_bn_dir)
   cfg = _cfg(mnist_dir, dense_bn_dir, "group_proxnag")
   part = str(tmp_path / "part")
-  assert loop.prune(cfg, part, stop_after_steps=3, **QUIET) == {
+  assert commands.prune(cfg, part, stop_after_steps=3, **QUIET) == {
       "stopped_at_step": 3}
-  b = loop.prune(cfg, part, **QUIET)
+  b = commands.prune(cfg, part, **QUIET)
   assert a["test_accuracy"] == b["test_accuracy"]
   assert a["architecture"] == b["architecture"]
   for x, y in zip(jax.tree.leaves(hostio.load_final(full, "pruned")),
@@ -184,7 +186,7 @@ def test_structured_user_errors(tmp_path, mnist_dir, dense_dir):
   c = _cfg(mnist_dir, dense_dir, "slimming", model="lenet5")
   c.dense.model = "lenet5"
   with pytest.raises(ValueError, match="lenet5_bn"):
-    loop.prune(c, str(tmp_path / "s"), **QUIET)
+    commands.prune(c, str(tmp_path / "s"), **QUIET)
   # A model surgery does not know has no channel groups.
   ctx = base.Context(prunable={}, steps_per_epoch=1, total_steps=1)
   with pytest.raises(ValueError, match="no prunable channel groups"):

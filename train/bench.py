@@ -65,11 +65,11 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
       config.train_subset = max(config.batch_size * 8, 10000)
   ds, model, arrays = experiment.setup(config, mesh, log=print)
   params, bs = experiment.init_variables(model, config, ds.input_shape)
-  method = loop.dense_method(config)
+  method = experiment.dense_method(config)
   spe = len(ds.train_labels) // config.batch_size
   ctx = base.Context(masks_lib.prunable_tree(params), spe, 100 * spe,
                      experiment.schedule_fn(config, spe, 100))
-  hp = loop.dense_hparams(config, method)
+  hp = experiment.dense_numbers(config, method).as_hp()
   mean, std = ds.mean_std
   step = engine.make_step(model, method, ctx, mean=mean, std=std,
                           augment=ds.augment, mesh=mesh)
@@ -113,7 +113,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
   for k in [int(v) for v in vmap_runs]:
     vm = k > 1
     fn = engine.make_chunk(step, method, ctx, mesh=mesh, vmapped=vm)
-    st = loop._stack([state0] * k) if vm else state0  # pylint: disable=protected-access
+    st = loop.stack([state0] * k) if vm else state0
     st = engine.put_replicated(jax.tree.map(jnp.copy, st), mesh)
     cidx = idx if not vm else np.repeat(idx[:, None], k, axis=1)
     t0 = time.perf_counter()

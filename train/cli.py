@@ -45,11 +45,10 @@ def unused_method_flags(config, argv) -> list:
 
 def ignored_flags(config, argv) -> list:
   """``--config.<field>`` overrides of a pruning run that the run would not
-  read (:func:`proxnag_jax.loop.ignored_fields`), with the reason."""
+  read (:func:`proxnag_jax.experiment.ignored_fields`), with the reason."""
   if not experiment.is_pruning_config(config):
     return []
-  from proxnag_jax import loop  # pylint: disable=g-import-not-at-top
-  ignored = loop.ignored_fields(config, loop.method_of(config))
+  ignored = experiment.ignored_fields(config, experiment.method_of(config))
   out = []
   for a in argv:
     if a.startswith("--config."):

@@ -32,35 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import sweep_resnet20_cpu
+from proxnag_jax import commands
 from proxnag_jax import data as data_lib
 from proxnag_jax import engine
+from proxnag_jax import experiment
 from proxnag_jax import hostio
-from proxnag_jax import loop
 from proxnag_jax import sweep
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
-
-
-class _Captured(Exception):
-  pass
-
-
-def _capture(config, workdir):
-  """The loop's template state and pieces, without running a step."""
-  seen = {}
-  real = loop.run_loop
-
-  def fake(**kw):
-    seen.update(kw)
-    raise _Captured()
-  loop.run_loop = fake
-  try:
-    loop.prune(config, workdir, allow_changes=True)
-  except _Captured:
-    pass
-  finally:
-    loop.run_loop = real
-  return seen
 
 
 def main():
@@ -95,14 +74,16 @@ def main():
   done = 0
   for s in steps:
     if s > done:
-      loop.prune(c, args.workdir, allow_changes=True,
+      commands.prune(c, args.workdir, allow_changes=True,
                  stop_after_steps=s - done)
       done = s
-  kw = _capture(c, args.workdir)
-  model, arrays, mesh = kw["model"], kw["arrays"], kw["mesh"]
-  mean, std = kw["mean"], kw["std"]
-  template = kw["runs"][0].state
-  prunable = kw["ctx"].prunable
+  setup = commands.build_prune([c], [args.workdir],
+                                experiment.validate_pruning(c),
+                                allow_changes=True)
+  prog, arrays = setup.program, setup.arrays
+  model, mesh, mean, std = prog.model, prog.mesh, prog.mean, prog.std
+  template = setup.runs[0].state
+  prunable = prog.ctx.prunable
   ckpt = hostio.Checkpointer(os.path.join(args.workdir, "checkpoints"))
 
   n_sub = 5000
@@ -112,8 +93,8 @@ def main():
                "test_y": arrays["train_y"][sub]}
 
   def ev(params, bs):
-    tr = loop.evaluate_params(model, params, bs, train_sub, mean, std, mesh)
-    va = loop.evaluate_params(model, params, bs,
+    tr = commands.evaluate_params(model, params, bs, train_sub, mean, std, mesh)
+    va = commands.evaluate_params(model, params, bs,
                               {"test_x": arrays["val_x"],
                                "test_y": arrays["val_y"]}, mean, std, mesh)
     return {"train_loss": tr["loss"], "train_acc": tr["accuracy"],

@@ -8,8 +8,8 @@ Writes DIR/summary.json, trace.jsonl, report.md, pruned/ (params, batch
 stats, masks), and PNG plots. Re-running the same command resumes.
 """
 
-from proxnag_jax import loop
+from proxnag_jax import commands
 from train import cli
 
 if __name__ == "__main__":
-  cli.run(loop.prune)
+  cli.run(commands.prune)

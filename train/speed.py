@@ -5,7 +5,7 @@
   python -m train.speed --run DIR --widths=8,16,256   # any widths instead
   python -m train.speed --sweep runs/structured      # every structured cell
 
-Loads the run's network (``loop.load_pruned``: the smaller network of a
+Loads the run's network (``summary_lib.load_pruned``: the smaller network of a
 structured method) and the dense model it started from (``--dense``, default
 the run's ``dense_checkpoint``), times one jitted inference batch of each on
 this machine in ``--repeats`` interleaved pairs after a warm-up (the median
@@ -35,9 +35,9 @@ from absl import flags
 
 from proxnag_jax import data as data_lib
 from proxnag_jax import hostio
-from proxnag_jax import loop
 from proxnag_jax import models
 from proxnag_jax import report
+from proxnag_jax import summary as summary_lib
 from proxnag_jax import surgery
 
 _RUN = flags.DEFINE_string("run", None, "A finished train.prune workdir.")
@@ -88,7 +88,7 @@ def time_run(run: str, dense: str | None = None, batch_size: int = 256,
   module docstring); returns the dict written to ``RUN/speed.json``."""
   with open(f"{run}/summary.json") as f:
     s = json.load(f)
-  model, variables = loop.load_pruned(run)
+  model, variables = summary_lib.load_pruned(run)
   n_cls = s.get("num_classes", 10)
   dense_model = models.get_model(s["model"], n_cls)
   saved = hostio.load_final(dense or s["dense_checkpoint"])

@@ -5,8 +5,8 @@ on the config path picks its tiny variant. Re-running the same command
 resumes from the last checkpoint in DIR.
 """
 
-from proxnag_jax import loop
+from proxnag_jax import commands
 from train import cli
 
 if __name__ == "__main__":
-  cli.run(loop.train)
+  cli.run(commands.train)

@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import optax
 
 from proxnag_jax import masks as masks_lib
-from proxnag_jax import surgery
 from proxnag_jax import transforms
 
 PyTree = Any
@@ -211,7 +210,7 @@ class Method(NamedTuple):
     ignored: ``{setting: why}``, the method's settings that this
       configuration of it does not read (e.g. the paper schedule's settings
       under Prox-NAG's target schedule): a run refuses a config that sets
-      one (``loop.validate``).
+      one (``experiment.validate_pruning``).
   """
 
   name: str
@@ -244,60 +243,17 @@ class Method(NamedTuple):
 # ---------------------------------------------------------------------------
 
 
-def prunable_leaves(tree: PyTree, prunable: PyTree) -> list:
-  """The leaves of ``tree`` marked prunable, in tree order."""
-  treedef = jax.tree.structure(prunable)
-  return [x for x, w in zip(treedef.flatten_up_to(tree),
-                            jax.tree.leaves(prunable)) if w]
-
-
-def num_prunable(params: PyTree, prunable: PyTree) -> int:
-  return int(sum(x.size for x in prunable_leaves(params, prunable)))
-
-
-def count_zeros(params: PyTree, prunable: PyTree) -> jax.Array:
-  """Exact zeros among the prunable weights (int32, traceable)."""
-  leaves = prunable_leaves(params, prunable)
-  return sum((jnp.sum(x == 0, dtype=jnp.int32) for x in leaves),
-             jnp.int32(0))
-
-
-def sparsity_of(params: PyTree, prunable: PyTree) -> jax.Array:
-  n = max(num_prunable(params, prunable), 1)
-  return count_zeros(params, prunable).astype(jnp.float32) / n
-
-
-def masks_from_params(params: PyTree, prunable: PyTree) -> PyTree:
-  """Masks of the nonzero prunable weights (other leaves all True)."""
-  return jax.tree.map(
-      lambda p, w: (p != 0) if w else jnp.ones(p.shape, bool), params,
-      prunable)
-
-
-def ones_like_masks(params: PyTree) -> PyTree:
-  return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
-
-
-def layer_topk_masks(scores: PyTree, prunable: PyTree, sparsity) -> PyTree:
-  """In every prunable leaf keep all but ``round(sparsity * size)`` of the
-  highest scores; ``sparsity`` may be traced. Other leaves all True."""
-  return masks_lib.magnitude_masks(
-      scores, sparsity, scope="layer",
-      prunable=masks_lib.filter_from_tree(prunable), scores=scores)
-
-
-# Keep the ``n_keep`` highest scores over all prunable leaves (one threshold).
+# The mask maths lives in proxnag_jax.masks ("prunable": a tree of Python
+# bools); the methods reach it through these names.
+prunable_leaves = masks_lib.prunable_leaves
+num_prunable = masks_lib.num_prunable
+count_zeros = masks_lib.count_zeros
+sparsity_of = masks_lib.sparsity_of
+masks_from_params = masks_lib.masks_from_params
+ones_like_masks = masks_lib.ones_masks
+layer_topk_masks = masks_lib.layer_topk_masks
 global_topk_masks = masks_lib.global_topk_masks
-
-
-def topk_masks(scores: PyTree, prunable: PyTree, n_keep, sparsity,
-               scope: str) -> PyTree:
-  """The highest ``scores``: ``n_keep`` over all prunable leaves
-  (``scope='global'``) or all but ``round(sparsity * size)`` in every leaf
-  (``'layer'``). Traceable."""
-  if scope == "global":
-    return global_topk_masks(scores, prunable, n_keep)
-  return layer_topk_masks(scores, prunable, sparsity)
+topk_masks = masks_lib.topk_masks
 
 
 def n_keep(params: PyTree, hp, ctx) -> jax.Array:
@@ -406,111 +362,6 @@ def allocate(total, weights, capacity):
   return jax.lax.while_loop(cond, body, jnp.zeros_like(capacity))
 
 
-# ---------------------------------------------------------------------------
-# Structured methods: channel masks and a physically smaller network.
-# ---------------------------------------------------------------------------
-
-
-def check_groups(name: str, ctx: Context, *, needs_scales: bool = False
-                 ) -> None:
-  """Host check of a structured method: the model has prunable channel
-  groups (and BatchNorm scales in each, for network slimming)."""
-  gs = surgery.prunable_groups(ctx.groups)
-  if not gs:
-    raise ValueError(
-        f"{name}: the model has no prunable channel groups (structured "
-        "pruning needs a model that proxnag_jax.surgery knows: lenet5, "
-        "lenet5_bn, lenet300_100, convN, vgg16, resnetN(_b)).")
-  if needs_scales:
-    missing = [g.name for g in gs if not g.scales()]
-    if missing:
-      raise ValueError(
-          f"{name}: channel groups {missing} have no BatchNorm scale to "
-          "regularise; use a model with BatchNorm (e.g. model='lenet5_bn').")
-
-
-def channel_target(hp: dict, ctx: Context) -> jax.Array:
-  """Channels a structured method removes: ``round(hp['target'] *
-  channels)`` over the prunable groups (int32)."""
-  n = surgery.num_channels(ctx.groups)
-  return jnp.round(hp["target"] * n).astype(jnp.int32)
-
-
-MATCHES = ("channels", "macs", "params")
-
-
-def check_match(name: str, match: str) -> None:
-  if match not in MATCHES:
-    raise ValueError(f"{name}: match must be one of {MATCHES}, got "
-                     f"{match!r}.")
-
-
-def keep_for_target(pick: Callable[[jax.Array], dict], hp: dict,
-                    ctx: Context, match: str) -> dict:
-  """The channels a structured method keeps, from its selection rule
-  ``pick(fraction of channels removed) -> {group: keep}``:
-
-  * ``match='channels'``: ``pick(hp['target'])``;
-  * ``'macs'`` / ``'params'``: ``pick(s)`` at the smallest ``s`` whose
-    shrunk network has at most ``1 - hp['target']`` of the dense network's
-    MACs / params (:func:`proxnag_jax.surgery.select_for_cost`), so every
-    method is held to the same cost whatever its allocation across layers.
-
-  Traceable."""
-  if match == "channels":
-    return pick(hp["target"])
-  if match not in ctx.costs:
-    raise ValueError(f"match={match!r} needs ctx.costs[{match!r}] (the loop "
-                     "builds it for structured methods).")
-  return surgery.select_for_cost(pick, ctx.costs[match], ctx.groups,
-                                 hp["target"])
-
-
-def target_met(keep: dict, hp: dict, ctx: Context, match: str) -> jax.Array:
-  """Whether keeping ``keep`` removes the target (as :func:`keep_for_target`
-  counts it). Traceable."""
-  if match == "channels":
-    return surgery.num_removed(keep) >= channel_target(hp, ctx)
-  terms = ctx.costs[match]
-  dense = float(sum(t.cost for t in terms))
-  return surgery.shrunk_cost(terms, ctx.groups, keep) <= (
-      1.0 - hp["target"]) * dense
-
-
-def prune_channels(state: RunState, keep: dict, ctx: Context, *,
-                   start: bool = False, tx=None) -> RunState:
-  """Switches off the channels ``keep`` drops (all their producer params),
-  on top of the current masks: with ``start`` (the method's first masks)
-  through :func:`start_with_masks` with ``tx``, else :func:`change_masks`."""
-  new = surgery.channel_masks(state.params, ctx.groups, keep)
-  if start:
-    return start_with_masks(state, new, tx)
-  new = jax.tree.map(jnp.logical_and, new, masks_of(state.opt_state))
-  return change_masks(state, new)[0]
-
-
-def shrink_export(state: RunState, model, eval_params=default_eval_params):
-  """The export of a structured method: the smaller dense network without
-  the channels its channel masks switch off (:mod:`proxnag_jax.surgery`;
-  without masks in the optimizer state: without the channels whose
-  producers are all zero).
-
-  A channel the masks keep stays even where its weights went to zero in
-  training, so the widths are the ones the method chose and matched its
-  cost target at (e.g. after rounding to multiples of 8: group-lasso
-  Prox-NAG may round a group of 15 live channels up to 16, and a width of 15
-  would run slower and miss the matched cost). Same outputs either way."""
-  _, variables = default_export(state, model, eval_params)
-  try:
-    masks = masks_of(state.opt_state)
-  except ValueError:
-    small, small_vars, _ = surgery.shrink_to_alive(model, variables)
-    return small, small_vars
-  keep = surgery.kept_by_masks(masks, surgery.channel_groups(model,
-                                                             variables))
-  return surgery.shrink(model, variables, keep)
-
-
 def every(step, period: int, *, offset: int = 0) -> jax.Array:
   """True on steps ``offset + k * period`` (k >= 1); traceable."""
   return (step > offset) & ((step - offset) % period == 0)
@@ -529,7 +380,7 @@ __all__ = [
     "sparsity_of", "masks_from_params", "ones_like_masks",
     "layer_topk_masks", "global_topk_masks", "topk_masks", "n_keep", "masks_of",
     "momentum_of", "reset_where", "start_with_masks", "change_masks", "allocate", "every",
-    "event", "check_groups", "channel_target", "prune_channels",
-    "shrink_export", "sparse_iterate_while", "MATCHES", "check_match",
-    "keep_for_target", "target_met",
+    "event",
+    "sparse_iterate_while",
+    
 ]

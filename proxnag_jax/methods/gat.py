@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import surgery
 from proxnag_jax.methods import base
+from proxnag_jax.methods import structured
 from proxnag_jax.methods.base import Method
 
 
@@ -66,11 +67,11 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
         match: str = "channels") -> Method:
   """Seed 003's structured pruning; see the module docstring (``match``:
   what the target is a fraction of with ``budget='target'``,
-  :func:`proxnag_jax.methods.base.keep_for_target`)."""
+  :func:`proxnag_jax.methods.structured.keep_for_target`)."""
   if budget not in ("target", "knee"):
     raise ValueError(f"gat: budget must be 'target' or 'knee', got "
                      f"{budget!r}.")
-  base.check_match("gat", match)
+  structured.check_match("gat", match)
   if budget == "knee" and match != "channels":
     raise ValueError("gat: budget='knee' sets the channels itself; match "
                      "applies to budget='target' only.")
@@ -79,7 +80,7 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
 
   def check(params, hp, ctx):
     del params, hp
-    base.check_groups("gat", ctx)
+    structured.check_groups("gat", ctx)
     if ctx.grad_fn is None:
       raise ValueError("gat needs the loop's gradient minibatch "
                        "(ctx.grad_fn).")
@@ -115,20 +116,20 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
           s * jnp.sum(sizes)).astype(jnp.int32)
       return keep_k(1 + base.allocate(n_keep - len(gs), rho * sizes,
                                       sizes - 1))
-    return base.keep_for_target(pick, hp, ctx, match), rho
+    return structured.keep_for_target(pick, hp, ctx, match), rho
 
   def init(key, state, ctx, tx):
     del key
     grads = ctx.grad_fn(state.params)
     keep, rho = select(state.params, grads, state.hp, ctx)
-    state = base.prune_channels(state, keep, ctx, start=True,
+    state = structured.prune_channels(state, keep, ctx, start=True,
                                 tx=tx)
     return state, {"prune": base.event(
         True, removed=surgery.removed_channels(state.params, ctx.groups),
         sparsity=base.sparsity_of(state.params, ctx.prunable),
         mean_rho=jnp.mean(rho))}
 
-  return Method("gat", init=init, export=base.shrink_export, start="dense",
+  return Method("gat", init=init, export=structured.shrink_export, start="dense",
                 check=check, structured=True, match=match,
                 description="seed 003: gradient (Taylor) weight scores, a "
                 "per-layer knee threshold, kernels with the most effective "

@@ -41,6 +41,7 @@ import optax
 from proxnag_jax import surgery
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
+from proxnag_jax.methods import structured
 from proxnag_jax.methods.base import Method
 
 PRUNE, FINETUNE = 0, 1
@@ -52,9 +53,9 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                   round_to: int = 1, match: str = "channels",
                   scale_invariant: bool = True) -> Method:
   """Group-lasso Prox-NAG; see the module docstring (``match``: what the
-  target is a fraction of, :func:`proxnag_jax.methods.base.keep_for_target`).
+  target is a fraction of, :func:`proxnag_jax.methods.structured.keep_for_target`).
   """
-  base.check_match("group_proxnag", match)
+  structured.check_match("group_proxnag", match)
   if l1_init < 0 or l1_step < 0 or l1_init + l1_step == 0:
     raise ValueError("group_proxnag: l1_init and l1_step must be "
                      "non-negative and not both zero.")
@@ -63,7 +64,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
 
   def check(params, hp, ctx):
     del params, hp
-    base.check_groups("group_proxnag", ctx)
+    structured.check_groups("group_proxnag", ctx)
 
   def tx(hp, ctx):
     def chain(learning_rate, l1, weight_decay):
@@ -102,7 +103,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
     n_ch = surgery.num_channels(ctx.groups)
     # The zero channels (lowest scores) go first, whatever the target.
     floor = zeros.astype(jnp.float32) / n_ch
-    keep = base.keep_for_target(
+    keep = structured.keep_for_target(
         lambda s: surgery.round_keep(surgery.select_channels(
             scores, ctx.groups, jnp.maximum(s, floor), "global"), scores,
                                      ctx.groups, round_to),
@@ -128,7 +129,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
     zeros = surgery.removed_channels(sp, ctx.groups)
     alive = {g.name: surgery.alive_channels(sp, g)
              for g in surgery.prunable_groups(ctx.groups)}
-    leave = in_prune & (base.target_met(alive, state.hp, ctx, match) |
+    leave = in_prune & (structured.target_met(alive, state.hp, ctx, match) |
                         (state.step >= prune_end(ctx)))
     state = jax.lax.cond(
         in_prune & ~leave,
@@ -158,7 +159,7 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                                      state.method_state["phase"] == PRUNE)
 
   def export(state, model):
-    return base.shrink_export(state, model, eval_params)
+    return structured.shrink_export(state, model, eval_params)
 
   def summary(state):
     ms = state.method_state

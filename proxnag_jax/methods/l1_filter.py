@@ -7,7 +7,7 @@ the L1 norm of its filters (``sum |w|`` over each output filter of the
 group's producer kernels; a residual stream sums its producers), the lowest
 are removed in one shot, and the network is fine-tuned with those channels
 held at zero for the rest of the budget. The export is the smaller dense
-network (:func:`~proxnag_jax.methods.base.shrink_export`).
+network (:func:`~proxnag_jax.methods.structured.shrink_export`).
 
 ``target_sparsity`` is the fraction of channels removed: ``scope='layer'``
 removes that fraction of every group (Li et al. prune each layer at its own
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from proxnag_jax import surgery
 from proxnag_jax.methods import base
+from proxnag_jax.methods import structured
 from proxnag_jax.methods.base import Method
 
 
@@ -34,15 +35,15 @@ def l1_filter(scope: str = "layer", round_to: int = 1,
   (``round_to``: kept channel counts rounded to its multiples,
   :func:`proxnag_jax.surgery.round_keep`; ``match``: what the target is a
   fraction of, ``'channels'``, ``'macs'`` or ``'params'``,
-  :func:`proxnag_jax.methods.base.keep_for_target`)."""
+  :func:`proxnag_jax.methods.structured.keep_for_target`)."""
   if scope not in ("layer", "global"):
     raise ValueError(f"l1_filter: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
-  base.check_match("l1_filter", match)
+  structured.check_match("l1_filter", match)
 
   def check(params, hp, ctx):
     del params, hp
-    base.check_groups("l1_filter", ctx)
+    structured.check_groups("l1_filter", ctx)
 
   def init(key, state, ctx, tx):
     del key
@@ -50,17 +51,17 @@ def l1_filter(scope: str = "layer", round_to: int = 1,
     for g in surgery.prunable_groups(ctx.groups):
       n = surgery.channel_norms(state.params, g, ord=1)
       scores[g.name] = n / jnp.maximum(jnp.mean(n), 1e-12)
-    keep = base.keep_for_target(
+    keep = structured.keep_for_target(
         lambda s: surgery.round_keep(surgery.select_channels(
             scores, ctx.groups, s, scope), scores, ctx.groups, round_to),
         state.hp, ctx, match)
-    state = base.prune_channels(state, keep, ctx, start=True,
+    state = structured.prune_channels(state, keep, ctx, start=True,
                                 tx=tx)
     return state, {"prune": base.event(
         True, removed=surgery.removed_channels(state.params, ctx.groups),
         sparsity=base.sparsity_of(state.params, ctx.prunable))}
 
-  return Method("l1_filter", init=init, export=base.shrink_export,
+  return Method("l1_filter", init=init, export=structured.shrink_export,
                 start="dense", check=check, structured=True, match=match,
                 description=f"Li et al. 2017: one-shot L1-norm filter "
                 f"pruning ({scope} rate), then fine-tuning; the export is "

@@ -445,7 +445,6 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     lam0 = start_lambda(state.params, hp, ctx)
     opt = fresh_opt(hp, ctx, state.params, hp["prune_lr"], lam0,
                     hp["prune_weight_decay"])
-    f32 = jnp.float32
     ms = {"phase": jnp.int32(PRUNE), "round": jnp.int32(0),
           "phase_step": jnp.int32(0), "phase_len": jnp.int32(0),
           "lam": lam0, "final": jnp.bool_(False),
@@ -705,8 +704,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
 
   def summary(state):
     ms = state.method_state
-    return {"reached_target": int(ms["outcome"]) == 1,
-            "outcome": OUTCOME_NAMES[int(ms["outcome"])],
+    return {"outcome": OUTCOME_NAMES[int(ms["outcome"])],
             "budget_exhausted": int(ms["outcome"]) == 3,
             "schedule": schedule, "scale_invariant": scale_invariant,
             "finetune_from": finetune_from,

@@ -32,6 +32,7 @@ import optax
 from proxnag_jax import surgery
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
+from proxnag_jax.methods import structured
 from proxnag_jax.methods.base import Method
 
 
@@ -81,8 +82,8 @@ def scale_mask(params, groups):
 def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
              round_to: int = 1, match: str = "channels") -> Method:
   """Network slimming; see the module docstring (``match``: what the target
-  is a fraction of, :func:`proxnag_jax.methods.base.keep_for_target`)."""
-  base.check_match("slimming", match)
+  is a fraction of, :func:`proxnag_jax.methods.structured.keep_for_target`)."""
+  structured.check_match("slimming", match)
   if l1 < 0:
     raise ValueError("slimming: l1 must be non-negative.")
   if not 0 < sparsity_fraction < 1:
@@ -90,7 +91,7 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
 
   def check(params, hp, ctx):
     del params, hp
-    base.check_groups("slimming", ctx, needs_scales=True)
+    structured.check_groups("slimming", ctx, needs_scales=True)
 
   def prune_step(ctx):
     return max(1, int(round(sparsity_fraction * ctx.total_steps)))
@@ -120,11 +121,11 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
       for g in surgery.prunable_groups(ctx.groups):
         scores[g.name] = surgery.channel_sums(
             jax.tree.map(jnp.abs, state.params), g, g.scales())
-      keep = base.keep_for_target(
+      keep = structured.keep_for_target(
           lambda s: surgery.round_keep(surgery.select_channels(
               scores, ctx.groups, s, "global"), scores, ctx.groups,
                                        round_to), state.hp, ctx, match)
-      return base.prune_channels(state, keep, ctx)
+      return structured.prune_channels(state, keep, ctx)
 
     state = jax.lax.cond(due, prune, lambda s: s, state)
     return state, {"prune": base.event(
@@ -132,7 +133,7 @@ def slimming(l1: float = 1e-4, sparsity_fraction: float = 0.5,
         sparsity=base.sparsity_of(state.params, ctx.prunable))}
 
   return Method("slimming", init=init, tx=tx, update=update,
-                export=base.shrink_export, start="dense", check=check,
+                export=structured.shrink_export, start="dense", check=check,
                 structured=True, match=match, hparams={"l1": float(l1)},
                 description=f"network slimming: L1 ({l1:g}) on BatchNorm "
                 f"scales for {sparsity_fraction:.0%} of the budget, one "
