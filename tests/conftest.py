@@ -10,15 +10,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))   # tests/helpers.py
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import atexit  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # Many tests build the same programs again (a killed run and its resume, the
-# same method at two targets): a compilation cache shared by the session
-# turns those recompilations into lookups. A fresh directory per session, so
-# nothing stale is read.
-jax.config.update("jax_compilation_cache_dir",
-                  tempfile.mkdtemp(prefix="proxnag_jax_cache_"))
+# same smoke config in a CLI subprocess, on two processes, in each xdist
+# worker): one compilation cache for the whole test session turns those
+# recompilations into lookups. The first process of the session (pytest
+# itself, or the xdist controller) makes a fresh directory and removes it at
+# exit; the workers and every subprocess a test starts inherit it through the
+# environment, so nothing from another session is ever read.
+_CACHE_ENV = "PROXNAG_TEST_JAX_CACHE"
+if _CACHE_ENV not in os.environ:
+  os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="proxnag_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ[_CACHE_ENV], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_ENV]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -117,22 +117,19 @@ def test_killed_two_process_run_resumes(tmp_path, mnist_dir, two_processes):
   assert [x["train_loss"] for x in a] == [x["train_loss"] for x in b]
 
 
-def test_prune_on_two_processes(tmp_path, mnist_dir, one_process,
-                                two_processes):
-  """Prox-NAG from the same dense model, 1 process (2 devices) and 2
-  processes: the same decisions on both processes (identical sparsity and
-  accuracy), the exact target count of zeros, and the 1-process result to
-  float32 order (accuracy within 2 images in 500)."""
+def test_prune_on_two_processes(tmp_path, mnist_dir, two_processes):
+  """Prox-NAG from the dense model on 2 processes: the same decisions on
+  both processes (identical sparsity and accuracy) and the exact target
+  count of zeros. (Against 1 process only one step is compared, above: a
+  whole run's accuracy across process counts is a trajectory, which float
+  order alone makes differ.)"""
   dense, _ = two_processes
-  r1 = _run_processes(1, str(tmp_path / "p1"), mnist_dir, dense,
-                      mode="prune")[0]
   r2 = _run_processes(2, str(tmp_path / "p2"), mnist_dir, dense,
                       mode="prune")
   assert r2[0]["sparsity"] == r2[1]["sparsity"]
   assert r2[0]["test_accuracy"] == r2[1]["test_accuracy"]
   assert r2[0]["sparsity"] == pytest.approx(0.5, abs=1e-4)
-  assert r1["sparsity"] == r2[0]["sparsity"]
-  assert abs(r1["test_accuracy"] - r2[0]["test_accuracy"]) <= 2 / 500
   with open(tmp_path / "p2" / "summary.json") as f:
-    assert json.load(f)["process_count"] == 2
+    s = json.load(f)
+  assert s["process_count"] == 2 and s["reached_target"]
   assert os.path.exists(tmp_path / "p2" / "report.md")

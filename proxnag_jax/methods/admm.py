@@ -38,8 +38,6 @@ are documented in ``docs/methods.md``.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,6 +45,7 @@ import optax
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
+from proxnag_jax.methods import phases
 from proxnag_jax.methods.base import Method
 
 
@@ -56,17 +55,6 @@ def _schedule_points(ctx, admm_fraction: float, every_epochs: float):
   end = int(round(admm_fraction * ctx.total_steps / every)) * every
   end = min(max(every, end), ctx.total_steps - 1)
   return every, end
-
-
-def _two_phase_cosine(lr, end: int, total: int):
-  """Cosine from ``lr`` over ``[0, end)``, then again over ``[end, total)``."""
-  def sched(count):
-    c = jnp.asarray(count, jnp.float32)
-    first = 0.5 * (1 + jnp.cos(math.pi * jnp.minimum(c / max(end, 1), 1.0)))
-    second = 0.5 * (1 + jnp.cos(math.pi * jnp.minimum(
-        (c - end) / max(total - end, 1), 1.0)))
-    return lr * jnp.where(c < end, first, second)
-  return sched
 
 
 def _project_topk(v, prunable, n_keep, scope, target):
@@ -142,7 +130,7 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     return transforms.with_masks(optax.chain(
         transforms.admm_penalty(hp["rho"], mask=ctx.prunable),
         optax.add_decayed_weights(hp["weight_decay"]),
-        optax.sgd(_two_phase_cosine(hp["lr"], end, ctx.total_steps),
+        optax.sgd(phases.two_phase_cosine(hp["lr"], end, ctx.total_steps),
                   momentum=hp["momentum"], nesterov=True)))
 
   def n_rounds(ctx):

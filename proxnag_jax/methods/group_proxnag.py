@@ -41,10 +41,11 @@ import optax
 from proxnag_jax import surgery
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
+from proxnag_jax.methods import phases
 from proxnag_jax.methods import structured
 from proxnag_jax.methods.base import Method
 
-PRUNE, FINETUNE = 0, 1
+PRUNE, FINETUNE = phases.PRUNE, phases.FINETUNE
 
 
 def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
@@ -141,13 +142,10 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
                          state)
     # Fine-tune: cosine from finetune_lr over what is left of the budget.
     ms = state.method_state
-    n = jnp.maximum(ctx.total_steps - ms["ft_start"], 1)
-    frac = jnp.clip((state.step - ms["ft_start"]) / n, 0.0, 1.0)
-    lr = state.hp["finetune_lr"] * 0.5 * (1 + jnp.cos(math.pi * frac))
-    state = jax.lax.cond(
-        ms["phase"] == FINETUNE,
-        lambda s: s.replace(opt_state=transforms.set_hyperparams(
-            s.opt_state, learning_rate=lr)), lambda s: s, state)
+    lr = phases.cosine_from(state.hp["finetune_lr"],
+                            state.step - ms["ft_start"],
+                            ctx.total_steps - ms["ft_start"])
+    state = phases.set_lr_where(state, ms["phase"] == FINETUNE, lr)
     return state, {"prune": base.event(
         leave, lam=ms["lam"], zero_channels=zeros,
         removed=surgery.removed_channels(state.params, ctx.groups),

@@ -111,7 +111,6 @@ would.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -121,10 +120,11 @@ from proxnag_jax import masks as masks_lib
 from proxnag_jax import prox as prox_lib
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
+from proxnag_jax.methods import phases
 from proxnag_jax.methods.base import Method
 
-PRUNE, FINETUNE, DONE = 0, 1, 2
-PHASE_NAMES = {PRUNE: "prune", FINETUNE: "finetune", DONE: "done"}
+PRUNE, FINETUNE, DONE = phases.PRUNE, phases.FINETUNE, phases.DONE
+PHASE_NAMES = phases.PHASE_NAMES
 STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
               4: "max_epochs", 5: "budget", 6: "acc_drop", 7: "deadline"}
 OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
@@ -668,12 +668,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     # Fine-tune: the cosine learning rate of the next step; maybe end.
     ms = state.method_state
     in_ft = ms["phase"] == FINETUNE
-    frac = jnp.minimum(ms["phase_step"] / jnp.maximum(ms["phase_len"], 1), 1)
-    lr = state.hp["finetune_lr"] * 0.5 * (1 + jnp.cos(math.pi * frac))
-    opt = jax.lax.cond(
-        in_ft, lambda o: transforms.set_hyperparams(o, learning_rate=lr),
-        lambda o: o, state.opt_state)
-    state = state.replace(opt_state=opt)
+    lr = phases.cosine_from(state.hp["finetune_lr"], ms["phase_step"],
+                            ms["phase_len"])
+    state = phases.set_lr_where(state, in_ft, lr)
     ft_end = in_ft & (ms["phase_step"] >= ms["phase_len"])
     state, end2, start2 = jax.lax.cond(
         ft_end, lambda s: leave_finetune(s, ctx),
