@@ -43,6 +43,9 @@ __all__ = [
     "count_zeros",
     "sparsity_of",
     "masks_from_params",
+    "power_allocation",
+    "layer_counts_topk_masks",
+    "prunable_names",
     "concat_selected",
     "split_selected",
     "filter_from_tree",
@@ -450,3 +453,72 @@ def normalized_kernels(fn: Callable[[PyTree], jax.Array], params: PyTree,
     diff = np.max(np.abs(np.asarray(run(scaled), np.float64) - base))
     out.append(bool(diff <= rtol * scale))
   return jax.tree.unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------------
+# Per-layer budgets.
+# ---------------------------------------------------------------------------
+
+
+def power_allocation(fractions, sizes, n_keep, iters: int = 64) -> jax.Array:
+  """Kept counts per layer from per-layer kept fractions, to a total.
+
+  ``k_l = n_l · f_l^γ`` with one exponent ``γ > 0`` found by bisection so
+  that the counts, rounded by largest remainder, sum to ``n_keep`` exactly.
+  Fractions that already keep ``n_keep`` give ``γ = 1`` (they are used as
+  they are); a smaller total lowers every fraction, the small ones most (a
+  layer kept at 1% loses more of its share than one kept at 20%, the pattern
+  of published LeNet-5 allocations from 12x to 280x). ``fractions`` in
+  (0, 1] and ``sizes`` are static (one entry per layer); ``n_keep`` may be
+  traced. Returns int32 counts, each in [0, n_l] (a caller refuses a 0).
+
+  >>> power_allocation([0.2, 0.08, 0.009, 0.07], [500, 25000, 400000, 5000],
+  ...                  1210)   # LeNet-5: ADMM's 71x fractions taken to 356x
+  """
+  f = jnp.asarray(fractions, jnp.float32)
+  n = jnp.asarray(sizes, jnp.float32)
+  k = jnp.asarray(n_keep, jnp.float32)
+  logf = jnp.log(jnp.clip(f, 1e-30, 1.0))
+  total = lambda g: jnp.sum(n * jnp.exp(g * logf))
+
+  def bisect(_, lohi):
+    lo, hi = lohi        # in log(gamma)
+    mid = 0.5 * (lo + hi)
+    big = total(jnp.exp(mid)) > k        # too many kept: raise gamma
+    return jnp.where(big, mid, lo), jnp.where(big, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iters, bisect,
+                             (jnp.float32(-8.0), jnp.float32(8.0)))
+  real = n * jnp.exp(jnp.exp(0.5 * (lo + hi)) * logf)
+  base_ = jnp.minimum(jnp.floor(real), n)
+  short = jnp.asarray(n_keep, jnp.int32) - jnp.sum(base_).astype(jnp.int32)
+  # Largest remainders first (ties: the earlier layer), never above n_l.
+  room = base_ < n
+  rem = jnp.where(room, real - base_, -1.0)
+  order = jnp.argsort(-rem, stable=True)
+  rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+  add = (rank < short) & room
+  return (base_ + add).astype(jnp.int32)
+
+
+def layer_counts_topk_masks(scores: PyTree, which: PyTree, counts) -> PyTree:
+  """Keeps the ``counts[i]`` highest scores in the ``i``-th leaf marked True
+  in ``which`` (tree order); other leaves all True. ``counts`` may be
+  traced (an int array with one entry per marked leaf)."""
+  treedef = jax.tree.structure(which)
+  leaves = treedef.flatten_up_to(scores)
+  out, i = [], 0
+  for x, w in zip(leaves, jax.tree.leaves(which)):
+    if w:
+      out.append(topk_mask(x, counts[i]))
+      i += 1
+    else:
+      out.append(jnp.ones(jnp.shape(x), bool))
+  return jax.tree.unflatten(treedef, out)
+
+
+def prunable_names(params: PyTree, which: PyTree) -> list:
+  """The names (``'conv1/kernel'``) of the leaves marked True, tree order."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return [path_name(p) for (p, _), w in zip(flat, jax.tree.leaves(which))
+          if w]

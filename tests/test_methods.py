@@ -708,6 +708,113 @@ def test_admm_hard_prunes_at_the_end_of_its_phase(tmp_path, name):
     assert all(z == pytest.approx(0.75, abs=1e-3) for z in zs)
 
 
+# Tiny's prunable layers: conv/kernel (72 weights), fc/kernel (2,048).
+TINY_BUDGET = {"conv": 0.5, "fc": 0.2}
+
+
+def _kept(params, name):
+  return int(np.sum(np.asarray(params[name]["kernel"]) != 0))
+
+
+@pytest.mark.parametrize("name", ["admm", "rw_admm"])
+def test_admm_per_layer_budget_keeps_each_layers_count(tmp_path, name):
+  """With ``layer_keep`` each layer ends with its own count (the power
+  allocation of its fraction to the target, exact in total), every Z of
+  the ADMM phase respects the layer counts (reweighted: each layer's count
+  rises on its own cubic schedule), and the trace says so."""
+  settings = dict(tiny.SETTINGS[name], layer_keep=TINY_BUDGET)
+  method, ctx, res = tiny.run_tiny(name, str(tmp_path), targets=(0.75,),
+                                   settings=settings)
+  state = res.states[0]
+  n = 72 + 2048
+  want = pj.masks.power_allocation([0.5, 0.2], [72, 2048],
+                                   n - round(0.75 * n))
+  params = tiny.final_params(method, state)
+  assert [_kept(params, "conv"), _kept(params, "fc")] == [int(x) for x in
+                                                          want]
+  assert sum(int(x) for x in want) == n - round(0.75 * n)
+  assert method.summary(state)["layer_budget"]
+  trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  zs = [r["z_sparsity"] for r in trace if r["kind"] == "admm"]
+  if name == "rw_admm":
+    assert zs == sorted(zs) and zs[0] < zs[-1]
+  assert zs[-1] == pytest.approx(0.75, abs=1e-3)
+
+
+def test_power_allocation_meets_the_total_and_shrinks_small_shares_most():
+  alloc = pj.masks.power_allocation
+  f, n = [0.2, 0.08, 0.009, 0.07], [500, 25000, 400000, 5000]
+  # Fractions that already meet the total are used as they are.
+  assert [int(x) for x in alloc(f, n, 6050)] == [100, 2000, 3600, 350]
+  k = np.asarray(alloc(f, n, 1210))
+  assert k.sum() == 1210 and np.all(k >= 1)
+  kept = k / np.asarray(n) / np.asarray(f)       # share of the old fraction
+  assert kept[2] < kept[1] < kept[0]             # 0.9% shrinks most
+  # Traced total (one compiled function for every target).
+  fn = jax.jit(lambda t: alloc(f, n, t))
+  for t in (1000, 5000, 50000):
+    assert int(np.sum(fn(t))) == t
+
+
+def test_admm_budget_errors_name_the_layer():
+  p = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  which = pj.prunable_tree(p)
+  ctx = base.Context(prunable=which, steps_per_epoch=SPE,
+                     total_steps=4 * SPE, schedule=lambda lr: lr)
+  hp = lambda t: loop.make_hp({"target": t, "n_zero": round(t * 2120),
+                               "lr": 0.1, "weight_decay": 0.0,
+                               "momentum": 0.9, "rho": 1e-2})
+  for keep, says in (({"conv": 0.5}, "'fc/kernel' is matched by no entry"),
+                     ({"conv": 0.5, "fc": 0.2, "head": 0.1},
+                      "not prunable layers"),
+                     ({"conv": 0.5, "fc": 0.0}, "must be a kept fraction")):
+    m = methods.get_method("admm", every_epochs=0.5, layer_keep=keep)
+    with pytest.raises(ValueError, match=says):
+      loop.init_run(m, ctx, p, {}, hp(0.75), 0)
+  # A budget that would empty a layer.
+  m = methods.get_method("admm", every_epochs=0.5,
+                         layer_keep={"conv": 1e-6, "fc": 0.9})
+  with pytest.raises(ValueError, match="keeps no weight of conv/kernel"):
+    loop.init_run(m, ctx, p, {}, hp(0.99), 0)
+  with pytest.raises(ValueError, match="not both"):
+    methods.get_method("admm", layer_keep={"conv": 0.5},
+                       allocation_from="runs/x")
+  with pytest.raises(ValueError, match="drop relative"):
+    methods.get_method("rw_admm", relative=True, layer_keep={"conv": 0.5})
+
+
+def test_admm_residual_stop_ends_the_phase_early_and_lr_restarts(tmp_path):
+  """``residual_tol`` above any residual: the hard prune at the first Z/U
+  step, the retraining from there; ``lr_restart``: the learning rate is back
+  at its peak at every Z/U step of the ADMM phase."""
+  settings = dict(tiny.SETTINGS["admm"], residual_tol=10.0, lr_restart=True)
+  method, ctx, res = tiny.run_tiny("admm", str(tmp_path), targets=(0.75,),
+                                   settings=settings)
+  state = res.states[0]
+  every = SPE // 2
+  summ = method.summary(state)
+  assert summ["admm_end_step"] == every and summ["admm_rounds"] == 1
+  trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  hard = [r for r in trace if r["kind"] == "hard_prune"]
+  assert [r["step"] for r in hard] == [every]
+  params = tiny.final_params(method, state)
+  assert tiny.zeros(params) >= round(0.75 * tiny.n_prunable(params))
+  # The learning rate schedule itself, one step deep: restarts in the
+  # ADMM phase (no residual stop), the retrain cosine after it.
+  m = methods.get_method("admm", every_epochs=0.5, lr_restart=True)
+  ctx2, inits = tiny.tiny_inits(m, (0,), (0.75,))
+  st = inits[0][2]
+  step = jax.jit(lambda s, t: m.update(jax.random.PRNGKey(0), s.replace(
+      step=jnp.int32(t)), {}, ctx2)[0])
+  lr = lambda s: float(optax.tree_utils.tree_get(s.opt_state,
+                                                 "learning_rate"))
+  peak = float(st.hp["lr"])
+  assert lr(step(st, every)) == pytest.approx(peak)          # restart
+  assert lr(step(st, every + 2)) < peak
+  end = ctx2.total_steps // 2
+  assert lr(step(st, end + 1)) < lr(step(st, end)) == pytest.approx(peak)
+
+
 def test_admm_bad_settings_fail_at_construction():
   with pytest.raises(ValueError, match="rho must be positive"):
     methods.get_method("admm", rho=0.0)

@@ -32,6 +32,19 @@ methods differ in the Z-step:
   driven to zero progressively instead of by one abrupt projection. One
   global ``tau``: the per-layer budgets follow from the method.
 
+**Per-layer budgets** (``layer_keep``, or ``allocation_from`` a finished
+run): each prunable layer keeps its own count, ``k_l = n_l f_l^gamma`` with
+one exponent chosen so the counts sum to the run's target exactly
+(:func:`proxnag_jax.masks.power_allocation`: fractions that already meet the
+target are used as they are). Then every Z-step, the hard prune and, for
+reweighted ADMM, each layer's threshold ``tau_l`` act inside the layer, and
+a layer's count follows its own cubic schedule to its own ``k_l``.
+
+**Convergence**: ``rho_growth`` raises rho per Z/U step; ``lr_restart``
+restarts the learning rate's cosine in every Z/U period; ``residual_tol``
+ends the ADMM phase (and hard-prunes) at the first Z/U step whose residual
+``||W - Z|| / ||W||`` is below it, so the retraining gets the rest.
+
 Only the abstract of seed 004 is available; the choices above are ours and
 are documented in ``docs/methods.md``.
 """
@@ -42,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from proxnag_jax import hostio
 from proxnag_jax import masks as masks_lib
 from proxnag_jax import transforms
 from proxnag_jax.methods import base
@@ -105,10 +119,85 @@ def _reweighted(v, z_prev, prunable, n_keep, eps, relative=False):
   return z, keep
 
 
+def _budget_fractions(layer_keep: dict, params, prunable, who: str):
+  """``layer_keep`` ({name: fraction kept, or count kept}) as one kept
+  fraction per prunable leaf (tree order), with the leaves' sizes; a name
+  is a leaf (``'conv1/kernel'``) or its module (``'conv1'``). Every prunable
+  leaf must be named once. Host check: raises ValueError."""
+  names = masks_lib.prunable_names(params, prunable)
+  sizes = [int(x.size) for x in base.prunable_leaves(params, prunable)]
+  given = dict(layer_keep)
+  fracs, used = [], set()
+  for leaf, n in zip(names, sizes):
+    hits = [k for k in given if k == leaf or leaf.startswith(k + "/")]
+    if len(hits) != 1:
+      raise ValueError(
+          f"{who}: layer_keep must name every prunable layer once; "
+          f"{leaf!r} is matched by {hits or 'no entry'} (layers: "
+          f"{', '.join(names)}).")
+    v = float(given[hits[0]])
+    used.add(hits[0])
+    if not 0 < v <= n:
+      raise ValueError(f"{who}: layer_keep[{hits[0]!r}] = {v} must be a "
+                       f"kept fraction in (0, 1] or a kept count in [1, {n}].")
+    fracs.append(v if v <= 1.0 else v / n)
+  extra = sorted(set(given) - used)
+  if extra:
+    raise ValueError(f"{who}: layer_keep names {extra}, which are not "
+                     f"prunable layers ({', '.join(names)}).")
+  return fracs, sizes
+
+
+def kept_fractions_of_run(workdir: str) -> dict:
+  """``{leaf name: kept fraction}`` of a finished pruning run's exported
+  masks (``workdir/pruned``): the allocation a less extreme run arrived at,
+  for ``allocation_from``."""
+  try:
+    saved = hostio.load_final(workdir, "pruned")
+  except FileNotFoundError:
+    raise ValueError(f"allocation_from={workdir!r} holds no finished pruning "
+                     "run (expected DIR/pruned from train.prune).") from None
+  masks = saved["masks"]
+  which = masks_lib.prunable_tree(saved["params"])
+  names = masks_lib.prunable_names(saved["params"], which)
+  leaves = base.prunable_leaves(masks, which)
+  return {k: float(jnp.mean(jnp.asarray(m, jnp.float32)))
+          for k, m in zip(names, leaves)}
+
+
+def _layer_cubic(counts, sizes, frac):
+  """Per layer, the kept count at schedule point ``frac`` of a cubic from
+  dense (``frac = 0``) to ``counts`` (``frac = 1``)."""
+  n = jnp.asarray(sizes, jnp.float32)
+  z = n - counts.astype(jnp.float32)
+  return (n - jnp.floor(z * (1.0 - (1.0 - frac) ** 3) + 0.5)).astype(
+      jnp.int32)
+
+
+def _reweighted_layers(v, z_prev, prunable, counts, eps):
+  """The reweighted soft threshold inside each layer: layer ``i`` keeps
+  exactly ``counts[i]`` nonzeros (its largest ``|v| (|z_prev| + eps)``) with
+  its own ``tau_i``; returns ``(z, keep_masks)``."""
+  scores = jax.tree.map(lambda x, z: (jnp.abs(x) * (jnp.abs(z) + eps)).astype(
+      jnp.float32), v, z_prev)
+  keep = masks_lib.layer_counts_topk_masks(scores, prunable, counts)
+
+  def shrink(x, zp, sc, k, w):
+    if not w:
+      return jnp.zeros_like(x)
+    tau = jnp.maximum(jnp.max(jnp.where(k, -jnp.inf, sc), initial=0.0), 0.0)
+    return jnp.where(k, transforms.reweighted_shrink(x, zp, tau, eps), 0.0)
+
+  z = jax.tree.map(shrink, v, z_prev, scores, keep, prunable)
+  return z, keep
+
+
 def _admm_method(name: str, *, rho: float, rho_growth: float,
                  admm_fraction: float, every_epochs: float, scope: str,
-                 eps: float, description: str,
-                 relative: bool = False) -> Method:
+                 eps: float, description: str, relative: bool = False,
+                 layer_keep=(), allocation_from: str = "",
+                 lr_restart: bool = False,
+                 residual_tol: float = 0.0) -> Method:
   if not rho > 0:
     raise ValueError(f"{name}: rho must be positive, got {rho}.")
   if not rho_growth >= 1.0:
@@ -123,19 +212,37 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
                      f"{scope!r}.")
   if not eps > 0:
     raise ValueError(f"{name}: eps must be positive, got {eps}.")
+  if not residual_tol >= 0:
+    raise ValueError(f"{name}: residual_tol must be >= 0, got "
+                     f"{residual_tol}.")
+  layer_keep = dict(layer_keep or {})
+  if layer_keep and allocation_from:
+    raise ValueError(f"{name}: give layer_keep or allocation_from, not both.")
+  if allocation_from:
+    layer_keep = kept_fractions_of_run(allocation_from)
+  budgeted = bool(layer_keep)
   reweighted = name == "rw_admm"
 
   def tx(hp, ctx):
-    _, end = _schedule_points(ctx, admm_fraction, every_epochs)
+    # The learning rate is injected: update sets it step by step (the ADMM
+    # phase may end early, see residual_tol).
     return transforms.with_masks(optax.chain(
         transforms.admm_penalty(hp["rho"], mask=ctx.prunable),
         optax.add_decayed_weights(hp["weight_decay"]),
-        optax.sgd(phases.two_phase_cosine(hp["lr"], end, ctx.total_steps),
-                  momentum=hp["momentum"], nesterov=True)))
+        optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
+            learning_rate=hp["lr"], momentum=hp["momentum"], nesterov=True)))
 
   def n_rounds(ctx):
     every, end = _schedule_points(ctx, admm_fraction, every_epochs)
     return end // every
+
+  def budget(params, ctx, n_keep):
+    """Per-layer kept counts of the budget (traceable in ``n_keep``)."""
+    fracs, sizes = _budget_fractions(layer_keep, params, ctx.prunable, name)
+    return masks_lib.power_allocation(fracs, sizes, n_keep), sizes
+
+  def round_frac(ctx, r):
+    return jnp.clip(r.astype(jnp.float32) / n_rounds(ctx), 0.0, 1.0)
 
   def round_keep(state, ctx, r):
     """Nonzeros ``Z`` keeps after round ``r`` (1..R): the target for ADMM;
@@ -143,14 +250,29 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     n = base.num_prunable(state.params, ctx.prunable)
     if not reweighted:
       return base.n_keep(state.params, state.hp, ctx)
-    frac = jnp.clip(r.astype(jnp.float32) / n_rounds(ctx), 0.0, 1.0)
     n_zero = jnp.floor(state.hp["n_zero"].astype(jnp.float32) *
-                       (1.0 - (1.0 - frac) ** 3) + 0.5).astype(jnp.int32)
+                       (1.0 - (1.0 - round_frac(ctx, r)) ** 3) + 0.5
+                       ).astype(jnp.int32)
     return jnp.int32(n) - n_zero
 
   def z_step(state, ctx, r):
-    n_keep = round_keep(state, ctx, r)
     target = state.hp["target"]
+    if budgeted:
+      counts, sizes = budget(state.params, ctx, base.n_keep(
+          state.params, state.hp, ctx))
+      if reweighted:
+        counts = _layer_cubic(counts, sizes, round_frac(ctx, r))
+
+      def project_budget(v, st):
+        if reweighted:
+          return _reweighted_layers(v, st.z, ctx.prunable, counts, eps)[0]
+        keep = masks_lib.layer_counts_topk_masks(jax.tree.map(
+            lambda x: jnp.abs(x).astype(jnp.float32), v), ctx.prunable,
+                                                 counts)
+        return jax.tree.map(lambda x, k, w: jnp.where(k, x, 0.0) if w else
+                            jnp.zeros_like(x), v, keep, ctx.prunable)
+      return project_budget
+    n_keep = round_keep(state, ctx, r)
 
     def project(v, st):
       if reweighted:
@@ -169,12 +291,23 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     return st.rho, res, z_sp
 
   def check(params, hp, ctx):
-    """A per-layer budget that empties a layer is refused."""
+    """A budget that empties a layer is refused."""
     if n_rounds(ctx) < 1:
       raise ValueError(f"{name}: the ADMM phase ({admm_fraction:.0%} of the "
                        "budget) is shorter than one Z/U period "
                        f"({every_epochs} epochs); raise budget_epochs or "
                        "lower every_epochs.")
+    if budgeted:
+      n = base.num_prunable(params, ctx.prunable)
+      counts, _ = budget(params, ctx, n - int(hp["n_zero"]))
+      names = masks_lib.prunable_names(params, ctx.prunable)
+      empty = [k for k, c in zip(names, list(counts)) if int(c) < 1]
+      if empty:
+        raise ValueError(
+            f"{name}: the per-layer budget at sparsity {float(hp['target'])} "
+            f"keeps no weight of {', '.join(empty)}; give those layers a "
+            "larger share in layer_keep or lower the target.")
+      return
     if scope != "layer":
       return
     target = float(hp["target"])
@@ -185,6 +318,18 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
             f"{name}: scope='layer' at sparsity {target} keeps no weight of "
             f"{masks_lib.path_name(path)} ({p.size} weights); use "
             "scope='global' or a lower target.")
+
+  def lr_at(state, ctx, step, end):
+    """The learning rate of the update after ``step`` steps: a cosine over
+    the ADMM phase (restarted every Z/U period with ``lr_restart``), then
+    again over the retraining."""
+    every, end0 = _schedule_points(ctx, admm_fraction, every_epochs)
+    lr = state.hp["lr"]
+    admm_lr = (phases.cosine_from(lr, step % every, every) if lr_restart
+               else phases.cosine_from(lr, step, end0))
+    return jnp.where(step < end, admm_lr,
+                     phases.cosine_from(lr, step - end,
+                                        ctx.total_steps - end))
 
   def init(key, state, ctx, tx):
     del key
@@ -197,29 +342,37 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     state = state.replace(opt_state=transforms.set_admm_state(
         state.opt_state, st._replace(z=z0)))
     rho_, res, z_sp = stats(state, ctx)
-    ms = {"round": jnp.int32(0), "pruned": jnp.bool_(False)}
+    _, end = _schedule_points(ctx, admm_fraction, every_epochs)
+    ms = {"round": jnp.int32(0), "pruned": jnp.bool_(False),
+          "end": jnp.int32(end)}
     return state.replace(method_state=ms), {"admm": base.event(
         True, round=jnp.int32(0), rho=rho_, residual=res, z_sparsity=z_sp)}
 
   def update(key, state, metrics, ctx):
     del key, metrics
-    every, end = _schedule_points(ctx, admm_fraction, every_epochs)
+    every, _ = _schedule_points(ctx, admm_fraction, every_epochs)
     t = state.step
-    due = base.every(t, every) & (t <= end)
-    last = t == end
+    due = base.every(t, every) & (t <= state.method_state["end"])
 
     def zu(state):
       r = state.method_state["round"] + 1
       st = transforms.admm_state(state.opt_state)
       opt = transforms.admm_step(state.opt_state, state.params,
-                               z_step(state, ctx, r),
-                               rho=st.rho * rho_growth)
+                                 z_step(state, ctx, r),
+                                 rho=st.rho * rho_growth)
       state = state.replace(opt_state=opt, method_state={
           **state.method_state, "round": r})
       return state
 
     state = jax.lax.cond(due, zu, lambda s: s, state)
     rho_, res, z_sp = stats(state, ctx)
+    if residual_tol > 0:
+      # Converged: the hard prune now, the retraining gets the rest.
+      stop = due & (res < residual_tol) & ~state.method_state["pruned"]
+      ms = state.method_state
+      state = state.replace(method_state={
+          **ms, "end": jnp.where(stop, t, ms["end"]).astype(jnp.int32)})
+    last = (t == state.method_state["end"]) & ~state.method_state["pruned"]
 
     def hard_prune(state):
       # ADMM: the magnitude of W, as the reference (KaiqiZhang/admm-pruning
@@ -229,8 +382,14 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
       st = transforms.admm_state(state.opt_state)
       scores = jax.tree.map(lambda w, z: jnp.abs(z if reweighted else w)
                             .astype(jnp.float32), state.params, st.z)
-      keep = base.topk_masks(scores, ctx.prunable, base.n_keep(
-          state.params, state.hp, ctx), state.hp["target"], scope)
+      n_keep = base.n_keep(state.params, state.hp, ctx)
+      if budgeted:
+        counts, _ = budget(state.params, ctx, n_keep)
+        keep = masks_lib.layer_counts_topk_masks(scores, ctx.prunable,
+                                                 counts)
+      else:
+        keep = base.topk_masks(scores, ctx.prunable, n_keep,
+                               state.hp["target"], scope)
       state, _ = base.change_masks(state, keep)
       opt = transforms.set_admm_state(state.opt_state, st._replace(
           rho=jnp.float32(0.0)))
@@ -239,14 +398,18 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
 
     state = jax.lax.cond(last, hard_prune, lambda s: s, state)
     ms = state.method_state
+    state = phases.set_lr_where(state, jnp.bool_(True),
+                                lr_at(state, ctx, t, ms["end"]))
     return state, {
         "admm": base.event(due, round=ms["round"], rho=rho_, residual=res,
                            z_sparsity=z_sp),
         "hard_prune": base.event(last, sparsity=base.sparsity_of(
-            state.params, ctx.prunable))}
+            state.params, ctx.prunable), residual=res)}
 
   def summary(state):
-    return {"admm_rounds": int(state.method_state["round"])}
+    return {"admm_rounds": int(state.method_state["round"]),
+            "admm_end_step": int(state.method_state["end"]),
+            "layer_budget": budgeted}
 
   return Method(name, init=init, tx=tx, update=update, summary=summary,
                 check=check, start="dense", hparams={"rho": float(rho)},
@@ -255,7 +418,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
 
 def admm(rho: float = 7e-3, rho_growth: float = 1.0,
          admm_fraction: float = 0.5, every_epochs: float = 1.0,
-         scope: str = "global") -> Method:
+         scope: str = "global", layer_keep=None, allocation_from: str = "",
+         lr_restart: bool = False, residual_tol: float = 0.0) -> Method:
   """ADMM pruning (Zhang et al. 2018): hard projection onto the target's
   top-k each Z-step; see the module docstring.
 
@@ -265,33 +429,69 @@ def admm(rho: float = 7e-3, rho_growth: float = 1.0,
   updates Z/U every 8,000 iterations (about 8.5 epochs) for 20 rounds;
   ``every_epochs`` scales that to short budgets. It sets per-layer ratios by
   hand (LeNet-5: 80 / 92 / 99.1 / 93% for 71x); ``scope='global'`` lets them
-  follow from the weights instead.
+  follow from the weights instead, ``layer_keep`` gives them
+  (``{'conv1': 0.2, 'conv2': 0.08, 'fc1': 0.009, 'fc2': 0.07}``: kept
+  fractions, or counts, per layer, taken to the run's target by
+  :func:`proxnag_jax.masks.power_allocation`), ``allocation_from`` takes them
+  from a finished run's masks. ``lr_restart``, ``residual_tol``: see the
+  module docstring.
+
+  >>> m = admm(layer_keep={"conv1": 100, "conv2": 2000, "fc1": 3600,
+  ...                      "fc2": 350}, residual_tol=0.05)
   """
+  if layer_keep and scope != "global":
+    raise ValueError("admm: layer_keep sets every layer's count; drop "
+                     "scope='layer'.")
   return _admm_method(
       "admm", rho=rho, rho_growth=rho_growth, admm_fraction=admm_fraction,
       every_epochs=every_epochs, scope=scope, eps=1.0,
+      layer_keep=layer_keep, allocation_from=allocation_from,
+      lr_restart=lr_restart, residual_tol=residual_tol,
       description=f"ADMM (Zhang et al. 2018): rho {rho:g} (x{rho_growth:g} "
-      f"per Z/U step every {every_epochs:g} epochs), {scope} top-k "
-      f"projection, {admm_fraction:.0%} of the budget, then hard prune and "
+      f"per Z/U step every {every_epochs:g} epochs), "
+      f"{'per-layer' if layer_keep or allocation_from else scope} top-k "
+      f"projection{_budget_note(layer_keep, allocation_from)}, "
+      f"{admm_fraction:.0%} of the budget, then hard prune and "
       "masked retraining")
 
 
 def rw_admm(rho: float = 7e-3, rho_growth: float = 1.0,
             admm_fraction: float = 0.5, every_epochs: float = 1.0,
-            eps: float = 1e-3, relative: bool = False) -> Method:
+            eps: float = 1e-3, relative: bool = False, layer_keep=None,
+            allocation_from: str = "", lr_restart: bool = False,
+            residual_tol: float = 0.0) -> Method:
   """Reweighted ADMM (seed 004, as read from its abstract): a reweighted
   soft threshold with importance ``1 / (|Z_prev| + eps)`` each Z-step, the
   kept count following a cubic schedule to the target; see the module
   docstring. ``relative``: weights compared to their layer's RMS before the
   one global threshold (one global threshold on raw magnitudes emptied
-  LeNet-5's fc1 at 356x: docs/results.md)."""
+  LeNet-5's fc1 at 356x: docs/results.md). ``layer_keep`` /
+  ``allocation_from``: per-layer budgets, each layer with its own threshold
+  and schedule (see :func:`admm`; ``relative`` is then moot)."""
+  if relative and (layer_keep or allocation_from):
+    raise ValueError("rw_admm: relative=True scales layers for one global "
+                     "threshold; with a per-layer budget every layer has "
+                     "its own threshold, so drop relative.")
   return _admm_method(
       "rw_admm", rho=rho, rho_growth=rho_growth, admm_fraction=admm_fraction,
       every_epochs=every_epochs, scope="global", eps=eps, relative=relative,
+      layer_keep=layer_keep, allocation_from=allocation_from,
+      lr_restart=lr_restart, residual_tol=residual_tol,
       description=f"reweighted ADMM{' (layer-relative)' if relative else ''}: rho {rho:g} (x{rho_growth:g} per Z/U "
       f"step every {every_epochs:g} epochs), reweighted soft threshold "
-      f"(eps {eps:g}) to a cubic nonzero schedule over {admm_fraction:.0%} "
-      "of the budget, then hard prune and masked retraining")
+      f"(eps {eps:g}) to a cubic nonzero schedule"
+      f"{_budget_note(layer_keep, allocation_from)} over "
+      f"{admm_fraction:.0%} of the budget, then hard prune and masked "
+      "retraining")
+
+
+def _budget_note(layer_keep, allocation_from) -> str:
+  if allocation_from:
+    return f" with per-layer budgets from {allocation_from}"
+  if layer_keep:
+    return " with per-layer budgets " + ", ".join(
+        f"{k} {v:g}" for k, v in dict(layer_keep).items())
+  return ""
 
 
 __all__ = ["admm", "rw_admm"]
