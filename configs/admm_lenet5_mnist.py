@@ -7,6 +7,9 @@
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw_rel ...  # layer-relative
   python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag ...     # Prox-NAG
   python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag_rw ...  # at both
+  python -m train.prune --config configs/admm_lenet5_mnist.py:budget ...      # per-layer
+  python -m train.prune --config configs/admm_lenet5_mnist.py:rw_budget ...   # budgets
+  python -m train.prune --config configs/admm_lenet5_mnist.py:rw71 ...  # reweighted, 71x
 
 Targets (weights of the Caffe LeNet-5: 430,500; with biases 431,080):
 * ``admm``: 98.73% of the weights pruned, 5,467 kept: 78.7x over the
@@ -14,6 +17,11 @@ Targets (weights of the Caffe LeNet-5: 430,500; with biases 431,080):
   weights at 99.2%).
 * ``rw``: 99.719% pruned, 1,209 kept: 356x over the weights (seed 004:
   355.9x), 240x over all parameters.
+
+Per-layer budgets (``:budget``, ``:rw_budget``): the kept fractions of the
+ADMM reference's 71x LeNet-5 (KaiqiZhang/admm-pruning: 100 / 2,000 / 3,600 /
+350 weights of conv1 / conv2 / fc1 / fc2) taken to the target by one
+exponent (``masks.power_allocation``): at 356x 48 / 634 / 423 / 105.
 
 Budget: 40 epochs after the dense model; ADMM takes the first half with a
 Z/U step every epoch (20 rounds, as the reference's Caffe LeNet-5 solver),
@@ -25,7 +33,11 @@ from configs import proxnag_lenet5_mnist
 
 
 VARIANTS = ("smoke", "rw", "rw_rel", "rw_smoke", "proxnag",
-            "proxnag_rw")
+            "proxnag_rw", "budget", "rw_budget", "rw71", "budget_smoke")
+
+# Kept fractions per layer of the ADMM reference's 71x LeNet-5.
+ADMM_71X = {"conv1": 100 / 500, "conv2": 2000 / 25000,
+            "fc1": 3600 / 400000, "fc2": 350 / 5000}
 
 
 def get_config(arg: str = ""):
@@ -33,13 +45,16 @@ def get_config(arg: str = ""):
   smoke = arg.endswith("smoke")
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
   rw = arg.startswith("rw") or arg == "proxnag_rw"
+  budget = arg.startswith(("budget", "rw_budget"))
   c.method = "rw_admm" if rw else "admm"
-  c.target_sparsity = 0.99719 if rw else 0.9873
+  c.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
   c.budget_epochs = 40.0
   c.finetune_lr = 0.01        # SGD, as the reference's Caffe solver
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0
+  if budget:
+    c[c.method].layer_keep = dict(ADMM_71X)
   if arg == "rw_rel":
     # Weights compared to their layer's RMS before the global threshold.
     c.rw_admm.relative = True
