@@ -101,3 +101,36 @@ def test_chunk_length_does_not_change_a_step(mnist_dir):
     np.testing.assert_allclose(y, x, atol=1e-4 * upd + 1e-12, rtol=0)
 
 
+
+
+_GPU_CHECK = r"""
+import sys
+# What a lent GPU machine lacks: the check must not need them.
+sys.modules["ml_collections"] = None
+sys.modules["tensorflow_datasets"] = None
+sys.path.insert(0, {root!r})
+from train import gpu_check
+res = gpu_check.check(tiny=True, out={out!r}, model_name="conv2",
+                      log=lambda *_: None)
+print("OK", len(res["batches"]), len(res["vmapped"]))
+"""
+
+
+def test_gpu_check_runs_without_ml_collections_or_tfds(tmp_path):
+  """The prepared accelerator check (train/gpu_check.py) runs on the CPU at
+  tiny sizes with neither ml_collections nor tensorflow-datasets importable,
+  and writes every figure it prints."""
+  out = str(tmp_path / "g")
+  r = subprocess.run([sys.executable, "-c", _GPU_CHECK.format(
+      root=ROOT, out=out)], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "OK 2 2" in r.stdout
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(out, "gpu_check.json")) as f:
+    res = json.load(f)
+  assert res["backend"] == "cpu" and res["model"] == "conv2"
+  for row in res["batches"]:
+    assert row["chunk_step_ms"] > 0 and row["epoch_s"] > 0
+  assert [r["vmap_runs"] for r in res["vmapped"]] == [1, 2]
+  assert all(r["images_per_s"] > 0 for r in res["vmapped"])

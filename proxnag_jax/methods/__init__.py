@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import inspect
 
-import ml_collections
-
 from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Context
 from proxnag_jax.methods.base import Method
@@ -81,6 +79,9 @@ def get_method(name: str, **kwargs) -> Method:
 
 def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """The settings of method ``name`` with their defaults, as a ConfigDict."""
+  # Imported here: the library runs without ml_collections (e.g. on a lent
+  # GPU machine, train/gpu_check.py); only configs need it.
+  import ml_collections  # pylint: disable=g-import-not-at-top
   _check_name(name)
   params = inspect.signature(_FACTORIES[name]).parameters
   c = ml_collections.ConfigDict({k: p.default for k, p in params.items()})
