@@ -253,3 +253,63 @@ def test_speed_of_a_sweep_times_only_structured_cells(tmp_path_factory,
   assert row["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
   table = speed.sweep_table([row])
   assert "| l1_filter_50_seed0 |" in table and table.count("\n") == 3
+
+
+def _synthetic_mnist(n=128, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 255, size=(n, 28, 28, 1), dtype=np.uint8)
+  w = rng.normal(size=(28 * 28, 10))
+  y = np.argmax(x.reshape(n, -1).astype(np.float32) @ w, -1).astype(np.int32)
+  return {"train_x": jnp.asarray(x), "train_y": jnp.asarray(y),
+          "test_x": jnp.asarray(x[:64]), "test_y": jnp.asarray(y[:64])}
+
+
+@pytest.mark.parametrize("name", methods.STRUCTURED_METHODS)
+def test_structured_contract_in_memory(name):
+  """Every structured method through the loop in memory (no workdir) on a
+  small LeNet-5-BN (widths 4 / 6 / 8) and synthetic data: the exact count of
+  channels removed (group-lasso Prox-NAG: at least it, the zero channels),
+  whole channels switched off, an export of that width, one compiled chunk."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import engine  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  model = models.get_model("lenet5_bn", widths=(4, 6, 8))
+  v = models.init_model(model, jax.random.PRNGKey(0), (1, 28, 28, 1))
+  data = _synthetic_mnist()
+  prunable = masks_lib.prunable_tree(v["params"])
+  total = 16
+  ctx = base.Context(prunable=prunable, steps_per_epoch=4, total_steps=total,
+                     schedule=lambda lr: optax.cosine_decay_schedule(lr,
+                                                                     total),
+                     groups=surgery.channel_groups(model, v))
+  method = methods.get_method(name)
+  n = base.num_prunable(v["params"], prunable)
+  hp = loop.make_hp({"target": 0.5, "n_zero": round(0.5 * n), "lr": 0.05,
+                     "weight_decay": 1e-4, "momentum": 0.9, **method.hparams})
+  xb = data["train_x"][:32].astype(jnp.float32) / 255.0
+
+  def loss(p):   # the gradient minibatch GAT's init scores channels on
+    logits, _ = model.apply({"params": p, "batch_stats": v["batch_stats"]},
+                            xb, train=True, mutable=["batch_stats"])
+    return jnp.mean(engine.cross_entropy(logits, data["train_y"][:32]))
+  state, ev = loop.init_run(method, ctx._replace(grad_fn=jax.grad(loss)),
+                            v["params"], v["batch_stats"], hp, 0)
+  program = loop.Program(model, method, ctx, (0.5,), (0.25,), False, 32,
+                         engine.make_mesh())
+  res = loop.run_loop(program, data, [loop.RunInit(state, 0, None, ev)],
+                      schedule=loop.Schedule(chunk_steps=8, eval_batch_size=64,
+                                             log_every_s=1e9),
+                      log=lambda *_: None)
+  assert res.chunk_compiles == 1 and res.steps <= total
+  final = res.states[0]
+  channels = surgery.num_channels(ctx.groups)
+  want = round(0.5 * channels)
+  small, small_vars = method.export_network(final, model)
+  removed = channels - sum(small.widths)
+  assert removed >= want if name == "group_proxnag" else removed == want
+  assert all(w >= 1 for w in small.widths)
+  # The masks switch off whole channels: what they keep is the export.
+  keep = surgery.kept_by_masks(base.masks_of(final.opt_state), ctx.groups)
+  assert sum(int(k.sum()) for k in keep.values()) == sum(small.widths)
+  assert small.apply(small_vars, jnp.zeros((2, 28, 28, 1)),
+                     train=False).shape == (2, 10)
