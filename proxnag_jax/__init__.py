@@ -36,6 +36,7 @@ from proxnag_jax.masks import prunable_tree
 from proxnag_jax.masks import sparsity
 from proxnag_jax.masks import sparsity_report
 from proxnag_jax.masks import topk_mask
+from proxnag_jax.prox import capped_simplex_projection
 from proxnag_jax.prox import group_norms
 from proxnag_jax.prox import group_soft_threshold
 from proxnag_jax.prox import scale_invariant_soft_threshold
@@ -79,6 +80,7 @@ __all__ = [
     "sparsity",
     "sparsity_report",
     "topk_mask",
+    "capped_simplex_projection",
     "group_norms",
     "group_soft_threshold",
     "scale_invariant_soft_threshold",

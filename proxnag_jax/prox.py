@@ -17,12 +17,19 @@ These are the closed-form minimisers behind the proximal optimizers in
 
 Both return exact zeros (not just small numbers), keep the dtype of ``x`` and
 work under ``jit``/``vmap`` with a traced ``tau``.
+
+* ``capped_simplex_projection(s, k)`` is the Euclidean projection onto
+  ``{x : 0 <= x <= 1, sum(x) = k}`` (mask probabilities with ``k`` expected
+  ones)::
+
+      P(s) = clip(s - v, 0, 1),  v such that sum(P(s)) = k
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 
 
@@ -161,3 +168,42 @@ def scale_invariant_soft_threshold(x, tau, axis: int | Sequence[int] = -1,
   n_y = group_norms(y, axis)
   factor = jnp.where(n_y > 0, n_x / jnp.where(n_y > 0, n_y, 1.0), 0.0)
   return (y * factor).astype(x.dtype)
+
+
+def capped_simplex_projection(s, k, iters: int = 50):
+  """Euclidean projection onto the capped simplex ``{x : 0 <= x <= 1,
+  sum(x) = k}``: ``x = clip(s - v, 0, 1)`` with the scalar ``v`` found by
+  bisection (``sum(clip(s - v, 0, 1))`` falls monotonically in ``v``).
+
+  The constraint set of mask probabilities with ``k`` expected ones
+  (ProbMask, Zhou et al. 2021; the box-and-count set of the l_p-box ADMM
+  formulation of a sparse binary program). ``k`` may be traced; ``0 <= k <=
+  s.size`` (clipped there). ``iters`` halvings of the bracket ``[min(s) - 1,
+  max(s)]`` find which entries are at 0, at 1 or free; one exact step on
+  that piece then gives ``v``, so the sum is ``k`` to float32 rounding.
+
+  >>> capped_simplex_projection(jnp.array([0.9, 0.5, 0.1]), 1.0)
+  """
+  x = jnp.asarray(s, jnp.float32)
+  k = jnp.clip(jnp.asarray(k, jnp.float32), 0.0, float(x.size))
+  total = lambda v: jnp.sum(jnp.clip(x - v, 0.0, 1.0))
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = 0.5 * (lo + hi)
+    big = total(mid) > k          # too much mass: raise v
+    return jnp.where(big, mid, lo), jnp.where(big, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iters, body, (jnp.min(x) - 1.0, jnp.max(x)))
+  v = 0.5 * (lo + hi)
+  # One exact step on the piece the bisection found: with the entries at 1
+  # and the free ones (strictly inside) fixed, sum = k is linear in v. (The
+  # float32 sum's own rounding would otherwise leave v off by its error over
+  # the number of free entries, large when few are free.)
+  ones = x - v >= 1.0
+  free = (x - v > 0.0) & ~ones
+  n_free = jnp.sum(free)
+  v_exact = (jnp.sum(ones) + jnp.sum(jnp.where(free, x, 0.0)) - k) / (
+      jnp.maximum(n_free, 1))
+  v = jnp.where(n_free > 0, v_exact, v)
+  return jnp.clip(x - v, 0.0, 1.0).astype(jnp.asarray(s).dtype)

@@ -153,3 +153,38 @@ def test_scale_invariant_soft_threshold_with_a_reference_norm():
   np.testing.assert_allclose(
       prox.scale_invariant_soft_threshold(x * a, tau, reference=ref),
       got * a, rtol=1e-4, atol=1e-6)
+
+
+def test_capped_simplex_projection_against_an_exact_solver():
+  """The bisection's projection equals the exact one (a breakpoint search
+  in float64, numpy), sums to k and is in [0, 1]; traced k under jit."""
+  from proxnag_jax import prox  # pylint: disable=g-import-not-at-top
+
+  def exact(s, k):
+    s = np.asarray(s, np.float64)
+    # sum(clip(s - v, 0, 1)) is piecewise linear in v with breakpoints at
+    # s and s - 1: find the piece holding k, then solve on it.
+    bps = np.sort(np.concatenate([s, s - 1.0]))
+    f = lambda v: np.clip(s - v, 0, 1).sum()
+    vals = np.array([f(b) for b in bps])       # falling in v
+    i = np.searchsorted(-vals, -k)             # first breakpoint with f <= k
+    lo, hi = bps[max(i - 1, 0)], bps[i]
+    flo, fhi = f(lo), f(hi)
+    v = lo if flo == fhi else lo + (flo - k) * (hi - lo) / (flo - fhi)
+    return np.clip(s - v, 0, 1)
+
+  rng = np.random.default_rng(0)
+  for n, k in ((10, 3.0), (1000, 250.0), (1000, 999.0), (7, 0.5)):
+    s = rng.normal(size=n).astype(np.float32) * 2
+    got = np.asarray(prox.capped_simplex_projection(jnp.asarray(s), k))
+    np.testing.assert_allclose(got, exact(s, k), atol=1e-5)
+    assert abs(got.sum() - k) < 1e-3 * max(1.0, k / 100)
+    assert got.min() >= 0 and got.max() <= 1
+  f = jax.jit(prox.capped_simplex_projection)
+  s = jnp.asarray(rng.normal(size=100).astype(np.float32))
+  for k in (10.0, 50.0):
+    assert abs(float(f(s, k).sum()) - k) < 1e-3
+  # Already feasible: unchanged.
+  x = jnp.asarray([1.0, 0.0, 0.5, 0.5])
+  np.testing.assert_allclose(np.asarray(prox.capped_simplex_projection(
+      x, 2.0)), np.asarray(x), atol=1e-6)
