@@ -44,6 +44,9 @@ from proxnag_jax.prox import soft_threshold
 from proxnag_jax.transforms import ExtrapolationState
 from proxnag_jax.transforms import fista_momentum
 from proxnag_jax.transforms import get_masks
+from proxnag_jax.transforms import lpbox_admm
+from proxnag_jax.transforms import lpbox_state
+from proxnag_jax.transforms import LpBoxState
 from proxnag_jax.transforms import nesterov_extrapolation
 from proxnag_jax.transforms import prox_channel_l1
 from proxnag_jax.transforms import prox_group_l1
@@ -88,6 +91,9 @@ __all__ = [
     "ExtrapolationState",
     "fista_momentum",
     "get_masks",
+    "lpbox_admm",
+    "lpbox_state",
+    "LpBoxState",
     "nesterov_extrapolation",
     "prox_channel_l1",
     "prox_group_l1",
