@@ -69,7 +69,10 @@ def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
   c.data_dir = ""
-  c.methods = ("edge_popup", "sbp")
+  c.methods = ("edge_popup", "sbp", "sbp_lpbox")
+  # SBP solved by l_p-box ADMM (a mask driven to {0, 1}), beside the
+  # projected-gradient reading (``sbp``, solver='relaxed').
+  c.variants = {"sbp_lpbox": {"method": "sbp", "solver": "lpbox"}}
   c.seeds = (0, 1, 2)
   c.vmap_runs = False
   b = proxnag_lenet5_mnist.get_config("smoke" if arg == "smoke" else "")
@@ -88,6 +91,7 @@ def get_config(arg: str = ""):
     if arg in ("conv2", "conv2_smoke"):
       for m, lr in CONV2_STEP.items():
         b[m].learning_rate = lr
+      c.variants["sbp_lpbox"]["learning_rate"] = CONV2_STEP["sbp"]
     if arg == "conv2_step_search":
       v = step_variants(CONV2_STEPS)
       c.variants, c.methods = v, tuple(v)     # in step order
@@ -110,6 +114,7 @@ def get_config(arg: str = ""):
     b.dense.model = "lenet300_100"
     for m, lr in LENET300_STEP.items():
       b[m].learning_rate = lr
+    c.variants["sbp_lpbox"]["learning_rate"] = LENET300_STEP["sbp"]
     b.dense.num_epochs = 5
     b.dense.warmup_epochs = 0.0
     b.budget_epochs = 5.0

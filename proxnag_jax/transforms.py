@@ -1023,7 +1023,8 @@ def lpbox_admm(keep, rho: float = 1e-2, rho_growth: float = 1.05,
   Args:
     keep: the count ``k``: a pytree of per-leaf counts matching params
       (``None`` on uncovered leaves) or, with ``global_count``, one count
-      over all covered leaves. Counts may be traced.
+      over all covered leaves; or a function of the params giving it.
+      Counts may be traced.
     rho, rho_growth, every, rho_max: the penalty, its growth factor per
       y/z update, the calls between y/z updates, its cap.
     mask: which leaves are masks (pytree of bools, callable, or None: all).
@@ -1031,11 +1032,13 @@ def lpbox_admm(keep, rho: float = 1e-2, rho_growth: float = 1.05,
   >>> tx = optax.chain(lpbox_admm(keep={"w": 30}), optax.sgd(0.1, 0.9))
   """
   _check_nonnegative("lpbox_admm: rho", rho)
-  if not rho_growth >= 1.0 or every < 1 or not rho_max >= rho:
-    raise ValueError("lpbox_admm: need rho_growth >= 1, every >= 1 and "
-                     "rho_max >= rho.")
+  if not rho_growth >= 1.0 or every < 1:
+    raise ValueError("lpbox_admm: need rho_growth >= 1 and every >= 1.")
+  if (isinstance(rho, numbers.Real) and isinstance(rho_max, numbers.Real)
+      and not rho_max >= rho):
+    raise ValueError("lpbox_admm: need rho_max >= rho.")
 
-  def project_box(v, which):
+  def project_box(v, which, keep):
     if global_count:
       leaves, treedef = jax.tree.flatten(v)
       w = jax.tree.leaves(which)
@@ -1062,7 +1065,7 @@ def lpbox_admm(keep, rho: float = 1e-2, rho_growth: float = 1.05,
     def admm(st):
       r = st.rho
       y1 = project_box(jax.tree.map(lambda x, z: x + z / r, params, st.z1),
-                       which)
+                       which, keep(params) if callable(keep) else keep)
       y2 = jax.tree.map(lambda x, z, c: _sphere_projection(x + z / r).astype(
           x.dtype) if c else jnp.zeros_like(x), params, st.z2, which)
       z1 = jax.tree.map(lambda z, x, y, c: z + r * (x - y) if c else z,

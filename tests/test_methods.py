@@ -885,6 +885,42 @@ def test_score_methods_gradient_masks_and_frozen_weights(name):
     assert r.min() >= 0.0 and r.max() <= 1.0
 
 
+def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
+    tmp_path):
+  """l_p-box SBP on the tiny task: the network trains on the continuous
+  mask and learns (accuracy far above chance, 1/4); what is evaluated and
+  exported is the exact top-k of x; every epoch traces how binary x is
+  (mean distance to {0, 1}, share within 0.01) and the penalty, which
+  grows. (That the solver drives a relaxed mask to the optimal binary one
+  is tested on a program with a known answer, test_transforms.py.)"""
+  settings = dict(solver="lpbox", rho=0.05, rho_growth=1.3, admm_every=2,
+                  learning_rate=0.1)
+  method, ctx, res = tiny.run_tiny("sbp", str(tmp_path), settings=settings)
+  assert res.evals[0]["accuracy"] > 0.6
+  trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  ev = [r for r in trace if r["kind"] == "mask"]
+  assert len(ev) >= 3
+  assert all(0 <= r["binary_gap"] <= 0.5 and 0 <= r["near_binary"] <= 1
+             for r in ev)
+  assert ev[-1]["rho"] > ev[0]["rho"]
+  state = res.states[0]
+  mask = state.method_state["mask"]
+  n = tiny.n_prunable(state.params)
+  kept = sum(int(np.sum(np.asarray(m))) for m, w in zip(
+      jax.tree.leaves(mask), jax.tree.leaves(ctx.prunable)) if w)
+  assert kept == n - round(0.75 * n)
+  for e, m, w in zip(jax.tree.leaves(method.eval_params(state)),
+                     jax.tree.leaves(mask), jax.tree.leaves(ctx.prunable)):
+    if w:
+      np.testing.assert_array_equal(np.asarray(e), np.asarray(m, np.float32))
+  relaxed = methods.get_method("sbp")
+  assert "projected gradient" in relaxed.description
+  assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
+                                  "rho_max"}
+  with pytest.raises(ValueError, match="solver must be"):
+    methods.get_method("sbp", solver="exact")
+
+
 def test_score_stats_counts_the_box_bounds():
   from proxnag_jax.methods import edge_popup as ep  # pylint: disable=g-import-not-at-top
   r = jnp.array([[0.0, 0.25], [1.0, 0.5], [1.0, 0.75], [0.5, 0.5]])  # fan_in 4

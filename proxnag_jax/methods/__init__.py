@@ -12,6 +12,10 @@ config file can list them and the command line can override them
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  import ml_collections
 
 from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Context

@@ -17,7 +17,16 @@ edge-popup's reference.
   SGD 0.1 with a cosine schedule, momentum 0.9, weight decay 1e-4 on the
   scores: the defaults of allenai/hidden-networks.
 * ``sbp`` (seed 002, from its abstract): ``min_m L(W0 * m)`` s.t.
-  ``m in {0,1}^d, ||m||_0 <= k``, solved by projected gradient on the
+  ``m in {0,1}^d, ||m||_0 = k``. Two solvers. ``solver='lpbox'``:
+  l_p-box ADMM (Wu & Ghanem, TPAMI 2018; CNN-FCF uses it for filter
+  masks): the network trains on the continuous mask ``x`` (``W0 * x``),
+  :func:`~proxnag_jax.transforms.lpbox_admm` in the optimizer pulls ``x``
+  onto the box-and-count set (exactly ``k`` ones in expectation) and onto
+  the sphere ``||x - 1/2||^2 = n/4`` (which meets the box only at binary
+  points), with a growing penalty, so ``x`` itself ends binary; the mask
+  evaluated and exported is the exact top-``k`` of ``x``.
+  ``solver='relaxed'`` (the default until the l_p-box solver is measured on
+  the seed's tasks): projected gradient on the
   relaxation ``r in [0,1]^d`` (the convex hull of the binary set): the
   gradient is taken at the binary iterate ``m = H_k(r)`` (exactly ``k``
   ones), ``r <- clip(r - eta g, 0, 1)`` (the box projection is part of the
@@ -40,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from proxnag_jax import transforms
 from proxnag_jax.methods import base
 from proxnag_jax.methods.base import Method
 
@@ -82,7 +92,9 @@ def _box(lo: float, hi: float, prunable) -> optax.GradientTransformation:
 
 def _score_method(name: str, *, scope: str, learning_rate: float,
                   weight_decay: float, weight_init: str,
-                  description: str) -> Method:
+                  description: str, solver: str = "relaxed",
+                  rho: float = 1e-2, rho_growth: float = 1.05,
+                  admm_every: int = 50, rho_max: float = 10.0) -> Method:
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -93,26 +105,59 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
     raise ValueError(f"{name}: learning_rate must be positive and "
                      "weight_decay >= 0.")
   relaxed = name == "sbp"
+  lpbox = relaxed and solver == "lpbox"
+  if relaxed and solver not in ("lpbox", "relaxed"):
+    raise ValueError(f"{name}: solver must be 'lpbox' or 'relaxed', got "
+                     f"{solver!r}.")
 
   def relax(s):
     return s if relaxed else jnp.abs(s)
 
   def forward(params, method_state):
-    """``W0 * h`` with the straight-through mask ``h`` on prunable leaves;
-    the others are ``W0`` (frozen)."""
+    """``W0 * h`` with the straight-through mask ``h`` on prunable leaves
+    (l_p-box SBP: ``W0 * x``, the continuous mask itself); the others are
+    ``W0`` (frozen)."""
     def leaf(s, w, m, p):
+      if lpbox:
+        return jnp.where(p, w * s, w)
       r = relax(s)
       h = m.astype(r.dtype) + r - jax.lax.stop_gradient(r)
       return jnp.where(p, w * h, w)
     ms = method_state
     return jax.tree.map(leaf, params, ms["w0"], ms["mask"], ms["prunable"])
 
+  def eval_params(state):
+    """l_p-box SBP is evaluated at its binary mask (exactly ``k`` ones)."""
+    if not lpbox:
+      return state.params
+    ms = state.method_state
+    return jax.tree.map(lambda s, m, p: jnp.where(p, m.astype(s.dtype), s),
+                        state.params, ms["mask"], ms["prunable"])
+
+  def keep_counts(hp, ctx):
+    """The count(s) the l_p-box set holds: per prunable leaf, or one."""
+    def fn(params):
+      if scope == "global":
+        return base.n_keep(params, hp, ctx)
+      return jax.tree.map(
+          lambda x, w: (x.size - jnp.round(hp["target"] * x.size)).astype(
+              jnp.int32) if w else None, params, ctx.prunable)
+    return fn
+
   def tx(hp, ctx):
     sched = optax.cosine_decay_schedule(hp["score_lr"], max(1,
                                                             ctx.total_steps))
     chain = [optax.add_decayed_weights(hp["score_weight_decay"]),
              optax.sgd(sched, momentum=hp["momentum"])]
-    if relaxed:
+    if lpbox:
+      # The x-step under SGD at step eta is stable while eta * 2 rho < 2:
+      # the cap is at most 0.9 / eta.
+      chain.insert(0, transforms.lpbox_admm(
+          keep_counts(hp, ctx), rho=hp["rho"], rho_growth=rho_growth,
+          every=admm_every, rho_max=jnp.minimum(rho_max,
+                                                0.9 / hp["score_lr"]),
+          mask=ctx.prunable, global_count=scope == "global"))
+    elif relaxed:
       chain.append(_box(0.0, 1.0, ctx.prunable))
     return optax.chain(*chain)
 
@@ -155,8 +200,19 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
         jax.tree.leaves(ctx.prunable)) if w), jnp.int32(0))
     state = state.replace(method_state={**state.method_state, "mask": mask})
     spe = ctx.steps_per_epoch
-    return state, {"mask": base.event(base.every(state.step, spe),
-                                      flips=flips)}
+    fields = {"flips": flips}
+    if relaxed:
+      # How binary the relaxed mask is: the mean distance of its entries to
+      # {0, 1} and the fraction within 0.01 of it.
+      which = jax.tree.leaves(ctx.prunable)
+      flat = jnp.concatenate([jnp.ravel(x) for x, w in zip(
+          jax.tree.leaves(state.params), which) if w]).astype(jnp.float32)
+      d = jnp.minimum(jnp.abs(flat), jnp.abs(1.0 - flat))
+      fields.update(binary_gap=jnp.mean(d),
+                    near_binary=jnp.mean((d < 0.01).astype(jnp.float32)))
+      if lpbox:
+        fields["rho"] = transforms.lpbox_state(state.opt_state).rho
+    return state, {"mask": base.event(base.every(state.step, spe), **fields)}
 
   def export(state, model):
     """The pruned random network as plain params: ``W0 * mask``."""
@@ -171,9 +227,15 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
 
   hparams = {"score_lr": float(learning_rate),
              "score_weight_decay": float(weight_decay)}
+  ignored = {}
+  if lpbox:
+    hparams["rho"] = float(rho)
+  elif relaxed:
+    ignored = {k: "read only with solver='lpbox'" for k in
+               ("rho", "rho_growth", "admm_every", "rho_max")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
-                export=export, start="scratch", hparams=hparams,
-                description=description)
+                eval_params=eval_params, export=export, start="scratch",
+                hparams=hparams, ignored=ignored, description=description)
 
 
 def edge_popup(scope: str = "layer", learning_rate: float = 0.1,
@@ -190,16 +252,33 @@ def edge_popup(scope: str = "layer", learning_rate: float = 0.1,
 
 def sbp(scope: str = "layer", learning_rate: float = 0.1,
         weight_decay: float = 0.0,
-        weight_init: str = "signed_constant") -> Method:
+        weight_init: str = "signed_constant", solver: str = "relaxed",
+        rho: float = 1e-2, rho_growth: float = 1.05, admm_every: int = 50,
+        rho_max: float = 10.0) -> Method:
   """Sparse binary programming (seed 002, as read from its abstract); see
-  the module docstring."""
+  the module docstring. ``solver='lpbox'``: l_p-box ADMM on the
+  continuous mask, penalty ``rho`` x ``rho_growth`` every ``admm_every``
+  steps (the y/z updates), capped at ``rho_max`` and at ``0.9 /
+  learning_rate`` (where SGD's x-step stays stable); ``solver='relaxed'``
+  (the default until the l_p-box solver is measured on the seed's tasks):
+  the projected-gradient reading (``rho``... then unread).
+
+  >>> m = sbp(solver="lpbox", rho=1e-2, admm_every=50)
+  """
+  if solver == "lpbox":
+    how = (f"l_p-box ADMM on the continuous mask (rho {rho:g} x{rho_growth:g} "
+           f"every {admm_every} steps, cap {rho_max:g}; SGD {learning_rate:g}, "
+           f"cosine), evaluated at its exactly-k binary mask ({scope})")
+  else:
+    how = (f"projected gradient (SGD {learning_rate:g}, cosine) on a [0,1] "
+           f"relaxation, the loss taken at its exactly-k binary projection "
+           f"({scope})")
   return _score_method(
       "sbp", scope=scope, learning_rate=learning_rate,
-      weight_decay=weight_decay, weight_init=weight_init,
-      description=f"sparse binary programming: projected gradient (SGD "
-      f"{learning_rate:g}, cosine) on a [0,1] relaxation, the loss taken at "
-      f"its exactly-k binary projection ({scope}), over frozen {weight_init} "
-      "weights")
+      weight_decay=weight_decay, weight_init=weight_init, solver=solver,
+      rho=rho, rho_growth=rho_growth, admm_every=admm_every, rho_max=rho_max,
+      description=f"sparse binary programming: {how}, over frozen "
+      f"{weight_init} weights")
 
 
 def score_stats(scores, prunable, mask, relaxed: bool) -> list[dict]:
