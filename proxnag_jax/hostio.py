@@ -312,6 +312,17 @@ def check_finite(value: float, where: str, ckpt_dir: str,
         "learning rate (or l1), add warm-up, or check the data.")
 
 
+def best_time(fn, repeats: int) -> float:
+  """The shortest wall time, in seconds, of ``repeats`` calls of ``fn()``
+  (the timing of the bench scripts: the least disturbed run)."""
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
 def device_info() -> dict:
   devs = jax.devices()
   return {"backend": jax.default_backend(), "device_count": len(devs),

@@ -48,15 +48,6 @@ _PARTS = flags.DEFINE_bool("parts", False, "Also time the step's pieces.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _timed(fn, repeats):
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
 def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
           parts=False) -> dict:
   mesh = engine.make_mesh()
@@ -103,7 +94,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
     jax.block_until_ready(s)
     holder["s"] = s
 
-  dt = _timed(run_bare, repeats)
+  dt = hostio.best_time(run_bare, repeats)
   bare_ips = steps * config.batch_size / dt
   res["bare"] = {"compile_s": compile_bare, "step_ms": 1000 * dt / steps,
                  "images_per_s": bare_ips}
@@ -131,7 +122,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
         jax.device_get(o["out"][0]["loss"])       # the loop's one host sync
       holder["s"] = s
 
-    dt = _timed(run_chunks, repeats)
+    dt = hostio.best_time(run_chunks, repeats)
     ips = k * n_chunks * chunk * config.batch_size / dt
     row = {"vmap_runs": k, "compile_s": compile_chunk,
            "step_ms": 1000 * dt / (n_chunks * chunk), "images_per_s": ips}
@@ -176,7 +167,7 @@ def time_parts(model, state, x, y, idx, ds, mean, std, repeats):
                    ("forward_backward",
                     lambda: grad(state.params, xb, y[idx[0]]))):
     jax.block_until_ready(fn())
-    dt = _timed(lambda fn=fn: [jax.block_until_ready(fn())
+    dt = hostio.best_time(lambda fn=fn: [jax.block_until_ready(fn())
                                for _ in range(10)], repeats)
     out[name] = 100 * dt          # ms per call (10 calls)
     print(f"{name}: {out[name]:.1f} ms")

@@ -67,15 +67,6 @@ def _idx(n_images, batch, steps, runs=None, seed=0):
   return rng.integers(0, n_images, shape).astype(np.int32)
 
 
-def _best(fn, repeats):
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
 def time_batch(model, mesh, batch: int, steps: int, chunk: int,
                repeats: int, n_images: int) -> dict:
   """Bare step and scanned chunk at one batch size: ms/step, images/s,
@@ -99,7 +90,7 @@ def time_batch(model, mesh, batch: int, steps: int, chunk: int,
     holder["s"] = s
 
   run_bare()                                           # warm
-  bare_s = _best(run_bare, repeats) / steps
+  bare_s = hostio.best_time(run_bare, repeats) / steps
   fn = engine.make_chunk(step, method, ctx, mesh=mesh)
   holder["c"] = engine.put_replicated(jax.tree.map(jnp.copy, state0), mesh)
   t0 = time.perf_counter()
@@ -115,7 +106,7 @@ def time_batch(model, mesh, batch: int, steps: int, chunk: int,
       jax.device_get(o["out"][0]["loss"])        # the loop's one host sync
     holder["c"] = s
 
-  chunk_s = _best(run_chunks, repeats) / (n_chunks * chunk)
+  chunk_s = hostio.best_time(run_chunks, repeats) / (n_chunks * chunk)
   epoch_steps = EPOCH_IMAGES // batch
   return {"batch_size": batch, "bare_step_ms": 1000 * bare_s,
           "bare_compile_s": compile_bare,
@@ -144,7 +135,7 @@ def time_vmapped(model, mesh, runs: int, batch: int, steps: int,
     jax.device_get(o["out"][0]["loss"])
     holder["s"] = s
 
-  dt = _best(run, repeats)
+  dt = hostio.best_time(run, repeats)
   return {"vmap_runs": runs, "batch_size": batch, "compile_s": compile_s,
           "step_ms": 1000 * dt / steps,
           "images_per_s": runs * batch * steps / dt}
