@@ -964,3 +964,21 @@ def test_init_starts_the_transformation_it_is_given(name):
   new, _ = method.init(jax.random.PRNGKey(0), fresh, ctx, custom)
   assert pj.transforms.find_states(new.opt_state, optax.ScaleByAdamState)
   assert not pj.transforms.find_states(new.opt_state, optax.TraceState)
+
+
+def test_scores_cli_reads_how_binary_the_mask_was(tmp_path):
+  """train.scores' over-training table comes from the SBP trace's mask
+  events (and is empty for a trace without them)."""
+  from train import scores  # pylint: disable=g-import-not-at-top
+  t = tmp_path / "trace.jsonl"
+  t.write_text("\n".join(json.dumps(r) for r in (
+      {"kind": "mask", "step": 8, "flips": 3, "binary_gap": 0.3,
+       "near_binary": 0.1, "rho": 0.05},
+      {"kind": "epoch", "step": 8},
+      {"kind": "mask", "step": 16, "flips": 1, "binary_gap": 0.1,
+       "near_binary": 0.6, "rho": 0.2},
+      {"kind": "mask", "step": 24, "flips": 0})) + "\n")
+  rows = scores.binariness(str(t))
+  assert [r["step"] for r in rows] == [8, 16]
+  assert rows[1]["binary_gap"] == 0.1 and rows[0]["rho"] == 0.05
+  assert scores.binariness(str(tmp_path / "none.jsonl")) == []

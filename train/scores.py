@@ -6,8 +6,10 @@ Reads the run's latest checkpoint and prints, per prunable layer, how far the
 scores are from their centre (0.5 for SBP's ``[0, 1]`` relaxation, 0 for
 edge-popup; they start uniform within ``b = sqrt(1 / fan_in)`` of it, a mean
 distance of ``b / 2``) and, for SBP, the
-fraction of scores at the box's bounds (where the projection binds); also
-written to ``RUN/score_stats.json``.
+fraction of scores at the box's bounds (where the projection binds); for SBP,
+how binary the relaxed mask was over training (the per-epoch ``mask`` events
+of its trace: mean distance to {0, 1}, share within 0.01 of it, and the
+l_p-box penalty); also written to ``RUN/score_stats.json``.
 """
 
 import json
@@ -56,8 +58,33 @@ def main(argv):
           f"{r['init_halfwidth']:.4f} | {r['mean_dist']:.4f} | "
           f"{r['max_dist']:.3f} | {pct(r['at_lower'])} | "
           f"{pct(r['at_upper'])} | {pct(r['kept_at_upper'])} |")
+  over_training = binariness(os.path.join(_RUN.value, "trace.jsonl"))
+  if over_training:
+    print("\nhow binary the relaxed mask is, per epoch:")
+    print("| step | mean distance to {0, 1} | within 0.01 | rho |")
+    print("|---:|---:|---:|---:|")
+    for r in over_training:
+      rho = "—" if r["rho"] is None else f"{r['rho']:.3g}"
+      print(f"| {r['step']} | {r['binary_gap']:.4f} | "
+            f"{r['near_binary']:.1%} | {rho} |")
   hostio.write_json(os.path.join(_RUN.value, "score_stats.json"),
-                    {"method": method, "step": step, "layers": rows})
+                    {"method": method, "step": step, "layers": rows,
+                     "binariness": over_training})
+
+
+def binariness(trace_path: str) -> list:
+  """The per-epoch ``mask`` events of an SBP run's trace that say how binary
+  its relaxed mask was (runs of other methods or older runs: none)."""
+  if not os.path.exists(trace_path):
+    return []
+  out = []
+  with open(trace_path) as f:
+    for line in f:
+      r = json.loads(line)
+      if r.get("kind") == "mask" and "binary_gap" in r:
+        out.append({"step": r["step"], "binary_gap": r["binary_gap"],
+                    "near_binary": r["near_binary"], "rho": r.get("rho")})
+  return out
 
 
 if __name__ == "__main__":
