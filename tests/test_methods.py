@@ -3,7 +3,6 @@ common optimizer tests), on a tiny synthetic model and data, plus unit tests
 of the methods' pieces. No dataset needed."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
