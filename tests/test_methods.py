@@ -981,3 +981,25 @@ def test_scores_cli_reads_how_binary_the_mask_was(tmp_path):
   assert [r["step"] for r in rows] == [8, 16]
   assert rows[1]["binary_gap"] == 0.1 and rows[0]["rho"] == 0.05
   assert scores.binariness(str(tmp_path / "none.jsonl")) == []
+
+
+def test_admm_allocation_from_a_finished_run(tmp_path):
+  """``allocation_from=RUN`` reads the per-layer kept fractions of RUN's
+  exported masks (``RUN/pruned``) and budgets each layer by them."""
+  from proxnag_jax import hostio  # pylint: disable=g-import-not-at-top
+  from proxnag_jax.methods import admm as admm_lib  # pylint: disable=g-import-not-at-top
+  p = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  masks = jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
+  conv = np.ones(p["conv"]["kernel"].shape, bool)
+  conv.reshape(-1)[:54] = False                       # 18 of 72 kept
+  fc = np.zeros(p["fc"]["kernel"].shape, bool)
+  fc.reshape(-1)[:512] = True                         # 512 of 2,048 kept
+  masks = {"conv": {"kernel": jnp.asarray(conv)},
+           "fc": {**masks["fc"], "kernel": jnp.asarray(fc)}}
+  hostio.save_tree(str(tmp_path / "pruned"), {"params": p, "masks": masks})
+  got = admm_lib.kept_fractions_of_run(str(tmp_path))
+  assert got == {"conv/kernel": 0.25, "fc/kernel": 0.25}
+  m = methods.get_method("rw_admm", allocation_from=str(tmp_path))
+  assert str(tmp_path) in m.description
+  with pytest.raises(ValueError, match="holds no finished pruning run"):
+    methods.get_method("admm", allocation_from=str(tmp_path / "nothing"))
