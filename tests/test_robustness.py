@@ -460,3 +460,19 @@ def test_dense_config_refuses_fields_its_optimizer_or_schedule_ignores():
   c.nesterov = False
   with pytest.raises(ValueError, match="config.nesterov would be ignored"):
     experiment.validate_config(c)
+
+
+def test_every_command_module_imports_beside_the_others():
+  """A test, notebook or tool that imports several commands' modules in one
+  process must not fail on a flag two of them define (``--run``)."""
+  train_dir = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "train")
+  names = sorted(f[:-3] for f in os.listdir(train_dir)
+                 if f.endswith(".py") and f != "__init__.py")
+  for order in (names, names[::-1]):
+    code = "import importlib\n" + "".join(
+        f"importlib.import_module('train.{n}')\n" for n in order)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=False, timeout=300,
+                         cwd=os.path.dirname(train_dir))
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -28,6 +28,25 @@ USER_ERRORS = (ValueError, FileNotFoundError, data_lib.DataError,
                distributed.PrimaryFailed)
 
 
+def define_once(define, name: str, default, help_text: str):
+  """``define(name, default, help_text)`` unless a module imported earlier in
+  this process defined flag ``name`` already; then that flag's holder.
+
+  Two commands may share a flag name (``--run``, ``--repeats``); this lets
+  their modules be imported together (by a test or a notebook) without a
+  duplicate-flag error. A command run from the shell imports only its own
+  module, so its own default and help apply.
+  """
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define(name, default, help_text)
+
+
+def run_flag(help_text: str):
+  """The ``--run`` flag (a finished workdir) that several commands read."""
+  return define_once(flags.DEFINE_string, "run", None, help_text)
+
+
 def unused_method_flags(config, argv) -> list:
   """``--config.<method>.<field>`` flags for a method the run does not use."""
   if "method" not in config:

@@ -16,20 +16,22 @@ import json
 import os
 
 from absl import app
-from absl import flags
 import orbax.checkpoint as ocp
 
 
 from proxnag_jax import hostio
 from proxnag_jax.methods import edge_popup
+from train import cli
 
-_RUN = flags.DEFINE_string("run", None, "A train.prune / sweep cell workdir "
-                           "of method edge_popup or sbp.")
-flags.mark_flag_as_required("run")
+_RUN = cli.run_flag("A train.prune / sweep cell workdir of method edge_popup "
+                    "or sbp.")
 
 
 def main(argv):
   del argv
+  if not _RUN.value:
+    raise app.UsageError("--run is required: a finished edge_popup or sbp "
+                         "run's workdir.")
   summary = os.path.join(_RUN.value, "summary.json")
   if not os.path.exists(summary):
     raise app.UsageError(f"{summary} does not exist: --run must be a "

@@ -39,14 +39,16 @@ from proxnag_jax import models
 from proxnag_jax import report
 from proxnag_jax import summary as summary_lib
 from proxnag_jax import surgery
+from train import cli
 
-_RUN = flags.DEFINE_string("run", None, "A finished train.prune workdir.")
+_RUN = cli.run_flag("A finished train.prune workdir.")
 _SWEEP = flags.DEFINE_string("sweep", None, "A train.sweep workdir: time "
                              "every finished structured cell.")
 _DENSE = flags.DEFINE_string("dense", None, "The dense train.train workdir "
                              "(default: the run's dense_checkpoint).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per timed batch.")
-_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per network.")
+_REPEATS = cli.define_once(flags.DEFINE_integer, "repeats", 20,
+                           "Timed calls per network.")
 _WIDTHS = flags.DEFINE_list("widths", None, "Time these widths instead.")
 _BLOCK = flags.DEFINE_list("block_widths", None,
                            "CIFAR ResNets: time these block widths instead.")
