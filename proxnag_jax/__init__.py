@@ -14,7 +14,10 @@ The public API, re-exported from its modules:
 
 Pruning methods are values of one interface (:mod:`proxnag_jax.methods`,
 ``get_method(name, **settings)``), all run by one jitted, scanned, resumable
-and vmappable loop (:mod:`proxnag_jax.loop`).
+and vmappable loop (:mod:`proxnag_jax.loop`), and each is also one Optax
+transformation for the user's own loop (:mod:`proxnag_jax.pruner`):
+``pruning(method, ...)``, ``start``, ``model_params``, ``final_params``,
+``export``, ``structure``.
 """
 
 from proxnag_jax.transforms import admm_penalty
@@ -59,11 +62,35 @@ from proxnag_jax.transforms import set_sparse_params
 from proxnag_jax.transforms import sparse_params
 from proxnag_jax.transforms import with_masks
 from proxnag_jax.transforms import WithMasksState
+from proxnag_jax import methods
+from proxnag_jax import report
 from proxnag_jax import surgery
+from proxnag_jax.pruner import done
+from proxnag_jax.pruner import export
+from proxnag_jax.pruner import final_params
+from proxnag_jax.pruner import model_params
+from proxnag_jax.pruner import pruning
+from proxnag_jax.pruner import PruningState
+from proxnag_jax.pruner import PruningTransformation
+from proxnag_jax.pruner import run_state
+from proxnag_jax.pruner import start
+from proxnag_jax.pruner import structure
 from proxnag_jax.surgery import channel_groups
 from proxnag_jax.surgery import shrink
 
 __all__ = [
+    "methods",
+    "report",
+    "done",
+    "export",
+    "final_params",
+    "model_params",
+    "pruning",
+    "PruningState",
+    "PruningTransformation",
+    "run_state",
+    "start",
+    "structure",
     "admm_penalty",
     "admm_state",
     "admm_step",

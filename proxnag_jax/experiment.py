@@ -71,11 +71,28 @@ def is_pruning_config(cfg) -> bool:
   return "method" in cfg and "target_sparsity" in cfg and "dense" in cfg
 
 
-def comparable_config(cfg: dict) -> dict:
+def _sweep_methods(cfg: dict) -> set:
+  """The methods a sweep config runs: its entries' own names, or the
+  method of an entry that names a variant."""
+  variants = cfg.get("variants") or {}
+  return {variants[m].get("method") if isinstance(variants.get(m), dict)
+          else m for m in cfg.get("methods") or ()}
+
+
+def comparable_config(cfg: dict, methods=None) -> dict:
   """The config without the fields that do not change results, at any
-  depth (a sweep's base config holds them too)."""
-  drop = DENSE_TRAINING_FIELDS if is_pruning_config(cfg) else ()
-  return {k: comparable_config(v) if isinstance(v, dict) else v
+  depth (a sweep's base config holds them too), and without the
+  sub-configs of the methods the run does not use (a pruning config's
+  ``method``; a sweep's methods and variants; ``methods`` names them
+  explicitly). So a new setting of another method, or a changed default
+  of one, leaves a run's config comparable to the one it started with."""
+  drop = set(DENSE_TRAINING_FIELDS) if is_pruning_config(cfg) else set()
+  if is_pruning_config(cfg):
+    keep = set(methods) if methods is not None else {cfg["method"]}
+    drop |= set(methods_lib.PRUNING_METHODS) - keep
+  sweep = "base" in cfg and "methods" in cfg
+  return {k: (comparable_config(v, _sweep_methods(cfg)) if sweep and k == "base"
+              else comparable_config(v)) if isinstance(v, dict) else v
           for k, v in cfg.items()
           if k not in NON_RESULT_FIELDS and k not in drop}
 

@@ -167,8 +167,7 @@ def _result_fields(cfg: dict) -> dict:
   the sub-configs of the methods it does not run."""
   out = experiment.comparable_config(cfg)
   out.pop("dense_checkpoint", None)
-  return {k: v for k, v in out.items() if k == out.get("method")
-          or k not in methods_lib.PRUNING_METHODS}
+  return out
 
 
 def _read_json(path):

@@ -106,6 +106,39 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
   assert rec["changed"]["learning_rate"] == [0.01, a.learning_rate]
 
 
+def test_a_run_resumes_when_only_methods_it_does_not_use_change(tmp_path):
+  """Another method's settings (a new field, a changed default) leave a
+  run's workdir resumable; its own method's settings do not."""
+  from configs import sweep_resnet20_cpu  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / "w")
+  a = proxnag_lenet5_mnist.get_config("smoke")
+  experiment.prepare_workdir(wd, a)
+  with open(os.path.join(wd, "trace.jsonl"), "w") as f:
+    f.write("{}\n")               # a run got going
+  b = proxnag_lenet5_mnist.get_config("smoke")
+  b.admm.rho = 123.0
+  with b.unlocked():
+    b.sbp.new_setting = 1
+  assert experiment.prepare_workdir(wd, b)
+  b.proxnag.monitor_every = 7
+  with pytest.raises(ValueError, match="proxnag.monitor_every"):
+    experiment.prepare_workdir(wd, b)
+  # A sweep compares the sub-configs of its methods and variants' methods.
+  s = sweep_resnet20_cpu.get_config("smoke")
+  s.methods = ("magnitude",)
+  t = sweep_resnet20_cpu.get_config("smoke")
+  t.methods = ("magnitude",)
+  t.base.admm.rho = 123.0
+  t.base.proxnag.monitor_every = 7
+  cs = experiment.comparable_config(json.loads(s.to_json_best_effort()))
+  ct = experiment.comparable_config(json.loads(t.to_json_best_effort()))
+  assert cs == ct and "magnitude" in cs["base"] and "admm" not in cs["base"]
+  t.base.magnitude = dict(t.base.magnitude)
+  t.methods = ("magnitude", "proxnag")
+  assert experiment.config_diff(
+      cs, experiment.comparable_config(json.loads(t.to_json_best_effort())))
+
+
 def test_config_changes_name_the_nested_field():
   old = {"base": {"proxnag": {"l1_step": 2e-3, "lr": 0.01}, "seed": 0},
          "methods": ["a"]}

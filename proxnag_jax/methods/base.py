@@ -94,6 +94,9 @@ class Context(NamedTuple):
     normalized: tree of Python bools, the kernels whose output channels
       feed a normalisation (:func:`proxnag_jax.masks.normalized_kernels`;
       ``None``: none known), for scale-invariant proximal steps.
+    optimizer: the optimizer a masked method trains with instead of its
+      default Nesterov SGD (:func:`masked_sgd`; a user's, from
+      :func:`proxnag_jax.pruner.pruning`); ``None``: the default.
   """
 
   prunable: PyTree
@@ -104,6 +107,7 @@ class Context(NamedTuple):
   groups: tuple = ()
   costs: dict = {}
   normalized: Any = None
+  optimizer: Optional[optax.GradientTransformation] = None
 
 
 # ---------------------------------------------------------------------------
@@ -117,8 +121,12 @@ def masked_sgd(hp, ctx, dense_grads: bool = False
 
   ``with_masks(chain(add_decayed_weights(wd), sgd(schedule(lr), momentum,
   nesterov=True)))``: weight decay added to the gradient as in PyTorch's
-  SGD, the run's learning-rate schedule, and pruned weights held at zero.
+  SGD, the run's learning-rate schedule, and pruned weights held at zero;
+  ``with_masks(ctx.optimizer)`` where the context carries a user's
+  optimizer (:func:`proxnag_jax.pruner.pruning`).
   """
+  if ctx.optimizer is not None:
+    return transforms.with_masks(ctx.optimizer, dense_grads=dense_grads)
   return transforms.with_masks(optax.chain(
       optax.add_decayed_weights(hp["weight_decay"]),
       optax.sgd(ctx.schedule(hp["lr"]), momentum=hp["momentum"],
