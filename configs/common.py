@@ -29,6 +29,9 @@ def run_config() -> ml_collections.ConfigDict:
   c.log_every_s = 5.0
   c.chunk_steps = 100       # steps per scanned chunk: one host sync each
   c.checkpoint_every_steps = 0   # > 0: also checkpoint every N steps
+  # TensorBoard event files in WORKDIR/tensorboard (needs tensorboardX:
+  # pip install 'proxnag_jax[tensorboard]'), beside the JSONL trace.
+  c.tensorboard = False
   return c
 
 

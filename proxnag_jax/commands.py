@@ -114,7 +114,8 @@ def _train(config, workdir, method, overwrite, allow_changes,
   res = loop.run_loop(
       program, arrays,
       [loop.RunInit(state, config.seed, os.path.join(workdir, "trace.jsonl"),
-                    events, os.path.join(workdir, "metrics.jsonl"))],
+                    events, os.path.join(workdir, "metrics.jsonl"),
+                    tensorboard_dir(config, workdir))],
       ckpt_dir=os.path.join(workdir, "checkpoints"), resuming=resuming,
       schedule=experiment.loop_schedule(
           config, "train",
@@ -200,6 +201,13 @@ def _loss_grad_fn(model, x, y, batch_stats, mean, std):
                             train=True, mutable=["batch_stats"])
     return jnp.mean(engine.cross_entropy(logits, y))
   return jax.grad(loss)
+
+
+def tensorboard_dir(config, workdir: str):
+  """``WORKDIR/tensorboard`` when the config asks for TensorBoard events."""
+  if not config.get("tensorboard", False):
+    return None
+  return os.path.join(workdir, "tensorboard")
 
 
 def _normalized(model, params, batch_stats, arrays, mean, std, first):
@@ -293,7 +301,7 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
     state, events = loop.init_run(method, ctx._replace(grad_fn=grad_fn),
                                   params, bs, hp, c.seed)
     runs.append(loop.RunInit(state, c.seed, os.path.join(wd, "trace.jsonl"),
-                             events))
+                             events, tensorboard_dir=tensorboard_dir(c, wd)))
   program = loop.Program(model, method, ctx, mean, std,
                          augment=ds.augment and c0.augment,
                          batch_size=c0.batch_size, mesh=mesh)

@@ -51,7 +51,7 @@ def schedule_fn(config, steps_per_epoch: int, num_epochs=None):
 
 # Config fields that do not change results; a resumed run may change them.
 NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
-                     "download",
+                     "download", "tensorboard",
                      "eval_batch_size", "workdir", "chunk_steps",
                      # A sweep's reporting: what its table shows.
                      "select_on_val", "select_scope", "paper_table", "paper_sparsities",
@@ -219,6 +219,9 @@ def check_numbers(config, where: str = "config") -> None:
 def validate_config(config) -> None:
   """Fails early, with what to do, on a config that cannot run (before
   anything is written)."""
+  if config.get("tensorboard", False):
+    from proxnag_jax import tboard  # pylint: disable=g-import-not-at-top
+    tboard.check_available()
   if config.model not in models_lib.MODEL_NAMES:
     models_lib.get_model(config.model)   # raises, listing the valid names
   data_lib.check_dataset_name(config.dataset)

@@ -82,6 +82,7 @@ class RunInit:
   trace_path: Optional[str]   # None: no trace (e.g. tests, notebooks)
   init_events: dict = dataclasses.field(default_factory=dict)
   metrics_path: Optional[str] = None   # dense runs: per-epoch metrics.jsonl
+  tensorboard_dir: Optional[str] = None  # TensorBoard events (tboard.py)
 
 
 @dataclasses.dataclass
@@ -151,8 +152,18 @@ class _Records:
     self.runs, self.labels = runs, labels
     self.lines = [0] * len(runs)
     self.metrics_lines = [0] * len(runs)
+    self.boards = [None] * len(runs)
+
+  def _open_boards(self, purge_step):
+    if not distributed.is_primary():
+      return
+    for k, r in enumerate(self.runs):
+      if r.tensorboard_dir:
+        from proxnag_jax import tboard  # pylint: disable=g-import-not-at-top
+        self.boards[k] = tboard.EventWriter(r.tensorboard_dir, purge_step)
 
   def start(self):
+    self._open_boards(None)
     for k, r in enumerate(self.runs):
       for p in (r.trace_path, r.metrics_path):
         if p and os.path.exists(p) and distributed.is_primary():
@@ -167,6 +178,16 @@ class _Records:
       _truncate(r.trace_path, a)
       if r.metrics_path:
         _truncate(r.metrics_path, b)
+    self._open_boards(int(meta["step"]) + 1)
+
+  def params(self, k: int, step: int, params, prunable):
+    if self.boards[k] is not None:
+      self.boards[k].params(step, params, prunable)
+
+  def close(self):
+    for b in self.boards:
+      if b is not None:
+        b.close()
 
   def events(self, k: int, events: dict, step: int, select=None):
     """Trace records of the events whose ``emit`` flag is set."""
@@ -190,6 +211,8 @@ class _Records:
     if self.runs[k].trace_path:
       hostio.append_jsonl(self.runs[k].trace_path, rec)
       self.lines[k] += 1
+    if self.boards[k] is not None:
+      self.boards[k].record(rec)
 
   def metrics(self, k: int, rec: dict):
     if self.runs[k].metrics_path:
@@ -348,6 +371,8 @@ def run_loop(program: Program, arrays: dict, runs: Sequence[RunInit], *,
                                 sc.eval_batch_size)
   done_fn = jax.jit((jax.vmap if vmapped else (lambda f: f))(
       lambda s: method.done(s, ctx)))
+  seen_fn = jax.jit((jax.vmap if vmapped else (lambda f: f))(
+      lambda s: method.forward(method.eval_params(s), s.method_state)))
   batches = _Batches([r.seed for r in runs], int(arrays["train_y"].shape[0]),
                      program.batch_size, spe)
   records = _Records(runs, method.labels)
@@ -404,6 +429,7 @@ def run_loop(program: Program, arrays: dict, runs: Sequence[RunInit], *,
     if bad.any():      # stops with the checkpoints intact
       j, k = np.argwhere(bad)[0]
       progress.close()
+      records.close()
       last = ckpt.latest_step()
       ckpt.close()
       hostio.check_finite(float(loss[j, k]), f"at step {t + j + 1}" + (
@@ -418,6 +444,11 @@ def run_loop(program: Program, arrays: dict, runs: Sequence[RunInit], *,
                           if active.any() else {}))
     if t % eval_every == 0 or done or t >= max_steps:
       last_evals = evaluate_all(state)
+      if any(b is not None for b in records.boards):
+        seen = jax.device_get(seen_fn(state))
+        for k in range(n_runs):
+          records.params(k, t, jax.tree.map(lambda x, k=k: x[k], seen)
+                         if vmapped else seen, ctx.prunable)
       for k in range(n_runs):
         if window[k]:
           rec = _epoch_record(t, spe, window[k], last_evals[k],
@@ -436,6 +467,7 @@ def run_loop(program: Program, arrays: dict, runs: Sequence[RunInit], *,
   if ckpt.latest_step() != t:
     save(t)
   ckpt.close()
+  records.close()
   compiles = chunk_fn._cache_size()  # pylint: disable=protected-access
   if t < max_steps and not done:        # stopped as if killed
     return LoopResult([], [], t, t, wall(), time.time() - t_run,

@@ -189,7 +189,15 @@ def layer_table(params: PyTree, macs: Optional[dict] = None,
 
 
 def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  """matplotlib.pyplot (Agg), or None without matplotlib (the ``plots``
+  extra): the PNG plots are then skipped, once with a warning."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    import warnings  # pylint: disable=g-import-not-at-top
+    warnings.warn("matplotlib is not installed, so no PNG plots are written: "
+                  "pip install 'proxnag_jax[plots]'.", stacklevel=3)
+    return None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
@@ -198,6 +206,8 @@ def _plt():
 def plot_trace(trace: list[dict], path: str, title: str = "") -> None:
   """Sparsity and training loss against steps, rounds marked (paper Fig. 6)."""
   plt = _plt()
+  if plt is None:
+    return None
   rows = [r for r in trace if r.get("kind") in ("monitor", "epoch")]
   if not rows:
     return
@@ -239,6 +249,8 @@ def plot_filter_norms(trace: list[dict], path: str) -> bool:
   if not names:
     return False
   plt = _plt()
+  if plt is None:
+    return False
   fig, ax = plt.subplots(figsize=(9, 4.5))
   cmap = plt.get_cmap("viridis")
   for i, k in enumerate(names):
@@ -263,6 +275,8 @@ def plot_weight_histograms(before: PyTree, after: PyTree, path: str,
                            prunable=None) -> None:
   """log10|w| of prunable weights before and after pruning (paper Fig. 7)."""
   plt = _plt()
+  if plt is None:
+    return None
 
   def mags(tree):
     which = masks_lib.prunable_tree(tree, prunable)
@@ -293,6 +307,8 @@ def plot_layer_sparsity(params: PyTree, path: str, masks=None,
                         prunable=None) -> None:
   """Bars of per-layer sparsity for the prunable leaves."""
   plt = _plt()
+  if plt is None:
+    return None
   rep = masks_lib.sparsity_report(params, masks, prunable)
   layers = [l for l in rep["layers"] if l["prunable"]]
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from proxnag_jax import hostio
+from proxnag_jax import report
 
 
 CSV_FIELDS = ("method", "target_sparsity", "seed", "sparsity",
@@ -248,9 +249,9 @@ def plot_accuracy(rows, path, title="", chosen=None) -> None:
   """Test accuracy vs pruning rate, one line per sweep entry (mean and
   sample std over seeds); ``chosen`` (:func:`chosen_on_val`) adds a bold
   line per group through the entries chosen on validation."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = report._plt()  # pylint: disable=protected-access
+  if plt is None:
+    return
   fig, ax = plt.subplots(figsize=(7, 4.5))
   entries = list(dict.fromkeys(r["method"] for r in rows))  # sweep order
   colors = plt.get_cmap("tab20" if len(entries) > 10 else "tab10").colors

@@ -100,3 +100,35 @@ def test_several_runs_need_vmapped(tmp_path):
   with pytest.raises(ValueError, match="several runs need vmapped=True"):
     loop.run_loop(program, tiny.DATA, runs,
                   schedule=loop.Schedule(chunk_steps=8), log=tiny.QUIET)
+
+
+def test_tensorboard_events_beside_the_trace_and_once_per_step_on_resume(
+    tmp_path):
+  """With a TensorBoard dir the loop writes every trace record's numbers as
+  scalars and per-layer sparsity at each evaluation; a run killed and
+  resumed has each epoch's scalar once, equal to the trace's."""
+  pytest.importorskip("tensorboardX")
+  from proxnag_jax import tboard  # pylint: disable=g-import-not-at-top
+  method = tiny.methods.get_method("gmp", every=2)
+  wd = str(tmp_path)
+  for stop in (12, None):        # killed after 12 steps, then resumed
+    ctx, inits = tiny.tiny_inits(method, (0,), (0.75,))
+    run = loop.RunInit(inits[0][2], 0, os.path.join(wd, "t.jsonl"),
+                       inits[0][3], tensorboard_dir=os.path.join(wd, "tb"))
+    program = loop.Program(tiny.MODEL, method, ctx, (0.5,), (0.25,), False,
+                           tiny.BATCH, tiny.engine.make_mesh())
+    loop.run_loop(program, tiny.DATA, [run], ckpt_dir=os.path.join(
+        wd, "ckpt"), resuming=stop is None, schedule=loop.Schedule(
+            chunk_steps=4, eval_batch_size=64, log_every_s=1e9,
+            stop_after_steps=stop), log=tiny.QUIET)
+  sc = tboard.read_scalars(os.path.join(wd, "tb"))
+  epochs = [r for r in _trace(run.trace_path) if r["kind"] == "epoch"]
+  steps = [r["step"] for r in epochs]
+  got = sorted(sc["epoch/test_accuracy"])
+  assert [s for s, _ in got] == steps
+  np.testing.assert_allclose([v for _, v in got],
+                             [r["test_accuracy"] for r in epochs], rtol=1e-6)
+  assert [s for s, _ in sorted(sc["sparsity/conv/kernel"])] == steps
+  assert sorted(sc["sparsity/fc/kernel"])[-1][1] > 0.5     # pruned by then
+  # The method's events: GMP's pruning steps, every 2 steps to its end.
+  assert [s for s, _ in sorted(sc["prune/sparsity"])][:3] == [2, 4, 6]
