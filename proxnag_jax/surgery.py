@@ -717,6 +717,21 @@ def shrink(model, variables: dict, keep: dict):
   return small, jax.tree.map(jnp.asarray, out)
 
 
+def take_channels(variables: dict, groups, keep: dict) -> dict:
+  """``variables`` with only the channels ``keep[name]`` of each group
+  (groups left out keep all): every producer and consumer slot sliced."""
+  out = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  for g in groups:
+    k = keep.get(g.name)
+    if k is None:
+      continue
+    idx = np.flatnonzero(np.asarray(k, bool).reshape(-1))
+    for s in g.producers + g.consumers:
+      out = _set(out, (s.collection,) + s.path,
+                 np.asarray(_take(_get(out, s), s, idx, g.size)))
+  return jax.tree.map(jnp.asarray, out)
+
+
 def architecture(model) -> dict:
   """The constructor fields surgery sets (``widths``, ``block_widths``,
   ``cfg``, ``head``) with their values: ``get_model(name, **arch)`` builds
