@@ -341,21 +341,59 @@ def done(tx: PruningTransformation, params: PyTree, opt_state) -> jax.Array:
 
 
 def export(tx: PruningTransformation, model, params: PyTree, opt_state,
-           batch_stats: Optional[PyTree] = None):
-  """``(model, variables)`` of the final network: for a structured method
-  the smaller network (channels removed), else the same model with the
-  pruned params."""
+           batch_stats: Optional[PyTree] = None, *, example_input=None,
+           apply_fn: Optional[Callable] = None):
+  """The final network. A structured method on a model the library's
+  surgery knows: ``(smaller model, variables)``; on any other model (pass
+  ``example_input``, and ``apply_fn(variables, x)`` where ``model.apply(v,
+  x)`` is not how it runs): ``(small_apply, variables)``, a pure function
+  that runs the model's own computation at the smaller shapes
+  (:func:`proxnag_jax.trace_groups.shrink_traced`). An unstructured method:
+  the same model with the pruned params."""
+  from proxnag_jax import surgery  # pylint: disable=g-import-not-at-top
   run = run_state(params, opt_state).replace(batch_stats=batch_stats or {})
-  return tx.method.export_network(run, model)
+  if not tx.method.structured or surgery.supports(model):
+    return tx.method.export_network(run, model)
+  from proxnag_jax import trace_groups  # pylint: disable=g-import-not-at-top
+  if example_input is None:
+    raise ValueError(f"{type(model).__name__} is not a model the surgery "
+                     "knows: pass example_input (and apply_fn) to export the "
+                     "smaller network as a function.")
+  fn = apply_fn or _default_apply(model)
+  variables = {"params": final_params(tx, params, opt_state)}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  groups = trace_groups.traced_groups(fn, variables, example_input).groups
+  keep = surgery.kept_by_masks(transforms.get_masks(run.opt_state), groups)
+  return trace_groups.shrink_traced(fn, variables, example_input, keep)
 
 
-def structure(model, variables: dict, input_shape) -> dict:
-  """``{'groups', 'costs'}`` of a model the library's surgery knows, for
-  :func:`pruning` with a structured method (``input_shape``: one example's
-  shape, e.g. ``(28, 28, 1)``)."""
+def _default_apply(model) -> Callable:
+  """``model.apply(v, x)``, with ``train=False`` where the model takes it."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  takes_train = "train" in inspect.signature(model.__call__).parameters
+  if takes_train:
+    return lambda v, x: model.apply(v, x, train=False)
+  return lambda v, x: model.apply(v, x)
+
+
+def structure(model, variables: dict, input_shape,
+              apply_fn: Optional[Callable] = None) -> dict:
+  """``{'groups', 'costs'}`` for :func:`pruning` with a structured method
+  (``input_shape``: one example's shape, e.g. ``(28, 28, 1)``). The groups
+  of a model family the surgery knows are its hand-written ones; of any
+  other model, the ones found by tracing ``apply_fn(variables, x)``
+  (default ``model.apply``; :func:`proxnag_jax.trace_groups.traced_groups`,
+  whose refusals leave a group not prunable)."""
   from proxnag_jax import report  # pylint: disable=g-import-not-at-top
   from proxnag_jax import surgery  # pylint: disable=g-import-not-at-top
-  groups = surgery.channel_groups(model, variables)
+  if surgery.supports(model):
+    groups = surgery.channel_groups(model, variables)
+  else:
+    from proxnag_jax import trace_groups  # pylint: disable=g-import-not-at-top
+    x = jax.numpy.zeros((2,) + tuple(input_shape))
+    groups = trace_groups.traced_groups(apply_fn or _default_apply(model),
+                                        variables, x).groups
   layers = report.count_macs(model, variables,
                              (1,) + tuple(input_shape))["layers"]
   return {"groups": groups,

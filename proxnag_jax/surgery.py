@@ -29,8 +29,11 @@ registered model families:
   fixed positions, so removing a stream channel would need a model that
   scatters channels; option B's 1x1 convs free the stages (``resnetN_b``).
 
-The classifier's outputs are never a group. A user's own model family is
-added with :func:`register` (its group builder and its rebuild function).
+The classifier's outputs are never a group. Any other model's groups are
+found by tracing its computation (:mod:`proxnag_jax.trace_groups`, which
+also shrinks and exports it without a rebuilt module); the hand-written
+families stay as its checks. A model family can also be added by hand with
+:func:`register` (its group builder and its rebuild function).
 """
 
 from __future__ import annotations
@@ -296,8 +299,9 @@ def _family(model):
       return fns
   raise ValueError(
       f"network surgery does not know {type(model).__name__}; known: "
-      f"{', '.join(t.__name__ for t in _FAMILIES)} (add one with "
-      "proxnag_jax.surgery.register).")
+      f"{', '.join(t.__name__ for t in _FAMILIES)}. Find any model's groups "
+      "by tracing it (proxnag_jax.trace_groups.traced_groups, or "
+      "pj.structure), or add a family with proxnag_jax.surgery.register.")
 
 
 def supports(model) -> bool:

@@ -253,8 +253,11 @@ def test_a_structured_method_on_a_traced_model():
   y = jnp.arange(16) % 10
   fn = lambda w, z: m.apply(w, z)
   rep = tg.traced_groups(fn, v, x[:2])
+  # pj.structure traces a model surgery does not know: the same groups.
+  st = pj.structure(m, v, (8, 8, 3))
+  assert st["groups"] == rep.groups and st["costs"]["macs"]
   tx = pj.pruning("l1_filter", target_sparsity=0.5, total_steps=6,
-                  learning_rate=0.01, groups=rep.groups)
+                  learning_rate=0.01, **st)
   params, opt_state = pj.start(tx, v["params"])
 
   @jax.jit
@@ -278,6 +281,12 @@ def test_a_structured_method_on_a_traced_model():
   small_apply, small = tg.shrink_traced(fn, variables, x[:2], keep)
   np.testing.assert_allclose(small_apply(small, x), fn(variables, x),
                              rtol=1e-4, atol=1e-4)
+  # pj.export does the same for a model surgery does not know.
+  f2, v2 = pj.export(tx, m, params, opt_state, v["batch_stats"],
+                     example_input=x[:2])
+  np.testing.assert_allclose(f2(v2, x), fn(variables, x), rtol=1e-4,
+                             atol=1e-4)
+  assert surgery.count_params(v2) < surgery.count_params(v)
 
 
 def optax_xent(logits, labels):
