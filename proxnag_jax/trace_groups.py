@@ -696,6 +696,42 @@ def load_portable(path: str):
   return exported.call, variables
 
 
+def shrink_nnx(model, keep: dict, example_input):
+  """Removes channels from an NNX model **in place**: the kernels, biases,
+  norms and statistics of the traced groups (:func:`traced_groups`) lose
+  the channels ``keep[name] == False``, and each ``nnx.Conv``,
+  ``nnx.Linear``, ``nnx.BatchNorm`` / ``LayerNorm`` gets its feature counts
+  (``in_features``, ``out_features``, ``num_features``, a depthwise conv's
+  ``feature_group_count``) from its new shapes. Returns the model, whose
+  outputs equal the masked model's up to float rounding."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(model)
+  variables = {"params": nnx.to_pure_dict(state)}
+  report = traced_groups(nnx_apply(graphdef), variables, example_input)
+  names = {g.name for g in report.groups if g.prunable}
+  bad = sorted(set(keep) - names)
+  if bad:
+    raise ValueError(f"shrink_nnx: no prunable channel group {bad}; "
+                     f"prunable groups: {', '.join(sorted(names))}.")
+  small = surgery.take_channels(variables, report.groups, keep)
+  nnx.replace_by_pure_dict(state, small["params"])
+  nnx.update(model, state)
+  for _, m in nnx.iter_modules(model):
+    if isinstance(m, nnx.Conv):
+      k = m.kernel.get_value()
+      depthwise = m.feature_group_count == m.in_features > 1
+      m.out_features = k.shape[-1]
+      m.in_features = m.out_features if depthwise else k.shape[-2]
+      if depthwise:
+        m.feature_group_count = m.in_features
+    elif isinstance(m, nnx.Linear):
+      m.in_features, m.out_features = m.kernel.get_value().shape
+    elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm)):
+      if getattr(m, "scale", None) is not None:
+        m.num_features = m.scale.get_value().shape[0]
+  return model
+
+
 def nnx_apply(graphdef) -> Callable:
   """``(variables, x) -> model(x)`` of an NNX model split as ``graphdef,
   state = nnx.split(model)``, for :func:`traced_groups` and

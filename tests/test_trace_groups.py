@@ -236,6 +236,15 @@ def test_nnx_model_groups_shrink_and_portable_export(tmp_path):
                                                     ("bn1", "var")}
   assert g["conv2"].consumers[0].repeat == 64
   small_apply, small = _shrink_is_exact(fn, v, x, rep.groups)
+  # The NNX model itself, shrunk in place: smaller kernels and feature
+  # counts, the masked model's outputs.
+  keep = {"conv1": np.arange(8) % 2 == 0, "conv2": np.arange(16) < 5}
+  want = fn(surgery.zero_channels(v, rep.groups, keep), x)
+  model = nnx.merge(graphdef, nnx.State(v["params"]))
+  tg.shrink_nnx(model, keep, x[:2])
+  assert model.conv1.out_features == 4 == model.bn1.num_features
+  assert model.conv2.in_features == 4 and model.fc.in_features == 5 * 64
+  np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-5)
   # Exported with a symbolic batch, reloaded without the model's code.
   path = str(tmp_path / "net")
   tg.export_portable(path, small_apply, small, x)
