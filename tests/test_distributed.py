@@ -52,20 +52,15 @@ def _epochs(workdir):
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, mnist_dir):
-  """The reference: 1 process, 2 CPU devices (the same 2-device mesh)."""
-  wd = str(tmp_path_factory.mktemp("one") / "run")
-  return wd, _run_processes(1, wd, mnist_dir)[0]
-
-
-@pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, mnist_dir):
   wd = str(tmp_path_factory.mktemp("two") / "run")
   return wd, _run_processes(2, wd, mnist_dir)
 
 
-def test_two_processes_match_one(one_process, two_processes):
-  wd1, r1 = one_process
+def test_two_processes_run_as_one(two_processes):
+  """A 2-process run writes one run's files and trains; the processes agree.
+  (Against 1 process the numbers are compared one step deep, below: a whole
+  run's trajectory differs across process counts by float order alone.)"""
   wd2, r2 = two_processes
   # Only process 0 writes the run's files.
   assert [r["process_index"] for r in r2] == [0, 1]
@@ -73,14 +68,12 @@ def test_two_processes_match_one(one_process, two_processes):
     s2 = json.load(f)
   assert len(os.listdir(os.path.join(wd2, "final"))) > 0
   assert s2["process_count"] == 2 and s2["device_count"] == 2
-  # Both processes evaluate the same model, and both runs train (the loss
-  # of the last epoch below the first's): what holds on any CPU. The
-  # numbers of the two runs are compared one step deep, below.
-  e1, e2 = _epochs(wd1), _epochs(wd2)
-  assert len(e1) == len(e2) == 2
-  for e in (e1, e2):
-    assert np.isfinite(e[-1]["train_loss"])
-    assert e[-1]["train_loss"] < e[0]["train_loss"]
+  # Both processes evaluate the same model, and the run trains (the loss
+  # of the last epoch below the first's): what holds on any CPU.
+  e2 = _epochs(wd2)
+  assert len(e2) == 2
+  assert np.isfinite(e2[-1]["train_loss"])
+  assert e2[-1]["train_loss"] < e2[0]["train_loss"]
   assert r2[0]["test_accuracy"] == r2[1]["test_accuracy"]
 
 
