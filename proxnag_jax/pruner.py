@@ -133,8 +133,9 @@ class PruningTransformation(optax.GradientTransformationExtraArgs):
   init_run: Callable    # params -> the method's initial RunState
 
 
-def pruning(method: Union[str, base.Method],
-            optimizer: Optional[optax.GradientTransformation] = None, *,
+def pruning(*method_and_optimizer,
+            method: Union[str, base.Method, None] = None,
+            optimizer: Optional[optax.GradientTransformation] = None,
             target_sparsity: float,
             total_steps: int,
             learning_rate: float = 0.01,
@@ -150,6 +151,10 @@ def pruning(method: Union[str, base.Method],
             normalized: Any = None,
             **settings) -> PruningTransformation:
   """A pruning method as an Optax transformation (see the module docstring).
+
+  The method and the optimizer may be given in either order, positionally
+  or by keyword: ``pruning("gmp", optax.adamw(1e-3), ...)`` or
+  ``pruning(optax.adamw(1e-3), method="gmp", ...)``.
 
   Args:
     method: a registry name (``'proxnag'``, ``'magnitude'``, ``'gmp'``,
@@ -187,6 +192,21 @@ def pruning(method: Union[str, base.Method],
     **settings: the method's own settings (its factory's arguments, e.g.
       ``l1_step=1e-3`` for the paper schedule, ``every=50`` for GMP).
   """
+  for a in method_and_optimizer:       # pruning("gmp", adamw) or (adamw,
+    if isinstance(a, optax.GradientTransformation):  # method="gmp")
+      if optimizer is not None:
+        raise ValueError("pruning: two optimizers given.")
+      optimizer = a
+    elif isinstance(a, (str, base.Method)):
+      if method is not None:
+        raise ValueError("pruning: two methods given.")
+      method = a
+    else:
+      raise ValueError(f"pruning: {a!r} is neither a method (a name or a "
+                       "Method) nor an Optax optimizer.")
+  if method is None:
+    raise ValueError("pruning: which method? e.g. pruning('proxnag', ...), "
+                     f"one of {', '.join(methods_lib.METHOD_NAMES)}.")
   if isinstance(method, str):
     method = methods_lib.get_method(method, **settings)
   elif settings:

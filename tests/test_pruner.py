@@ -179,6 +179,15 @@ def test_refuses_what_cannot_work():
     pj.pruning("magnitude", target_sparsity=0.5, total_steps=10, l1=1.0)
   with pytest.raises(ValueError, match="target_sparsity"):
     pj.pruning("magnitude", target_sparsity=1.5, total_steps=10)
+  with pytest.raises(ValueError, match="which method"):
+    pj.pruning(optax.sgd(0.1), target_sparsity=0.5, total_steps=10)
+  # The optimizer first and the method by keyword is the same call.
+  a = pj.pruning(optax.sgd(0.1), method="gmp", target_sparsity=0.5,
+                 total_steps=10)
+  b = pj.pruning("gmp", optax.sgd(0.1), target_sparsity=0.5, total_steps=10)
+  assert jax.tree.structure(a.init(params)) == jax.tree.structure(
+      b.init(params))
+  assert a.method.name == b.method.name == "gmp"
 
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(
