@@ -690,35 +690,37 @@ def shrink(model, variables: dict, keep: dict):
     (:func:`zero_channels`). Runs on the host (new shapes).
   """
   groups = channel_groups(model, variables)
+  kept = checked_keep(groups, keep, "shrink")
+  sizes = {g.name: int(kept[g.name].sum()) if g.name in kept else g.size
+           for g in groups}
+  small = _family(model)[1](model, sizes)
+  return small, take_channels(variables, groups, kept)
+
+
+def checked_keep(groups, keep: dict, who: str, reasons=None) -> dict:
+  """``keep`` as bool arrays, checked against ``groups``: a known group,
+  its size, at least one channel kept, and only prunable groups cut
+  (``reasons``: why a group is not prunable)."""
   names = {g.name: g for g in groups}
   unknown = sorted(set(keep) - set(names))
   if unknown:
-    raise ValueError(f"shrink: no channel group {unknown}; groups: "
+    raise ValueError(f"{who}: no channel group {unknown}; groups: "
                      f"{', '.join(names)}.")
-  out = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
-  sizes = {}
-  for g in groups:
-    k = keep.get(g.name)
-    if k is None:
-      sizes[g.name] = g.size
-      continue
+  out = {}
+  for name, k in keep.items():
+    g = names[name]
     k = np.asarray(k, bool).reshape(-1)
     if k.shape[0] != g.size:
-      raise ValueError(f"shrink: keep[{g.name!r}] has {k.shape[0]} entries, "
+      raise ValueError(f"{who}: keep[{name!r}] has {k.shape[0]} entries, "
                        f"the group has {g.size} channels.")
     if not k.any():
-      raise ValueError(f"shrink: keep[{g.name!r}] removes every channel; "
+      raise ValueError(f"{who}: keep[{name!r}] removes every channel; "
                        "keep at least one.")
     if not g.prunable and not k.all():
-      raise ValueError(f"shrink: group {g.name!r} cannot be pruned (see "
-                       "proxnag_jax.surgery's docstring).")
-    idx = np.flatnonzero(k)
-    sizes[g.name] = int(idx.size)
-    for s in g.producers + g.consumers:
-      out = _set(out, (s.collection,) + s.path,
-                 np.asarray(_take(_get(out, s), s, idx, g.size)))
-  small = _family(model)[1](model, sizes)
-  return small, jax.tree.map(jnp.asarray, out)
+      why = (reasons or {}).get(name, "see proxnag_jax.surgery's docstring")
+      raise ValueError(f"{who}: group {name!r} cannot be pruned ({why}).")
+    out[name] = k
+  return out
 
 
 def take_channels(variables: dict, groups, keep: dict) -> dict:

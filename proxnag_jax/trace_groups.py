@@ -605,25 +605,8 @@ def shrink_traced(apply_fn: Callable, variables: dict, example_input,
   JAX function: jit it, or export it (:func:`export_portable`).
   """
   _, tr, roots, report = _trace(apply_fn, variables, example_input)
-  names = {g.name: g for g in report.groups}
-  unknown = sorted(set(keep) - set(names))
-  if unknown:
-    raise ValueError(f"shrink_traced: no channel group {unknown}; groups: "
-                     f"{', '.join(names)}.")
-  kept = {}
-  for name, k in keep.items():
-    g = names[name]
-    k = np.asarray(k, bool).reshape(-1)
-    if k.shape[0] != g.size:
-      raise ValueError(f"shrink_traced: keep[{name!r}] has {k.shape[0]} "
-                       f"entries, the group has {g.size} channels.")
-    if not k.any():
-      raise ValueError(f"shrink_traced: keep[{name!r}] removes every "
-                       "channel; keep at least one.")
-    if not g.prunable and not k.all():
-      raise ValueError(f"shrink_traced: group {name!r} cannot be pruned: "
-                       f"{report.reasons.get(name)}.")
-    kept[name] = k
+  kept = surgery.checked_keep(report.groups, keep, "shrink_traced",
+                              report.reasons)
   small = surgery.take_channels(variables, report.groups, kept)
   sizes = {roots[n]: int(k.sum()) for n, k in kept.items()}
   leaf_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
@@ -708,11 +691,8 @@ def shrink_nnx(model, keep: dict, example_input):
   graphdef, state = nnx.split(model)
   variables = {"params": nnx.to_pure_dict(state)}
   report = traced_groups(nnx_apply(graphdef), variables, example_input)
-  names = {g.name for g in report.groups if g.prunable}
-  bad = sorted(set(keep) - names)
-  if bad:
-    raise ValueError(f"shrink_nnx: no prunable channel group {bad}; "
-                     f"prunable groups: {', '.join(sorted(names))}.")
+  keep = surgery.checked_keep(report.groups, keep, "shrink_nnx",
+                              report.reasons)
   small = surgery.take_channels(variables, report.groups, keep)
   nnx.replace_by_pure_dict(state, small["params"])
   nnx.update(model, state)
