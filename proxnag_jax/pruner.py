@@ -242,21 +242,19 @@ def pruning(*method_and_optimizer,
     return {k: (jnp.int32(v) if k == "n_zero" else jnp.float32(v))
             for k, v in values.items()}
 
-  checked = []
-
   def init_run(params) -> base.RunState:
     ctx, hp = context(params), hparams(params)
-    if not checked:
-      if optimizer is not None and not takes_optimizer(method, ctx, hp,
-                                                       params):
-        raise ValueError(
-            f"{method.name} trains with an optimizer of its own; pass "
-            "learning_rate / momentum / weight_decay (and its settings) "
-            "instead of an optimizer, or chain gradient transforms before "
-            "it: optax.chain(optax.clip_by_global_norm(1.0), pruning(...)).")
-      if method.check is not None:
-        method.check(params, jax.device_get(hp), ctx)
-      checked.append(True)
+    if optimizer is not None and not takes_optimizer(method, ctx, hp,
+                                                     params):
+      raise ValueError(
+          f"{method.name} trains with an optimizer of its own; pass "
+          "learning_rate / momentum / weight_decay (and its settings) "
+          "instead of an optimizer, or chain gradient transforms before "
+          "it: optax.chain(optax.clip_by_global_norm(1.0), pruning(...)).")
+    concrete = not any(isinstance(x, jax.core.Tracer)
+                       for x in jax.tree.leaves(params))
+    if method.check is not None and concrete:   # host checks on values
+      method.check(params, jax.device_get(hp), ctx)
     if method.name in ("snip",) and grad_fn is None:
       raise ValueError("snip scores weights by the loss gradient at the "
                        "start: pass grad_fn=lambda params: grads on a batch.")

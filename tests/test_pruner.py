@@ -143,6 +143,9 @@ def test_composes_with_optax():
   tx = optax.MultiSteps(optax.chain(optax.clip_by_global_norm(1.0), inner),
                         every_k_schedule=2)
   opt_state = tx.init(params)
+  # init under jit (the method's host checks are skipped on tracers).
+  assert jax.tree.structure(jax.jit(tx.init)(params)) == jax.tree.structure(
+      opt_state)
 
   @jax.jit
   def step(params, opt_state, idx):
