@@ -125,13 +125,12 @@ def _sub_jaxprs(eqn):
 class _Tracer:
   """One pass over a jaxpr: axis refs per variable, roles of leaf axes."""
 
-  def __init__(self, n_leaves: int):
+  def __init__(self):
     self.uf = _UF()
     self.env: dict = {}
     self.source: dict = {}        # var -> leaf index it is an alias of
     self.leaf_axes: dict = {}     # (leaf, axis) -> node
     self.roles: list[_Role] = []
-    self.n_leaves = n_leaves
 
   # -- variables -------------------------------------------------------
 
@@ -453,7 +452,7 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
   closed = jax.make_jaxpr(apply_fn)(variables, example_input)
   jaxpr = closed.jaxpr
   n = len(flat)
-  tr = _Tracer(n)
+  tr = _Tracer()
   in_refs = []
   for k, v in enumerate(jaxpr.invars):
     refs = tr.fresh(v.aval)
@@ -464,7 +463,6 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
     else:
       tr.mark_all(refs, "the channels come from the network's input")
     in_refs.append(refs)
-  tr.in_refs = in_refs
   outs = tr.run(jaxpr, in_refs)
   for r in outs:
     tr.mark_all(r, _OUTPUT)
