@@ -48,8 +48,12 @@ LENET300_STEP = {"edge_popup": 1.0, "sbp": 3.0}
 # at 1.0, next 53.40% at 0.3; SBP 54.40% at 1.0, next 52.00% at 3.0).
 CONV2_STEP = {"edge_popup": 1.0, "sbp": 1.0}
 CONV2_STEPS = (0.1, 0.3, 1.0, 3.0)
+# The l_p-box solver's two settings searched on validation (``lpbox_search``,
+# ``conv2_lpbox_search``): the score step and the penalty's start.
+LPBOX_STEPS = (0.3, 1.0, 3.0)
+LPBOX_RHOS = (3e-5, 1e-4, 3e-4)
 VARIANTS = ("smoke", "conv2", "conv2_smoke", "step_search",
-            "conv2_step_search") + tuple(f"conv{d}_full" for d in (2, 4, 6, 8))
+            "conv2_step_search", "lpbox_search", "conv2_lpbox_search") + tuple(f"conv{d}_full" for d in (2, 4, 6, 8))
 
 
 def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
@@ -57,6 +61,16 @@ def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
   (ConfigDict keys may not contain dots: 0.3 -> ``lr0p3``)."""
   return {f"{m}_lr" + f"{lr:g}".replace(".", "p"):
           {"method": m, "learning_rate": lr} for m in methods for lr in steps}
+
+
+def lpbox_variants(steps, rhos) -> dict:
+  """``{'sbp_lpbox_lr<step>_rho<rho>': {...}}`` over steps x penalties
+  (``1e-4`` -> ``1em4``)."""
+  def rho_tag(x):
+    return f"{x:.0e}".replace("e-0", "em").replace("e-", "em")
+  return {"sbp_lpbox_lr" + f"{lr:g}".replace(".", "p") + f"_rho{rho_tag(r)}":
+          {"method": "sbp", "solver": "lpbox", "learning_rate": lr, "rho": r}
+          for lr in steps for r in rhos}
 
 
 def step_selection(variants, methods=("edge_popup", "sbp")) -> dict:
@@ -92,6 +106,12 @@ def get_config(arg: str = ""):
       for m, lr in CONV2_STEP.items():
         b[m].learning_rate = lr
       c.variants["sbp_lpbox"]["learning_rate"] = CONV2_STEP["sbp"]
+    if arg == "conv2_lpbox_search":
+      v = lpbox_variants(LPBOX_STEPS, LPBOX_RHOS)
+      c.variants, c.methods = v, tuple(v)
+      c.select_on_val = {"sbp_lpbox": tuple(v)}
+      c.sparsities = (0.5,)
+      c.seeds = (0,)
     if arg == "conv2_step_search":
       v = step_variants(CONV2_STEPS)
       c.variants, c.methods = v, tuple(v)     # in step order
@@ -124,6 +144,11 @@ def get_config(arg: str = ""):
       c.variants, c.methods = v, tuple(v)     # in step order
       # One step per method for all sparsities (LENET300_STEP).
       c.select_on_val, c.select_scope = step_selection(v), "all"
+      c.seeds = (0,)
+    if arg == "lpbox_search":
+      v = lpbox_variants(LPBOX_STEPS, LPBOX_RHOS)
+      c.variants, c.methods = v, tuple(v)
+      c.select_on_val, c.select_scope = {"sbp_lpbox": tuple(v)}, "all"
       c.seeds = (0,)
     if arg == "smoke":
       b.dense = proxnag_lenet5_mnist.get_config("smoke").dense

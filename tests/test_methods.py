@@ -886,8 +886,9 @@ def test_score_methods_gradient_masks_and_frozen_weights(name):
 
 def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
     tmp_path):
-  """l_p-box SBP on the tiny task: the network trains on the continuous
-  mask and learns (accuracy far above chance, 1/4); what is evaluated and
+  """l_p-box SBP on the tiny task: the network trains at the exactly-k
+  binary mask and learns (accuracy far above chance, 1/4); x stays in the
+  box; the forward pass is W0 * mask in value; what is evaluated and
   exported is the exact top-k of x; every epoch traces how binary x is
   (mean distance to {0, 1}, share within 0.01) and the penalty, which
   grows. (That the solver drives a relaxed mask to the optimal binary one
@@ -912,12 +913,27 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
                      jax.tree.leaves(mask), jax.tree.leaves(ctx.prunable)):
     if w:
       np.testing.assert_array_equal(np.asarray(e), np.asarray(m, np.float32))
+  x = np.asarray(state.params["fc"]["kernel"])
+  assert x.min() >= 0.0 and x.max() <= 1.0
+  ms = state.method_state
+  for f, w0, m, w in zip(jax.tree.leaves(method.forward(state.params, ms)),
+                         jax.tree.leaves(ms["w0"]), jax.tree.leaves(mask),
+                         jax.tree.leaves(ctx.prunable)):
+    if w:
+      np.testing.assert_allclose(np.asarray(f), np.asarray(w0) * np.asarray(
+          m, np.float32), rtol=1e-6, atol=1e-7)
+  on_x = methods.get_method("sbp", solver="lpbox", loss_at="relaxed")
+  f = on_x.forward(state.params, ms)["fc"]["kernel"]
+  np.testing.assert_allclose(np.asarray(f), np.asarray(ms["w0"]["fc"][
+      "kernel"]) * x, rtol=1e-6)
   relaxed = methods.get_method("sbp")
   assert "projected gradient" in relaxed.description
   assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
-                                  "rho_max"}
+                                  "rho_max", "clip_box", "loss_at"}
   with pytest.raises(ValueError, match="solver must be"):
     methods.get_method("sbp", solver="exact")
+  with pytest.raises(ValueError, match="loss_at must be"):
+    methods.get_method("sbp", solver="lpbox", loss_at="x")
 
 
 def test_score_stats_counts_the_box_bounds():
