@@ -48,10 +48,16 @@ LENET300_STEP = {"edge_popup": 1.0, "sbp": 3.0}
 # at 1.0, next 53.40% at 0.3; SBP 54.40% at 1.0, next 52.00% at 3.0).
 CONV2_STEP = {"edge_popup": 1.0, "sbp": 1.0}
 CONV2_STEPS = (0.1, 0.3, 1.0, 3.0)
-# The l_p-box solver's two settings searched on validation (``lpbox_search``,
-# ``conv2_lpbox_search``): the score step and the penalty's start.
-LPBOX_STEPS = (0.3, 1.0, 3.0)
-LPBOX_RHOS = (3e-5, 1e-4, 3e-4)
+# The l_p-box solver's settings searched on validation (``lpbox_search``,
+# ``conv2_lpbox_search``): the score step and where the penalty ends (it
+# grows geometrically from ``LPBOX_RHO`` to ``rho_end`` over the run; too
+# small an end leaves the mask fractional, too early a large penalty fixes
+# the mask before its ranking is learned: docs/results.md).
+LPBOX_RHO = 1e-5
+LPBOX_STEPS = (1.0, 3.0)
+LPBOX_ENDS = (0.01, 0.03, 0.1, 0.3)
+# The shortened Conv-2 run has ~700 steps: y/z updates every 10 of them.
+CONV2_ADMM_EVERY = 10
 VARIANTS = ("smoke", "conv2", "conv2_smoke", "step_search",
             "conv2_step_search", "lpbox_search", "conv2_lpbox_search") + tuple(f"conv{d}_full" for d in (2, 4, 6, 8))
 
@@ -63,14 +69,15 @@ def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
           {"method": m, "learning_rate": lr} for m in methods for lr in steps}
 
 
-def lpbox_variants(steps, rhos) -> dict:
-  """``{'sbp_lpbox_lr<step>_rho<rho>': {...}}`` over steps x penalties
-  (``1e-4`` -> ``1em4``)."""
-  def rho_tag(x):
-    return f"{x:.0e}".replace("e-0", "em").replace("e-", "em")
-  return {"sbp_lpbox_lr" + f"{lr:g}".replace(".", "p") + f"_rho{rho_tag(r)}":
-          {"method": "sbp", "solver": "lpbox", "learning_rate": lr, "rho": r}
-          for lr in steps for r in rhos}
+def lpbox_variants(steps, ends) -> dict:
+  """``{'sbp_lpbox_lr<step>_end<rho_end>': {...}}`` over steps x penalty
+  ends (``0.03`` -> ``0p03``)."""
+  def tag(x):
+    return f"{x:g}".replace(".", "p")
+  return {f"sbp_lpbox_lr{tag(lr)}_end{tag(e)}":
+          {"method": "sbp", "solver": "lpbox", "learning_rate": lr,
+           "rho": LPBOX_RHO, "rho_end": e}
+          for lr in steps for e in ends}
 
 
 def step_selection(variants, methods=("edge_popup", "sbp")) -> dict:
@@ -107,7 +114,9 @@ def get_config(arg: str = ""):
         b[m].learning_rate = lr
       c.variants["sbp_lpbox"]["learning_rate"] = CONV2_STEP["sbp"]
     if arg == "conv2_lpbox_search":
-      v = lpbox_variants(LPBOX_STEPS, LPBOX_RHOS)
+      v = lpbox_variants((CONV2_STEP["sbp"],), LPBOX_ENDS)
+      for x in v.values():
+        x["admm_every"] = CONV2_ADMM_EVERY
       c.variants, c.methods = v, tuple(v)
       c.select_on_val = {"sbp_lpbox": tuple(v)}
       c.sparsities = (0.5,)
@@ -146,7 +155,7 @@ def get_config(arg: str = ""):
       c.select_on_val, c.select_scope = step_selection(v), "all"
       c.seeds = (0,)
     if arg == "lpbox_search":
-      v = lpbox_variants(LPBOX_STEPS, LPBOX_RHOS)
+      v = lpbox_variants(LPBOX_STEPS, LPBOX_ENDS)
       c.variants, c.methods = v, tuple(v)
       c.select_on_val, c.select_scope = {"sbp_lpbox": tuple(v)}, "all"
       c.seeds = (0,)

@@ -68,12 +68,31 @@ class Slot(NamedTuple):
     repeat: a consumer Dense layer after a flatten of ``(H, W, C)`` reads
       ``repeat = H*W`` copies of the channels along ``axis`` (index
       ``s * C + c``); 1 otherwise.
+    offset, span: a leaf that holds several groups side by side along
+      ``axis`` (a layer reading a concatenation, a BatchNorm after one) has
+      one slot per group: channel ``c`` of the group is entry ``s * span +
+      offset + c`` (``span``: the length of one repeated block, 0 for the
+      group's own size, i.e. the slot covers the whole axis).
   """
 
   collection: str
   path: tuple
   axis: int
   repeat: int = 1
+  offset: int = 0
+  span: int = 0
+
+
+def slot_index(slot: Slot, size: int) -> np.ndarray:
+  """The entries along ``slot.axis`` that hold a group's ``size`` channels,
+  block by block (``repeat * size`` indices)."""
+  span = slot.span or size
+  return (np.arange(slot.repeat)[:, None] * span + slot.offset
+          + np.arange(size)[None, :]).reshape(-1)
+
+
+def _whole(slot: Slot, size: int) -> bool:
+  return slot.offset == 0 and slot.span in (0, size)
 
 
 class ChannelGroup(NamedTuple):
@@ -117,9 +136,25 @@ def _get(variables: dict, slot: Slot):
   return node
 
 
-def slot_leaf(params: PyTree, slot: Slot):
-  """The params leaf of a ``'params'`` slot."""
-  return _get({"params": params}, slot)
+def slot_leaf(params: PyTree, slot: Slot, size: Optional[int] = None):
+  """The params leaf of a ``'params'`` slot (with the group's ``size``:
+  only the slot's entries along its axis, where the leaf holds several
+  groups)."""
+  w = _get({"params": params}, slot)
+  if size is None or _whole(slot, size):
+    return w
+  return jnp.take(w, jnp.asarray(slot_index(slot, size)), axis=slot.axis)
+
+
+def _per_channel(w, slot: Slot, size: int, reduce=jnp.sum):
+  """``reduce`` of a leaf over everything but the slot's channels: one value
+  per channel of the group (its repeated blocks reduced together)."""
+  r = reduce(w, _other_axes(w, slot.axis))
+  if _whole(slot, size) and slot.repeat == 1:
+    return r
+  r = jnp.take(r, jnp.asarray(slot_index(slot, size))).reshape(
+      slot.repeat, size)
+  return reduce(r, 0)
 
 
 def _has(variables: dict, collection: str, path: tuple) -> bool:
@@ -337,13 +372,19 @@ def _other_axes(w, axis: int) -> tuple:
   return tuple(a for a in range(w.ndim) if a != axis % w.ndim)
 
 
-def _expand(keep: jax.Array, slot: Slot, ndim: int) -> jax.Array:
-  """``keep`` (one bool per channel) shaped to broadcast along ``slot``'s
-  axis of an ``ndim``-d leaf (repeated for a flattened consumer)."""
+def _expand(keep: jax.Array, slot: Slot, shape: tuple) -> jax.Array:
+  """``keep`` (one value per channel: a bool, a scale) shaped to broadcast
+  along ``slot``'s axis of a leaf of ``shape`` (repeated for a flattened
+  consumer; 1 / True on the entries of other groups the leaf holds)."""
+  n = keep.shape[0]
   k = jnp.tile(keep, slot.repeat) if slot.repeat > 1 else keep
-  shape = [1] * ndim
-  shape[slot.axis] = k.shape[0]
-  return k.reshape(shape)
+  length = shape[slot.axis]
+  if k.shape[0] != length or not _whole(slot, n):
+    k = jnp.ones((length,), keep.dtype).at[jnp.asarray(
+        slot_index(slot, n))].set(k)
+  out = [1] * len(shape)
+  out[slot.axis] = length
+  return k.reshape(out)
 
 
 def channel_masks(params: PyTree, groups, keep: dict) -> PyTree:
@@ -362,7 +403,7 @@ def channel_masks(params: PyTree, groups, keep: dict) -> PyTree:
       leaf = _get(masks, s)
       masks = _set(masks, ("params",) + s.path,
                    leaf & _expand(jnp.asarray(keep[g.name], bool), s,
-                                  leaf.ndim))
+                                  leaf.shape))
   return masks["params"]
 
 
@@ -385,9 +426,8 @@ def channel_norms(params: PyTree, group: ChannelGroup, ord: int = 1
   total = 0.0
   for s in group.kernels():
     w = _get({"params": params}, s)
-    axes = _other_axes(w, s.axis)
-    total = total + (jnp.sum(jnp.abs(w), axes) if ord == 1
-                     else jnp.sum(w * w, axes))
+    total = total + _per_channel(jnp.abs(w) if ord == 1 else w * w, s,
+                                 group.size)
   return total if ord == 1 else jnp.sqrt(total)
 
 
@@ -396,9 +436,7 @@ def channel_sums(tree: PyTree, group: ChannelGroup, slots=None) -> jax.Array:
   the group's producer kernels (or ``slots``)."""
   total = 0.0
   for s in (slots if slots is not None else group.kernels()):
-    w = _get({"params": tree}, s)
-    axes = _other_axes(w, s.axis)
-    total = total + jnp.sum(w, axes)
+    total = total + _per_channel(_get({"params": tree}, s), s, group.size)
   return total
 
 
@@ -450,8 +488,7 @@ def group_soft_threshold(params: PyTree, groups, tau, *,
     sq = 0.0
     for s in norm_slots:
       w = _get(out, s)
-      axes = _other_axes(w, s.axis)
-      sq = sq + jnp.sum(w * w, axes)
+      sq = sq + _per_channel(w * w, s, g.size)
     norm = jnp.sqrt(sq)
     if relative:
       t = tau * jnp.sqrt(jnp.mean(sq))
@@ -464,7 +501,7 @@ def group_soft_threshold(params: PyTree, groups, tau, *,
       for s in free:
         w = _get(out, s)
         out = _set(out, ("params",) + s.path,
-                   (w * _expand(scale > 0, s, w.ndim)).astype(w.dtype))
+                   (w * _expand(scale > 0, s, w.shape)).astype(w.dtype))
     else:
       t = tau * (math.sqrt(channel_param_count(params, g)) if weighted
                  else 1.0)
@@ -473,7 +510,7 @@ def group_soft_threshold(params: PyTree, groups, tau, *,
     for s in norm_slots:
       w = _get(out, s)
       out = _set(out, ("params",) + s.path,
-                 (w * _expand(scale, s, w.ndim)).astype(w.dtype))
+                 (w * _expand(scale, s, w.shape)).astype(w.dtype))
   return out["params"]
 
 
@@ -483,9 +520,8 @@ def alive_channels(params: PyTree, group: ChannelGroup) -> jax.Array:
   for s in group.producers:
     if s.collection != "params":
       continue
-    w = _get({"params": params}, s)
-    axes = _other_axes(w, s.axis)
-    alive = alive | jnp.any(w != 0, axes)
+    alive = alive | _per_channel(_get({"params": params}, s) != 0, s,
+                                 group.size, jnp.any)
   return alive
 
 
@@ -576,35 +612,52 @@ def num_channels(groups) -> int:
 
 
 class CostTerm(NamedTuple):
-  """One leaf's share of the shrunk network's cost: ``cost * f(in_group) *
-  f(out_group)``, ``f`` the kept fraction of a prunable group (1 for
-  ``None``: channels no group removes)."""
+  """One share of the shrunk network's cost: ``cost * prod f(group)`` over
+  ``groups``, ``f`` the kept fraction of a prunable group (1 for ``None``:
+  channels no group removes). A kernel's groups are the ones its input and
+  output axes hold (several for a kernel with several channel axes, e.g.
+  attention heads and head features)."""
 
   cost: float
-  in_group: Optional[str]
-  out_group: Optional[str]
+  groups: tuple
 
 
-def _slot_groups(groups) -> tuple[dict, dict]:
-  """``(in_of, out_of)``: params path -> the prunable group it reads
-  (consumer) / writes (producer)."""
-  in_of, out_of = {}, {}
+def _slot_groups(groups, shapes: dict) -> dict:
+  """params path -> ``{axis: [(group, share), ...]}``: the prunable groups
+  along each of the leaf's axes and the share of the axis each holds (1
+  unless the leaf holds several groups side by side); ``shapes``: params
+  path -> leaf shape."""
+  out: dict = {}
   for g in prunable_groups(groups):
-    for sl in g.producers:
+    for sl in g.producers + g.consumers:
       if sl.collection == "params":
-        out_of[sl.path] = g.name
-    for sl in g.consumers:
-      if sl.collection == "params":
-        in_of[sl.path] = g.name
-  return in_of, out_of
+        shape = shapes[sl.path]
+        axis = sl.axis % len(shape)
+        out.setdefault(sl.path, {}).setdefault(axis, []).append(
+            (g.name, g.size * sl.repeat / shape[axis]))
+  return out
+
+
+def _terms(cost: float, axes: dict) -> list:
+  """``cost`` split over the combinations of a leaf's groups, one per
+  axis; the share of an axis no prunable group holds goes with ``None``."""
+  terms = [CostTerm(cost, ())]
+  for parts in axes.values():
+    rest = 1.0 - sum(f for _, f in parts)
+    if rest > 1e-9:
+      parts = parts + [(None, rest)]
+    terms = [CostTerm(t.cost * f, t.groups + (g,)) for t in terms
+             for g, f in parts]
+  return terms
 
 
 def cost_terms(variables: dict, groups, kind: str,
                layer_macs: Optional[list] = None) -> tuple:
   """The shrunk network's parameter count (``kind='params'``) or MACs per
   example (``'macs'``) as a sum of :class:`CostTerm` (exact: a kernel's
-  size and MACs are bilinear in its kept input and output channels, a bias
-  or BatchNorm entry linear in its channels).
+  size and MACs are multilinear in the kept channels along its axes, a
+  bias or BatchNorm entry linear in its channels; a leaf holding several
+  groups side by side gives one term per group).
 
   Args:
     variables: the dense network's variables.
@@ -613,22 +666,24 @@ def cost_terms(variables: dict, groups, kind: str,
     layer_macs: for ``'macs'``, the ``layers`` list of
       :func:`proxnag_jax.report.count_macs` (``name``, ``macs``).
   """
-  in_of, out_of = _slot_groups(groups)
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  shapes = {tuple(getattr(k, "key", getattr(k, "name", k)) for k in path):
+            np.shape(leaf) for path, leaf in flat}
+  by_axis = _slot_groups(groups, shapes)
   if kind == "params":
-    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
     terms = []
-    for path, leaf in flat:
-      keys = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-      terms.append(CostTerm(float(np.size(leaf)), in_of.get(keys),
-                            out_of.get(keys)))
+    for path, shape in shapes.items():
+      terms += _terms(float(np.prod(shape)), by_axis.get(path, {}))
     return tuple(terms)
   if kind == "macs":
     if layer_macs is None:
       raise ValueError("cost_terms('macs') needs layer_macs (count_macs's "
                        "'layers').")
-    paths = [tuple(l["name"].split("/")) + ("kernel",) for l in layer_macs]
-    return tuple(CostTerm(float(l["macs"]), in_of.get(p), out_of.get(p))
-                 for l, p in zip(layer_macs, paths))
+    terms = []
+    for l in layer_macs:
+      p = tuple(l["name"].split("/")) + ("kernel",)
+      terms += _terms(float(l["macs"]), by_axis.get(p, {}))
+    return tuple(terms)
   raise ValueError(f"kind must be 'params' or 'macs', got {kind!r}.")
 
 
@@ -639,8 +694,13 @@ def shrunk_cost(terms: tuple, groups, keep: dict) -> jax.Array:
   sizes = {g.name: g.size for g in prunable_groups(groups)}
   frac = {n: jnp.sum(k, dtype=jnp.float32) / sizes[n]
           for n, k in keep.items() if n in sizes}
-  return sum((t.cost * frac.get(t.in_group, 1.0) * frac.get(t.out_group, 1.0)
-              for t in terms), jnp.float32(0))
+  total = jnp.float32(0)
+  for t in terms:
+    f = t.cost
+    for g in t.groups:
+      f = f * frac.get(g, 1.0)
+    total = total + f
+  return total
 
 
 def select_for_cost(pick: Callable[[jax.Array], dict], terms: tuple, groups,
@@ -666,12 +726,6 @@ def select_for_cost(pick: Callable[[jax.Array], dict], terms: tuple, groups,
 # ---------------------------------------------------------------------------
 # Surgery.
 # ---------------------------------------------------------------------------
-
-
-def _take(x, slot: Slot, idx: np.ndarray, size: int):
-  if slot.repeat > 1:
-    idx = (np.arange(slot.repeat)[:, None] * size + idx[None, :]).reshape(-1)
-  return jnp.take(jnp.asarray(x), jnp.asarray(idx), axis=slot.axis)
 
 
 def shrink(model, variables: dict, keep: dict):
@@ -725,16 +779,26 @@ def checked_keep(groups, keep: dict, who: str, reasons=None) -> dict:
 
 def take_channels(variables: dict, groups, keep: dict) -> dict:
   """``variables`` with only the channels ``keep[name]`` of each group
-  (groups left out keep all): every producer and consumer slot sliced."""
+  (groups left out keep all): every producer and consumer slot sliced (a
+  leaf holding several groups, e.g. one reading a concatenation, loses each
+  group's removed entries at once)."""
   out = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  kept: dict = {}      # (collection, path, axis) -> bool per entry
   for g in groups:
     k = keep.get(g.name)
     if k is None:
       continue
-    idx = np.flatnonzero(np.asarray(k, bool).reshape(-1))
+    k = np.asarray(k, bool).reshape(-1)
     for s in g.producers + g.consumers:
-      out = _set(out, (s.collection,) + s.path,
-                 np.asarray(_take(_get(out, s), s, idx, g.size)))
+      w = _get(out, s)
+      axis = s.axis % w.ndim
+      entries = kept.setdefault((s.collection, s.path, axis),
+                                np.ones(w.shape[axis], bool))
+      entries[slot_index(s, g.size)] &= np.tile(k, s.repeat)
+  for (collection, path, axis), entries in kept.items():
+    w = _get(out, Slot(collection, path, axis))
+    out = _set(out, (collection,) + path,
+               np.take(w, np.flatnonzero(entries), axis=axis))
   return jax.tree.map(jnp.asarray, out)
 
 

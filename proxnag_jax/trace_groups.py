@@ -70,10 +70,13 @@ class _UF:
 
   def __init__(self):
     self.parent: list[int] = []
+    self.size: list[int] = []
     self.taint: dict[int, str] = {}
+    self.counts: list[dict] = []     # per-class counters summed by union
 
   def new(self) -> int:
     self.parent.append(len(self.parent))
+    self.size.append(1)
     return len(self.parent) - 1
 
   def find(self, a: int) -> int:
@@ -86,6 +89,9 @@ class _UF:
     a, b = self.find(a), self.find(b)
     if a != b:
       self.parent[b] = a
+      self.size[a] += self.size[b]
+      for counts in self.counts:
+        counts[a] = counts.get(a, 0) + counts.pop(b, 0)
 
   def mark(self, a: int, why: str) -> None:
     self.taint.setdefault(a, why)
@@ -93,10 +99,14 @@ class _UF:
 
 class _Ref(NamedTuple):
   """An axis: its channel node and how many copies of those channels it
-  holds (``repeat``, from a flatten of spatial axes into it)."""
+  holds (``repeat``, from a flatten of spatial axes into it). A
+  concatenated axis holds several channel sets side by side: ``parts``,
+  ``((node, size), ...)`` in order (``node`` then only stands for the
+  whole axis)."""
 
   node: int
   repeat: int = 1
+  parts: Optional[tuple] = None
 
 
 class _Role(NamedTuple):
@@ -131,6 +141,11 @@ class _Tracer:
     self.source: dict = {}        # var -> leaf index it is an alias of
     self.leaf_axes: dict = {}     # (leaf, axis) -> node
     self.roles: list[_Role] = []
+    # A leaf axis met by a concatenated one (a BatchNorm after a
+    # concatenation, the kernel reading it): its root -> the parts.
+    self.splits: dict = {}
+    self.leaves_in: dict = {}     # root -> leaf axes in its class
+    self.uf.counts.append(self.leaves_in)
 
   # -- variables -------------------------------------------------------
 
@@ -146,14 +161,52 @@ class _Tracer:
 
   def mark_all(self, refs, why):
     for r in refs or ():
-      self.uf.mark(r.node, why)
+      self.taint(r, why)
 
-  def join(self, a: _Ref, b: _Ref, why: str) -> None:
-    if a.repeat != b.repeat:
-      self.uf.mark(a.node, why)
-      self.uf.mark(b.node, why)
-    else:
+  def parts(self, r: _Ref) -> Optional[tuple]:
+    """The channel sets of a concatenated axis (``None`` for a plain one)."""
+    if r.parts is not None:
+      return r.parts
+    return self.splits.get(self.uf.find(r.node))
+
+  def taint(self, r: _Ref, why: str) -> None:
+    self.uf.mark(r.node, why)
+    for n, _ in self.parts(r) or ():
+      self.uf.mark(n, why)
+
+  def join(self, a: _Ref, b: _Ref, why: str, repeats: bool = True) -> None:
+    """``a`` and ``b`` hold the same channels (``repeats=False``: one reads
+    the other's flattened copies, see ``_dot_general``)."""
+    if repeats and a.repeat != b.repeat:
+      self.taint(a, why)
+      self.taint(b, why)
+      return
+    pa, pb = self.parts(a), self.parts(b)
+    if pa is None and pb is None:
       self.uf.union(a.node, b.node)
+      return
+    if pa is not None and pb is not None:
+      if [n for _, n in pa] != [n for _, n in pb]:
+        why = "concatenations of different channel sets meet"
+        self.taint(a, why)
+        self.taint(b, why)
+        return
+      for (x, _), (y, _) in zip(pa, pb):
+        self.uf.union(x, y)
+      return
+    plain, parts = (a, pb) if pa is None else (b, pa)
+    root = self.uf.find(plain.node)
+    if (self.leaves_in.get(root, 0) == self.uf.size[root]
+        and not any(self.uf.find(n) == root for n in self.uf.taint)):
+      # Leaf axes only (BatchNorm parameters, possibly already combined,
+      # a kernel's input axis), met by a concatenation for the first time:
+      # they hold the same parts.
+      self.splits[root] = parts
+      return
+    why = ("a concatenated axis meets channels that are not a leaf's "
+           "(e.g. a residual addition onto a concatenation)")
+    self.taint(a, why)
+    self.taint(b, why)
 
   # -- the pass ----------------------------------------------------------
 
@@ -177,8 +230,8 @@ class _Tracer:
       for i in axes:
         # A statistic over the channels (LayerNorm, a softmax over
         # features): removing channels changes it.
-        self.uf.mark(ins[0][i].node, "a reduction (e.g. a LayerNorm) runs "
-                     "over the channel axis")
+        self.taint(ins[0][i], "a reduction (e.g. a LayerNorm) runs over "
+                   "the channel axis")
       self.env[outs[0]] = [r for i, r in enumerate(ins[0]) if i not in axes]
     elif name in _CALLS:
       self._call(eqn, ins)
@@ -295,13 +348,13 @@ class _Tracer:
         # (index s * C + c); the other axes' channels are lost.
         last = ins[0][bi[-1]]
         rep = math.prod(a[k] for k in bi[:-1])
-        out[bj[0]] = _Ref(last.node, last.repeat * rep)
+        out[bj[0]] = last._replace(repeat=last.repeat * rep)
         for k in bi[:-1]:
-          self.uf.mark(ins[0][k].node, "a reshape merges the channel axis "
-                       "into another")
+          self.taint(ins[0][k], "a reshape merges the channel axis into "
+                     "another")
       else:
         for k in bi:
-          self.uf.mark(ins[0][k].node, "a reshape splits the channel axis")
+          self.taint(ins[0][k], "a reshape splits the channel axis")
       i, j = bi[-1] + 1 if bi else i + 1, bj[-1] + 1 if bj else j + 1
     self.env[v] = out
     if op in self.source:
@@ -314,8 +367,8 @@ class _Tracer:
       if keep[k]:
         out[k] = r
       else:
-        self.uf.mark(r.node, why)
-        self.uf.mark(out[k].node, why)
+        self.taint(r, why)
+        self.taint(out[k], why)
     self.env[v] = out
 
   def _pad(self, eqn, ins):
@@ -357,9 +410,17 @@ class _Tracer:
     for k in range(len(out)):
       col = [r[k] for r in ins if r is not None]
       if k == dim:
-        for r in col + [out[k]]:
-          self.uf.mark(r.node, "channels are concatenated (the consumer "
-                       "would read several groups at offsets)")
+        # The channel sets side by side, in order (a concatenation of
+        # concatenations flattened); the consumers read each at its offset.
+        if len(col) != len(ins) or any(r.repeat != 1 for r in col):
+          for r in col + [out[k]]:
+            self.taint(r, "a concatenation of constants or of flattened "
+                       "channels")
+          continue
+        parts = []
+        for r, var in zip(col, eqn.invars):
+          parts += list(self.parts(r) or ((r.node, var.aval.shape[dim]),))
+        out[k] = _Ref(out[k].node, 1, tuple(parts))
       else:
         out[k] = col[0]
         for r in col[1:]:
@@ -371,8 +432,8 @@ class _Tracer:
     for v in eqn.outvars:
       out = list(ins[0])
       out[axis] = _Ref(self.uf.new())
-      self.uf.mark(ins[0][axis].node, "the channel axis is split")
-      self.uf.mark(out[axis].node, "the channel axis is split")
+      self.taint(ins[0][axis], "the channel axis is split")
+      self.taint(out[axis], "the channel axis is split")
       self.env[v] = out
 
   def _iota(self, eqn, ins):
@@ -405,13 +466,13 @@ class _Tracer:
       if rhs.aval.shape[ro] == groups:
         self.join(ins[0][lf], ins[1][ro], "a depthwise convolution")
       else:
-        self.uf.mark(ins[0][lf].node, "a depthwise convolution with a "
-                     "channel multiplier")
-        self.uf.mark(ins[1][ro].node, "a depthwise convolution with a "
-                     "channel multiplier")
+        self.taint(ins[0][lf], "a depthwise convolution with a channel "
+                   "multiplier")
+        self.taint(ins[1][ro], "a depthwise convolution with a channel "
+                   "multiplier")
     else:
       for r in (ins[0][lf], ins[1][ri], ins[1][ro]):
-        self.uf.mark(r.node, f"a grouped convolution ({groups} groups)")
+        self.taint(r, f"a grouped convolution ({groups} groups)")
     for k in range(2, len(lhs_spec)):
       self.uf.mark(out[out_spec[k]].node, "spatial")
     self.env[v] = out
@@ -424,10 +485,10 @@ class _Tracer:
       if rhs in self.source and lhs not in self.source and y.repeat == 1:
         # A kernel reading a flattened (H, W, C) axis: its rows are the
         # channels repeated x.repeat times.
-        self.uf.union(x.node, y.node)
+        self.join(x, y, "", repeats=False)
         self._role(rhs, b, "in", x.repeat)
       elif lhs in self.source and rhs not in self.source and x.repeat == 1:
-        self.uf.union(x.node, y.node)
+        self.join(x, y, "", repeats=False)
         self._role(lhs, a, "in", y.repeat)
       else:
         self.join(x, y, "a contraction over repeated channels")
@@ -460,6 +521,7 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
       tr.source[v] = k
       for axis, r in enumerate(refs):
         tr.leaf_axes[(k, axis)] = r.node
+        tr.leaves_in[r.node] = 1
     else:
       tr.mark_all(refs, "the channels come from the network's input")
     in_refs.append(refs)
@@ -470,28 +532,37 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
   roles: dict = {}
   for ro in tr.roles:
     roles.setdefault((ro.leaf, ro.axis), ro)
-  comps: dict = {}
+  shapes = [np.shape(x) for _, x in flat]
+  comps: dict = {}     # root -> [(leaf, axis, offset, span, size)]
   for (leaf, axis), node in tr.leaf_axes.items():
-    comps.setdefault(uf.find(node), []).append((leaf, axis))
+    parts = tr.splits.get(uf.find(node))
+    if parts is None:
+      comps.setdefault(uf.find(node), []).append(
+          (leaf, axis, 0, 0, shapes[leaf][axis]))
+      continue
+    span, offset = sum(size for _, size in parts), 0
+    for node_, size in parts:
+      comps.setdefault(uf.find(node_), []).append(
+          (leaf, axis, offset, span, size))
+      offset += size
   taint: dict = {}
   for node, why in uf.taint.items():
     taint.setdefault(uf.find(node), why)
   paths = [tuple(_key(p) for p in path) for path, _ in flat]
-  shapes = [np.shape(x) for _, x in flat]
   groups, reasons, roots = [], {}, {}
   n_out: dict = {}
   for (leaf, _), r in roles.items():
     if r.kind == "out":
       n_out[leaf] = n_out.get(leaf, 0) + 1
   for root, members in comps.items():
-    outs_ = [m for m in members if roles.get(m, None) is not None
-             and roles[m].kind == "out"]
+    outs_ = [m for m in members if roles.get(m[:2], None) is not None
+             and roles[m[:2]].kind == "out"]
     if not outs_:
       continue
     if taint.get(root) == _OUTPUT:
       continue        # the network's outputs (the classifier) are no group
     producers, consumers = [], []
-    for leaf, axis in sorted(members):
+    for leaf, axis, offset, span, _ in sorted(members):
       if shapes[leaf][axis] == 1:
         continue
       slot_path = paths[leaf]
@@ -499,16 +570,19 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
       kind = role.kind if role is not None else "elem"
       if kind == "in":
         consumers.append(surgery.Slot(slot_path[0], slot_path[1:], axis,
-                                      role.repeat))
+                                      role.repeat, offset, span))
       else:
-        producers.append(surgery.Slot(slot_path[0], slot_path[1:], axis))
+        producers.append(surgery.Slot(slot_path[0], slot_path[1:], axis,
+                                      1, offset, span))
     order = {(r.leaf, r.axis): k for k, r in reversed(list(enumerate(
         tr.roles)))}
-    first = min(outs_, key=lambda m: order.get(m, len(order)))
+    first = min(outs_, key=lambda m: (order.get(m[:2], len(order)), m[2]))
     name = "/".join(str(k) for k in paths[first[0]][1:-1]) or str(first[0])
     if n_out[first[0]] > 1:      # a kernel with several output axes
       name += f"@{first[1]}"
-    size = shapes[first[0]][first[1]]
+    if first[3]:                 # one of several groups along that axis
+      name += f"+{first[2]}"
+    size = first[4]
     prunable = root not in taint
     if not prunable:
       reasons[name] = taint[root]
@@ -623,6 +697,11 @@ def shrink_traced(apply_fn: Callable, variables: dict, example_input,
       if refs is None:
         return shape
       for k, r in enumerate(refs):
+        parts = tr2.parts(r)
+        if parts is not None:
+          shape[k] = r.repeat * sum(sizes2.get(uf.find(n), size)
+                                    for n, size in parts)
+          continue
         s = sizes2.get(uf.find(r.node))
         if s is not None:
           shape[k] = s * r.repeat

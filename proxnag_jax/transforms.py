@@ -1026,13 +1026,15 @@ def lpbox_admm(keep, rho: float = 1e-2, rho_growth: float = 1.05,
       over all covered leaves; or a function of the params giving it.
       Counts may be traced.
     rho, rho_growth, every, rho_max: the penalty, its growth factor per
-      y/z update, the calls between y/z updates, its cap.
+      y/z update, the calls between y/z updates, its cap (``rho``,
+      ``rho_growth`` and ``rho_max`` may be traced).
     mask: which leaves are masks (pytree of bools, callable, or None: all).
 
   >>> tx = optax.chain(lpbox_admm(keep={"w": 30}), optax.sgd(0.1, 0.9))
   """
   _check_nonnegative("lpbox_admm: rho", rho)
-  if not rho_growth >= 1.0 or every < 1:
+  if ((isinstance(rho_growth, numbers.Real) and not rho_growth >= 1.0)
+      or every < 1):
     raise ValueError("lpbox_admm: need rho_growth >= 1 and every >= 1.")
   if (isinstance(rho, numbers.Real) and isinstance(rho_max, numbers.Real)
       and not rho_max >= rho):

@@ -2,7 +2,8 @@
 
 The traced groups must equal the hand-written ones of every registered
 family; on models this project does not define by hand (a bottleneck
-residual block, a MobileNet inverted residual, a concatenation, a
+residual block, a MobileNet inverted residual, Inception and DenseNet
+concatenations, a
 transformer block with attention heads, an NNX CNN) the groups are found or
 refused with a reason, and the shrunk network computes what the masked one
 does; an exported shrunk network reloads without the model's code.
@@ -169,17 +170,117 @@ def test_inverted_residual_depthwise():
   _shrink_is_exact(fn, v, x, rep.groups)
 
 
-def test_concatenation_is_refused_with_a_reason():
+def _costs_are_exact(fn, v, x, groups):
+  """The cost model on traced groups (one term per group for a leaf that
+  holds several): the shrunk network's parameter count, exactly."""
+  rng = np.random.default_rng(1)
+  keep = {g.name: np.r_[True, rng.random(g.size - 1) < 0.5]
+          for g in groups if g.prunable}
+  _, small = tg.shrink_traced(fn, v, x[:2], keep)
+  terms = surgery.cost_terms(v, groups, "params")
+  assert float(surgery.shrunk_cost(terms, groups, keep)) == pytest.approx(
+      surgery.count_params(small), rel=1e-6)
+
+
+def test_concatenation_groups_at_offsets():
+  """Inception-style: each branch is its own group, read by the mixing
+  conv's input axis at its offset."""
   m, x = Inception(), jnp.ones((4, 8, 8, 3))
   v = _random_variables(m, x)
-  rep = tg.traced_groups(lambda w, y: m.apply(w, y), v, x[:2])
+  fn = lambda w, y: m.apply(w, y)
+  rep = tg.traced_groups(fn, v, x[:2])
   g = _by_name(rep.groups)
-  assert not g["branch1"].prunable and not g["branch3"].prunable
-  assert "concatenated" in rep.reasons["branch1"]
-  assert g["mix"].prunable
-  assert {s.path[0] for s in g["mix"].consumers} == {"head"}
+  assert set(g) == {"branch1", "branch3", "mix"} and not rep.reasons
+  assert g["branch1"].consumers == (surgery.Slot("params", ("mix", "kernel"),
+                                                 2, 1, 0, 20),)
+  assert g["branch3"].consumers == (surgery.Slot("params", ("mix", "kernel"),
+                                                 2, 1, 8, 20),)
   assert g["mix"].consumers[0].repeat == 64      # the flatten of 8 x 8
-  _shrink_is_exact(lambda w, y: m.apply(w, y), v, x, rep.groups)
+  _shrink_is_exact(fn, v, x, rep.groups)
+  _costs_are_exact(fn, v, x, rep.groups)
+
+
+class DenseBlock(nn.Module):
+  """DenseNet-style: each layer reads the concatenation of all before it
+  through BatchNorm; the head reads a flatten of the last concatenation."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = lambda n: nn.BatchNorm(use_running_average=not train, name=n)
+    h = nn.Conv(8, (3, 3), use_bias=False, name="stem")(x)
+    for i in range(2):
+      y = nn.Conv(4, (3, 3), use_bias=False, name=f"grow{i}")(
+          nn.relu(bn(f"bn{i}")(h)))
+      h = jnp.concatenate([h, y], -1)
+    h = nn.relu(bn("bnf")(h))
+    return nn.Dense(10, name="head")(h.reshape((h.shape[0], -1)))
+
+
+def test_dense_block_concatenations_through_batchnorm():
+  m, x = DenseBlock(), jnp.ones((4, 6, 6, 3))
+  v = _random_variables(m, x)
+  fn = lambda w, y: m.apply(w, y)
+  rep = tg.traced_groups(fn, v, x[:2])
+  g = _by_name(rep.groups)
+  assert set(g) == {"stem", "grow0", "grow1"} and not rep.reasons
+  # The stem's channels: its own BatchNorm, the first 8 entries of the
+  # later ones, read by every later conv and the head at offset 0.
+  prod = {(s.path, s.offset, s.span) for s in g["stem"].producers
+          if s.path[-1] == "scale"}
+  assert prod == {(("bn0", "scale"), 0, 0), (("bn1", "scale"), 0, 12),
+                  (("bnf", "scale"), 0, 16)}
+  assert {(s.path[0], s.offset, s.span) for s in g["grow0"].consumers} == {
+      ("grow1", 8, 12), ("head", 8, 16)}
+  (head,) = [s for s in g["grow1"].consumers]
+  assert (head.path[0], head.offset, head.span, head.repeat) == (
+      "head", 12, 16, 36)
+  _shrink_is_exact(fn, v, x, rep.groups)
+  _costs_are_exact(fn, v, x, rep.groups)
+  # Channel masks and norms read each group's own entries.
+  keep = {"stem": np.arange(8) < 3, "grow0": np.arange(4) != 1,
+          "grow1": np.ones(4, bool)}
+  masks = surgery.channel_masks(v["params"], rep.groups, keep)
+  np.testing.assert_array_equal(np.asarray(masks["bn1"]["scale"]),
+                                np.r_[np.arange(8) < 3, np.arange(4) != 1])
+  norms = surgery.channel_norms(v["params"], g["grow0"])
+  assert norms.shape == (4,)
+
+
+class AddCat(nn.Module):
+  """A conv added onto a concatenation: its output channels are the
+  branches' (split at the same offsets); two concatenations of different
+  layouts added: refused."""
+  split: tuple = (4, 4)
+
+  @nn.compact
+  def __call__(self, x):
+    a = nn.Conv(4, (1, 1), name="a")(x)
+    b = nn.Conv(4, (1, 1), name="b")(x)
+    c = nn.Conv(8, (1, 1), name="c")(x)
+    h = jnp.concatenate([a, b], -1) + c
+    d = nn.Conv(self.split[0], (1, 1), name="d")(x)
+    e = nn.Conv(self.split[1], (1, 1), name="e")(x)
+    h = nn.relu(h + jnp.concatenate([d, e], -1))
+    return nn.Dense(10, name="head")(jnp.mean(h, axis=(1, 2)))
+
+
+def test_additions_onto_concatenations():
+  x = jnp.ones((2, 4, 4, 3))
+  m = AddCat()
+  v = _random_variables(m, x)
+  fn = lambda w, y: m.apply(w, y)
+  rep = tg.traced_groups(fn, v, x)
+  g = _by_name(rep.groups)
+  assert set(g) == {"a", "b"} and not rep.reasons
+  assert {(s.path, s.offset, s.span) for s in g["b"].kernels()} == {
+      (("b", "kernel"), 0, 0), (("c", "kernel"), 4, 8),
+      (("e", "kernel"), 0, 0)}
+  _shrink_is_exact(fn, v, x, rep.groups)
+  m = AddCat(split=(2, 6))
+  v = m.init(jax.random.PRNGKey(0), x)
+  rep = tg.traced_groups(lambda w, y: m.apply(w, y), v, x)
+  assert not any(gr.prunable for gr in rep.groups)
+  assert "concatenations of different channel sets" in rep.reasons["a"]
 
 
 def test_transformer_block_heads_and_mlp():

@@ -45,6 +45,7 @@ edge-popup's reference.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
                   description: str, solver: str = "relaxed",
                   rho: float = 1e-2, rho_growth: float = 1.05,
                   admm_every: int = 50, rho_max: float = 10.0,
+                  rho_end: Optional[float] = None,
                   clip_box: bool = True, loss_at: str = "binary") -> Method:
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
@@ -111,6 +113,9 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   if relaxed and solver not in ("lpbox", "relaxed"):
     raise ValueError(f"{name}: solver must be 'lpbox' or 'relaxed', got "
                      f"{solver!r}.")
+  if lpbox and rho_end is not None and not rho_end >= rho > 0:
+    raise ValueError(f"{name}: rho_end must be >= rho > 0, got rho={rho:g}, "
+                     f"rho_end={rho_end:g}.")
   if loss_at not in ("binary", "relaxed"):
     raise ValueError(f"{name}: loss_at must be 'binary' (the loss at the "
                      f"exactly-k mask) or 'relaxed' (at W0 * x), got "
@@ -158,8 +163,12 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
     if lpbox:
       # The x-step under SGD at step eta is stable while eta * 2 rho < 2:
       # the cap is at most 0.9 / eta.
+      growth = rho_growth
+      if rho_end is not None:      # from rho to rho_end over the run
+        growth = (hp["rho_end"] / hp["rho"]) ** (
+            admm_every / max(1, ctx.total_steps))
       chain.insert(0, transforms.lpbox_admm(
-          keep_counts(hp, ctx), rho=hp["rho"], rho_growth=rho_growth,
+          keep_counts(hp, ctx), rho=hp["rho"], rho_growth=growth,
           every=admm_every, rho_max=jnp.minimum(rho_max,
                                                 0.9 / hp["score_lr"]),
           mask=ctx.prunable, global_count=scope == "global"))
@@ -236,10 +245,13 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   ignored = {}
   if lpbox:
     hparams["rho"] = float(rho)
+    if rho_end is not None:
+      hparams["rho_end"] = float(rho_end)
+      ignored["rho_growth"] = "set by rho_end"
   elif relaxed:
     ignored = {k: "read only with solver='lpbox'" for k in
-               ("rho", "rho_growth", "admm_every", "rho_max", "clip_box",
-                "loss_at")}
+               ("rho", "rho_growth", "admm_every", "rho_max", "rho_end",
+                "clip_box", "loss_at")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
                 eval_params=eval_params, export=export, start="scratch",
                 hparams=hparams, ignored=ignored, description=description)
@@ -261,7 +273,8 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
         weight_decay: float = 0.0,
         weight_init: str = "signed_constant", solver: str = "relaxed",
         rho: float = 1e-2, rho_growth: float = 1.05, admm_every: int = 50,
-        rho_max: float = 10.0, clip_box: bool = True,
+        rho_max: float = 10.0, rho_end: Optional[float] = None,
+        clip_box: bool = True,
         loss_at: str = "binary") -> Method:
   """Sparse binary programming (seed 002, as read from its abstract); see
   the module docstring.
@@ -293,7 +306,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       "sbp", scope=scope, learning_rate=learning_rate,
       weight_decay=weight_decay, weight_init=weight_init, solver=solver,
       rho=rho, rho_growth=rho_growth, admm_every=admm_every, rho_max=rho_max,
-      clip_box=clip_box, loss_at=loss_at,
+      rho_end=rho_end, clip_box=clip_box, loss_at=loss_at,
       description=f"sparse binary programming: {how}, over frozen "
       f"{weight_init} weights")
 

@@ -91,7 +91,7 @@ def gat(budget: str = "target", grid: int = 100, round_to: int = 1,
     score_tree = jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
     counts, sums, rhos = [], [], []
     for g in gs:
-      leaves = [surgery.slot_leaf(score_tree, s) for s in g.kernels()]
+      leaves = [surgery.slot_leaf(score_tree, s, g.size) for s in g.kernels()]
       t, rho = knee(jnp.concatenate([jnp.ravel(x) for x in leaves]), grid)
       eff = jax.tree.map(lambda x: (x > t).astype(jnp.float32), score_tree)
       counts.append(surgery.channel_sums(eff, g))
