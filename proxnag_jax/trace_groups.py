@@ -19,7 +19,13 @@ over "axes that index the same channels"):
   into one axis makes a consumer that reads ``H*W`` copies of the channels
   (:class:`~proxnag_jax.surgery.Slot`'s ``repeat``);
 * calls (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``) are
-  followed inside.
+  followed inside;
+* **concatenations** along the channel axis: the result holds its inputs'
+  channel sets side by side (a concatenation of concatenations flattened);
+  a leaf axis it meets (the next layers' input axes, a BatchNorm after it,
+  a conv whose output is added onto it) holds the same sets at the same
+  offsets, so each concatenated branch stays its own group and its slots
+  carry ``offset`` / ``span`` (:class:`~proxnag_jax.surgery.Slot`).
 
 Every set of channels that some kernel produces becomes a
 :class:`~proxnag_jax.surgery.ChannelGroup` (producers: the kernels' output
@@ -27,8 +33,9 @@ axes and the biases, scales, shifts and statistics joined to them;
 consumers: the kernels reading them). A group is **not prunable**, with the
 reason in :func:`traced_groups`' report, where a dependency cannot be
 followed: the channels reach the network's output or come from its input;
-an operation pads, slices, concatenates, splits or merges the channel axis
-(e.g. option-A shortcuts, attention heads split out of a feature axis); a
+an operation pads, slices, splits or merges the channel axis (e.g. option-A
+shortcuts, attention heads split out of a feature axis); concatenations of
+different layouts meet, or one meets channels that are not a leaf's; a
 grouped (not depthwise) convolution; or an operation this tracer does not
 know. Nothing is guessed.
 """
