@@ -936,6 +936,24 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
     methods.get_method("sbp", solver="lpbox", loss_at="x")
 
 
+def test_sbp_lpbox_rho_end_sets_the_penalty_schedule():
+  """With ``rho_end`` the penalty grows geometrically from ``rho`` to
+  ``rho_end`` over the run (whatever its length); the growth factor is
+  then not read; a bad end is refused."""
+  settings = dict(solver="lpbox", rho=1e-4, rho_end=1e-2, admm_every=2,
+                  learning_rate=0.1)
+  method, _, res = tiny.run_tiny("sbp", settings=settings)
+  assert method.ignored == {"rho_growth": "set by rho_end"}
+  state = res.states[0]
+  lp = pj.transforms.lpbox_state(state.opt_state)
+  total = int(state.step)
+  updates = -(-total // 2)            # y/z updates at steps 0, 2, 4, ...
+  want = 1e-4 * 100.0 ** (updates * 2 / total)
+  np.testing.assert_allclose(float(lp.rho), want, rtol=1e-4)
+  with pytest.raises(ValueError, match="rho_end must be"):
+    methods.get_method("sbp", solver="lpbox", rho=1e-2, rho_end=1e-3)
+
+
 def test_score_stats_counts_the_box_bounds():
   from proxnag_jax.methods import edge_popup as ep  # pylint: disable=g-import-not-at-top
   r = jnp.array([[0.0, 0.25], [1.0, 0.5], [1.0, 0.75], [0.5, 0.5]])  # fan_in 4
