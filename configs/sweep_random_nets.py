@@ -56,6 +56,11 @@ CONV2_STEPS = (0.1, 0.3, 1.0, 3.0)
 LPBOX_RHO = 1e-5
 LPBOX_STEPS = (1.0, 3.0)
 LPBOX_ENDS = (0.01, 0.03, 0.1, 0.3)
+# Chosen by ``lpbox_search`` (seed 0, the best mean validation accuracy over
+# 50 / 70 / 90% among the settings whose relaxed mask ends binary, >= 99% of
+# it within 0.01 of {0, 1} in every column: step 3, end 0.1, 95.47%; the
+# best overall, step 1 / end 0.01 at 95.63%, ended with 39-80% binary).
+LENET300_LPBOX = {"learning_rate": 3.0, "rho": LPBOX_RHO, "rho_end": 0.1}
 # The shortened Conv-2 run has ~700 steps: y/z updates every 10 of them.
 CONV2_ADMM_EVERY = 10
 VARIANTS = ("smoke", "conv2", "conv2_smoke", "step_search",
@@ -143,7 +148,7 @@ def get_config(arg: str = ""):
     b.dense.model = "lenet300_100"
     for m, lr in LENET300_STEP.items():
       b[m].learning_rate = lr
-    c.variants["sbp_lpbox"]["learning_rate"] = LENET300_STEP["sbp"]
+    c.variants["sbp_lpbox"].update(LENET300_LPBOX)
     b.dense.num_epochs = 5
     b.dense.warmup_epochs = 0.0
     b.budget_epochs = 5.0

@@ -54,7 +54,7 @@ NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
                      "download", "tensorboard",
                      "eval_batch_size", "workdir", "chunk_steps",
                      # A sweep's reporting: what its table shows.
-                     "select_on_val", "select_scope", "paper_table", "paper_sparsities",
+                     "select_on_val", "select_scope", "select_require", "paper_table", "paper_sparsities",
                      "paper_dense", "target_note")
 
 

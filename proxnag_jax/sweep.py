@@ -79,6 +79,11 @@ def validate(config) -> None:
           f"config.methods (missing: {missing or 'none'}) under a name that "
           "is not itself one of them, e.g. {'proxnag': ('proxnag_lam1e-2', "
           "'proxnag_lam2e-2')}.")
+  for field, least in (config.get("select_require", None) or {}).items():
+    if not isinstance(least, (int, float)) or isinstance(least, bool):
+      raise ValueError(f"select_require[{field!r}] = {least!r}: a minimum "
+                       "(a number) for that summary field, e.g. "
+                       "{'near_binary': 0.99}.")
   if config.get("select_scope", "column") not in ("column", "all"):
     raise ValueError(f"select_scope={config.select_scope!r}: 'column' (a "
                      "choice per sparsity) or 'all' (one for every column).")

@@ -10,6 +10,7 @@ Running the cells is :mod:`proxnag_jax.sweep`.
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -74,10 +75,36 @@ def fmt_stat(st, digits=2) -> str:
       f"{mean:.{digits}f} ± {std:.{digits}f}")
 
 
-def _missed(rows, method, s) -> int:
+def _last_traced(row: dict, field: str):
+  """A run's ``field``: its summary's, else the last value its
+  ``trace.jsonl`` recorded (runs finished before the summary had it)."""
+  if row.get(field) is not None:
+    return row[field]
+  value = None
+  try:
+    with open(os.path.join(row.get("workdir", ""), "trace.jsonl")) as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec.get(field) is not None:
+          value = rec[field]
+  except OSError:
+    pass
+  return value
+
+
+def _missed(rows, method, s, require=None) -> int:
+  """Runs of ``method`` at sparsity ``s`` that missed their target, or a
+  requirement ``{field: minimum}`` (``config.select_require``)."""
+  def fails(r):
+    if not r.get("reached_target", True):
+      return True
+    for field, least in (require or {}).items():
+      v = _last_traced(r, field)
+      if v is None or v < least:
+        return True
+    return False
   return sum(1 for r in rows if r["method"] == method and
-             abs(r["target_sparsity"] - s) < 1e-9 and
-             not r.get("reached_target", True))
+             abs(r["target_sparsity"] - s) < 1e-9 and fails(r))
 
 
 def chosen_on_val(config, rows) -> dict:
@@ -90,10 +117,14 @@ def chosen_on_val(config, rows) -> dict:
   columns where every entry of the group has finished (the val accuracy
   given is then that average). An entry with a run that missed its target
   sparsity (``reached_target`` false) is not chosen while another entry
-  reached it: a less sparse network would otherwise win on accuracy. The
-  test set plays no part; the table reports the chosen entry's test
+  reached it: a less sparse network would otherwise win on accuracy; the
+  same for a run below ``config.select_require`` (``{field: minimum}`` of
+  its summary or, failing that, its trace's last value: e.g.
+  ``{'near_binary': 0.99}``, a relaxed mask that ended binary). The test
+  set plays no part; the table reports the chosen entry's test
   accuracy."""
   scope = config.get("select_scope", "column")
+  require = dict(config.get("select_require", None) or {})
   out = {}
   for name, members in (config.get("select_on_val", None) or {}).items():
     val = {(m, s): _stats(rows, m, s, "val_accuracy") for m in members
@@ -102,7 +133,7 @@ def chosen_on_val(config, rows) -> dict:
       cols = [s for s in config.sparsities
               if all(val[m, s] is not None for m in members)]
       ok = [m for m in members
-            if not any(_missed(rows, m, s) for s in cols)] or members
+            if not any(_missed(rows, m, s, require) for s in cols)] or members
       best = None
       for m in ok:
         if cols:
@@ -116,7 +147,7 @@ def chosen_on_val(config, rows) -> dict:
     for s in config.sparsities:
       best = None
       ok = [m for m in members if val[m, s] is not None and
-            not _missed(rows, m, s)] or members
+            not _missed(rows, m, s, require)] or members
       for m in ok:
         st = val[m, s]
         if st is not None and (best is None or st[0] > best[1]):
@@ -198,6 +229,11 @@ def table_md(config, rows, note) -> str:
            == "column" else "one entry of each group for every column, the "
            "one with the highest validation accuracy averaged over the "
            "columns")
+    req = config.get("select_require", None) or {}
+    if req:
+      how += (" (only entries whose runs have "
+              + ", ".join(f"{k} >= {v:g}" for k, v in req.items())
+              + " where any does)")
     lines += ["", f"Chosen on validation: {how}, among the entries "
               "whose runs reached their target sparsity where any did (named "
               "in brackets; the test set plays no part in the choice): "

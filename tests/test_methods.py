@@ -904,6 +904,11 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
              for r in ev)
   assert ev[-1]["rho"] > ev[0]["rho"]
   state = res.states[0]
+  # The summary says how binary the final relaxed mask is (the sweeps'
+  # select_require reads it), as the last event does.
+  summ = method.summary(state)
+  assert summ["near_binary"] == pytest.approx(ev[-1]["near_binary"])
+  assert summ["binary_gap"] == pytest.approx(ev[-1]["binary_gap"])
   mask = state.method_state["mask"]
   n = tiny.n_prunable(state.params)
   kept = sum(int(np.sum(np.asarray(m))) for m, w in zip(
@@ -929,7 +934,7 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
   relaxed = methods.get_method("sbp")
   assert "projected gradient" in relaxed.description
   assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
-                                  "rho_max", "clip_box", "loss_at"}
+                                  "rho_max", "rho_end", "clip_box", "loss_at"}
   with pytest.raises(ValueError, match="solver must be"):
     methods.get_method("sbp", solver="exact")
   with pytest.raises(ValueError, match="loss_at must be"):

@@ -107,6 +107,26 @@ def test_sweep_chooses_on_validation_not_test(tmp_path):
   all_missed = [dict(r, reached_target=False) for r in rows]
   assert sweep_report.chosen_on_val(c, all_missed)["proxnag"][0.5][0] == "proxnag_a"
   assert "90.00 ± 0.00* (proxnag_a)" in sweep_report.table_md(c, all_missed, "note")
+  # A requirement on a summary field (or, for runs finished before the
+  # summary had it, the trace's last value): an entry below it is not
+  # chosen while another meets it.
+  c.select_require = {"near_binary": 0.99}
+  os.makedirs(tmp_path / "traced")
+  with open(tmp_path / "traced" / "trace.jsonl", "w") as f:
+    f.write(json.dumps({"kind": "mask", "near_binary": 0.5}) + "\n")
+    f.write(json.dumps({"kind": "mask", "near_binary": 0.995}) + "\n")
+  req = [dict(r, near_binary=0.999 if r["method"] == "proxnag_b" else 0.4)
+         for r in rows]
+  assert [sweep_report.chosen_on_val(c, req)["proxnag"][s][0]
+          for s in (0.5, 0.9)] == ["proxnag_b", "proxnag_b"]
+  assert "near_binary >= 0.99" in sweep_report.table_md(c, req, "note")
+  traced = [dict(r, workdir=str(tmp_path / "traced")) for r in rows]
+  assert [sweep_report.chosen_on_val(c, traced)["proxnag"][s][0]
+          for s in (0.5, 0.9)] == ["proxnag_a", "proxnag_b"]
+  c.select_require = {"near_binary": "high"}
+  with pytest.raises(ValueError, match="select_require"):
+    sweep.validate(c)
+  c.select_require = {}
   sweep_report.write_outputs(c, str(tmp_path), rows, "note")
   with open(tmp_path / "selection.json") as f:
     sel = json.load(f)

@@ -217,17 +217,16 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
     spe = ctx.steps_per_epoch
     fields = {"flips": flips}
     if relaxed:
-      # How binary the relaxed mask is: the mean distance of its entries to
-      # {0, 1} and the fraction within 0.01 of it.
-      which = jax.tree.leaves(ctx.prunable)
-      flat = jnp.concatenate([jnp.ravel(x) for x, w in zip(
-          jax.tree.leaves(state.params), which) if w]).astype(jnp.float32)
-      d = jnp.minimum(jnp.abs(flat), jnp.abs(1.0 - flat))
-      fields.update(binary_gap=jnp.mean(d),
-                    near_binary=jnp.mean((d < 0.01).astype(jnp.float32)))
+      fields.update(binariness(state.params, ctx.prunable))
       if lpbox:
         fields["rho"] = transforms.lpbox_state(state.opt_state).rho
     return state, {"mask": base.event(base.every(state.step, spe), **fields)}
+
+  def summary(state):
+    """How binary the final relaxed mask is (``binary_gap``,
+    ``near_binary``)."""
+    return {k: float(v) for k, v in binariness(
+        state.params, state.method_state["prunable"]).items()}
 
   def export(state, model):
     """The pruned random network as plain params: ``W0 * mask``."""
@@ -254,6 +253,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
                 "clip_box", "loss_at")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
                 eval_params=eval_params, export=export, start="scratch",
+                summary=summary if relaxed else None,
                 hparams=hparams, ignored=ignored, description=description)
 
 
@@ -311,6 +311,18 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       f"{weight_init} weights")
 
 
+def binariness(relaxed_mask, prunable) -> dict:
+  """How binary a relaxed mask ``x in [0, 1]`` is over its prunable
+  leaves: ``binary_gap``, the mean distance of its entries to {0, 1}, and
+  ``near_binary``, the fraction within 0.01 of it (traceable)."""
+  flat = jnp.concatenate([jnp.ravel(x) for x, w in zip(
+      jax.tree.leaves(relaxed_mask), jax.tree.leaves(prunable))
+                          if bool(w)]).astype(jnp.float32)
+  d = jnp.minimum(jnp.abs(flat), jnp.abs(1.0 - flat))
+  return {"binary_gap": jnp.mean(d),
+          "near_binary": jnp.mean((d < 0.01).astype(jnp.float32))}
+
+
 def score_stats(scores, prunable, mask, relaxed: bool) -> list[dict]:
   """Where learned scores sit, per prunable leaf (host-side, for reports).
 
@@ -345,4 +357,5 @@ def score_stats(scores, prunable, mask, relaxed: bool) -> list[dict]:
   return out
 
 
-__all__ = ["edge_popup", "sbp", "score_stats", "signed_constant"]
+__all__ = ["binariness", "edge_popup", "sbp", "score_stats",
+           "signed_constant"]
