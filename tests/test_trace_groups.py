@@ -354,11 +354,14 @@ def test_nnx_model_groups_shrink_and_portable_export(tmp_path):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_a_structured_method_on_a_traced_model():
+@pytest.mark.parametrize("model_cls", [InvertedResidual, DenseBlock])
+def test_a_structured_method_on_a_traced_model(model_cls, tmp_path):
   """L1-filter pruning through ``pj.pruning`` with traced groups on a model
-  surgery does not know, then the smaller network."""
-  m, x = InvertedResidual(), jax.random.normal(jax.random.PRNGKey(3),
-                                               (16, 8, 8, 3))
+  surgery does not know (a depthwise block; a DenseNet block, whose
+  channels are concatenated), then the smaller network, exported and
+  reloaded without the model's code."""
+  m, x = model_cls(), jax.random.normal(jax.random.PRNGKey(3),
+                                        (16, 8, 8, 3))
   v = m.init(jax.random.PRNGKey(0), x)
   y = jnp.arange(16) % 10
   fn = lambda w, z: m.apply(w, z)
@@ -397,6 +400,10 @@ def test_a_structured_method_on_a_traced_model():
   np.testing.assert_allclose(f2(v2, x), fn(variables, x), rtol=1e-4,
                              atol=1e-4)
   assert surgery.count_params(v2) < surgery.count_params(v)
+  tg.export_portable(str(tmp_path / "net"), f2, v2, x[:2])
+  f3, v3 = tg.load_portable(str(tmp_path / "net"))
+  np.testing.assert_allclose(f3(v3, x[:5]), f2(v2, x[:5]), rtol=1e-5,
+                             atol=1e-5)
 
 
 def optax_xent(logits, labels):
