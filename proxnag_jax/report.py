@@ -96,7 +96,15 @@ def count_macs(model: nn.Module, variables: dict, input_shape,
 def _inference_fn(model: nn.Module, variables: dict, input_shape,
                   batch_size: int):
   """A warmed-up ``() -> seconds`` timing one jitted inference batch."""
-  fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  return timed_call(lambda v, x: model.apply(v, x, train=False), variables,
+                    input_shape, batch_size)
+
+
+def timed_call(apply_fn, variables: dict, input_shape, batch_size: int):
+  """A warmed-up ``() -> seconds`` timing ``apply_fn(variables, x)``
+  (jitted) on one batch of ``(batch_size, *input_shape)``: any network,
+  e.g. one loaded with :func:`proxnag_jax.trace_groups.load_portable`."""
+  fn = jax.jit(apply_fn)
   x = jax.random.normal(jax.random.PRNGKey(0),
                         (batch_size,) + tuple(input_shape), jnp.float32)
   variables = jax.device_put(variables)
@@ -139,6 +147,14 @@ def measure_speedup(dense_model, dense_vars, small_model, small_vars,
     raise ValueError("measure_speedup: repeats must be >= 1.")
   dense = _inference_fn(dense_model, dense_vars, input_shape, batch_size)
   small = _inference_fn(small_model, small_vars, input_shape, batch_size)
+  return paired_speedup(dense, small, batch_size, repeats)
+
+
+def paired_speedup(dense, small, batch_size: int, repeats: int = 20) -> dict:
+  """:func:`measure_speedup`'s timing of two warmed-up ``() -> seconds``
+  callables (:func:`timed_call`)."""
+  if repeats < 1:
+    raise ValueError("paired_speedup: repeats must be >= 1.")
   t_dense, t_small = [], []
   for i in range(repeats):
     if i % 2:

@@ -219,10 +219,16 @@ def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
       [sys.executable, "-m", "train.speed", "--run", wd, "--batch_size", "8",
-       "--repeats", "2"], cwd=root, capture_output=True, text=True,
-      check=True).stdout
+       "--repeats", "2", "--portable"], cwd=root, capture_output=True,
+      text=True, check=True).stdout
   r = json.loads(out[out.index("{"):])
   assert r["measured_speedup"] > 0 and r["speedup_batch_size"] == 8
+  # The portable export: written, loaded back without the model's code,
+  # the same outputs, timed.
+  p = r["portable"]
+  assert all(os.path.exists(f) for f in p["files"]) and p["bytes"] > 0
+  assert p["max_abs_diff_to_flax"] < 1e-4
+  assert p["measured_speedup"] > 0 and p["portable_images_per_s"] > 0
   assert r["architecture"]["widths"] == s["architecture"]["widths"]
   assert r["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
   with open(os.path.join(wd, "speed.json")) as f:

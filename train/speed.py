@@ -12,7 +12,11 @@ this machine in ``--repeats`` interleaved pairs after a warm-up (the median
 of the per-pair ratios: ``report.measure_speedup``) and prints the result as
 JSON.
 ``--widths`` (or ``--block_widths``) times a freshly initialised network of
-the same model with those widths instead of the run's.
+the same model with those widths instead of the run's. ``--portable`` also
+exports the run's network portably (``RUN/portable/net.*``, StableHLO and
+npz: :func:`proxnag_jax.trace_groups.export_portable`), loads it back with
+``jax`` and ``numpy`` only and times it the same way (``portable`` in the
+JSON, with the largest difference of its outputs to the Flax network's).
 
 The result is also written to ``RUN/speed.json`` (not with ``--widths``)
 with ``other_processes_cores``: how many cores other processes kept busy
@@ -52,6 +56,11 @@ _REPEATS = cli.define_once(flags.DEFINE_integer, "repeats", 20,
 _WIDTHS = flags.DEFINE_list("widths", None, "Time these widths instead.")
 _BLOCK = flags.DEFINE_list("block_widths", None,
                            "CIFAR ResNets: time these block widths instead.")
+_PORTABLE = flags.DEFINE_bool(
+    "portable", False, "Also export the run's network portably "
+    "(RUN/portable/net.*: StableHLO + npz, trace_groups.export_portable), "
+    "load it back without the model's code and time it against the dense "
+    "model.")
 
 
 def machine() -> dict:
@@ -84,8 +93,41 @@ def others_load(fn):
   return out, max(0.0, (b1 - b0) - own) / max(w1 - w0, 1e-9)
 
 
+def time_portable(run, model, variables, dense_model, dense_vars, in_shape,
+                  batch_size, repeats) -> dict:
+  """Exports ``model`` portably to ``RUN/portable/net.*``, loads it back
+  (``jax`` and ``numpy`` only) and times it against the dense model, as
+  :func:`time_run` times the Flax network."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from proxnag_jax import trace_groups  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.join(run, "portable"), exist_ok=True)
+  path = os.path.join(run, "portable", "net")
+  x = jax.random.normal(jax.random.PRNGKey(1), (2,) + tuple(in_shape))
+  apply = lambda v, y: model.apply(v, y, train=False)
+  trace_groups.export_portable(path, apply, variables, x)
+  fn, loaded = trace_groups.load_portable(path)
+  gap = float(np.max(np.abs(np.asarray(fn(loaded, x)) -
+                            np.asarray(apply(variables, x)))))
+  timing, others = others_load(lambda: report.paired_speedup(
+      report.timed_call(lambda v, y: dense_model.apply(v, y, train=False),
+                        dense_vars, in_shape, batch_size),
+      report.timed_call(fn, loaded, in_shape, batch_size),
+      batch_size, repeats))
+  return {"files": [path + e for e in (".stablehlo", ".npz", ".tree")],
+          "bytes": sum(os.path.getsize(path + e)
+                       for e in (".stablehlo", ".npz", ".tree")),
+          "max_abs_diff_to_flax": gap,
+          "dense_images_per_s": timing["dense_images_per_s"],
+          "portable_images_per_s": timing["shrunk_images_per_s"],
+          "measured_speedup": timing["measured_speedup"],
+          "other_processes_cores": None if others is None else round(
+              others, 2)}
+
+
 def time_run(run: str, dense: str | None = None, batch_size: int = 256,
-             repeats: int = 20, widths=None, block_widths=None) -> dict:
+             repeats: int = 20, widths=None, block_widths=None,
+             portable: bool = False) -> dict:
   """Times ``run``'s exported network against its dense model (see the
   module docstring); returns the dict written to ``RUN/speed.json``."""
   with open(f"{run}/summary.json") as f:
@@ -118,6 +160,10 @@ def time_run(run: str, dense: str | None = None, batch_size: int = 256,
       report.count_macs(dense_model, dense_vars, (1,) + in_shape)["macs"] /
       report.count_macs(model, variables, (1,) + in_shape)["macs_sparse"])
   out["architecture"] = surgery.architecture(model)
+  if portable:
+    out["portable"] = time_portable(run, model, variables, dense_model,
+                                    dense_vars, in_shape, batch_size,
+                                    repeats)
   if over:
     out["timed_widths_instead"] = {k: list(v) for k, v in over.items()}
   return out
@@ -183,8 +229,11 @@ def main(argv):
   if not os.path.exists(f"{_RUN.value}/summary.json"):
     raise app.UsageError(f"{_RUN.value}/summary.json does not exist: --run "
                          "must be a finished pruning run.")
+  if _PORTABLE.value and (_WIDTHS.value or _BLOCK.value):
+    raise app.UsageError("--portable exports the run's own network: drop "
+                         "--widths/--block_widths.")
   out = time_run(_RUN.value, _DENSE.value, _BATCH.value, _REPEATS.value,
-                 _WIDTHS.value, _BLOCK.value)
+                 _WIDTHS.value, _BLOCK.value, _PORTABLE.value)
   if not (_WIDTHS.value or _BLOCK.value):  # not the run's network otherwise
     hostio.write_json(os.path.join(_RUN.value, "speed.json"), out)
   print(json.dumps(out, indent=1))
