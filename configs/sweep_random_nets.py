@@ -29,6 +29,11 @@ scratch, for the same number of epochs as the dense reference
   (``sbp_lr0p3``): ``python -m train.sweep --config
   configs/sweep_random_nets.py:step_search --workdir runs/random_step_search
   --config.data_dir=../shared/data``.
+* ``lpbox_search`` / ``conv2_lpbox_search``: SBP solved by l_p-box ADMM
+  (``sbp_lpbox``), its step and where its penalty ends (``rho_end``) on
+  LeNet-300-100 at 50 / 70 / 90% / Conv-2 at 50%, seed 0, chosen on the
+  validation split among the settings whose relaxed mask ends binary
+  (``select_require``): ``LENET300_LPBOX``, ``CONV2_LPBOX``.
 * ``conv2_full`` (and ``conv4_full`` ... ``conv8_full``): the reference
   schedule, 100 epochs, batch 128, on all 50,000 images (GPU).
 """
