@@ -140,12 +140,18 @@ def _by_name(groups):
   return {g.name: g for g in groups}
 
 
-def test_bottleneck_block():
-  m, x = Bottleneck(), jnp.ones((4, 8, 8, 3))
-  v = _random_variables(m, x)
-  fn = lambda w, y: m.apply(w, y)
+def _traced(model, shape):
+  """``(fn, variables, x, report, groups by name)`` of ``model`` on a batch
+  of 4 inputs of ``shape``, with random nonzero variables."""
+  x = jnp.ones((4,) + shape)
+  v = _random_variables(model, x)
+  fn = lambda w, y: model.apply(w, y)
   rep = tg.traced_groups(fn, v, x[:2])
-  g = _by_name(rep.groups)
+  return fn, v, x, rep, _by_name(rep.groups)
+
+
+def test_bottleneck_block():
+  fn, v, x, rep, g = _traced(Bottleneck(), (8, 8, 3))
   assert set(g) == {"stem", "a", "b", "c"} and not rep.reasons
   # The residual stream: the expansion and the projection write it.
   kernels = {s.path[0] for s in g["c"].kernels()}
@@ -156,11 +162,7 @@ def test_bottleneck_block():
 
 
 def test_inverted_residual_depthwise():
-  m, x = InvertedResidual(), jnp.ones((4, 8, 8, 3))
-  v = _random_variables(m, x)
-  fn = lambda w, y: m.apply(w, y)
-  rep = tg.traced_groups(fn, v, x[:2])
-  g = _by_name(rep.groups)
+  fn, v, x, rep, g = _traced(InvertedResidual(), (8, 8, 3))
   # The depthwise conv's channels are the expansion's: one group, read by
   # the projection; the stream joins the stem and the projection.
   assert set(g) == {"stem", "expand"}
@@ -185,11 +187,7 @@ def _costs_are_exact(fn, v, x, groups):
 def test_concatenation_groups_at_offsets():
   """Inception-style: each branch is its own group, read by the mixing
   conv's input axis at its offset."""
-  m, x = Inception(), jnp.ones((4, 8, 8, 3))
-  v = _random_variables(m, x)
-  fn = lambda w, y: m.apply(w, y)
-  rep = tg.traced_groups(fn, v, x[:2])
-  g = _by_name(rep.groups)
+  fn, v, x, rep, g = _traced(Inception(), (8, 8, 3))
   assert set(g) == {"branch1", "branch3", "mix"} and not rep.reasons
   assert g["branch1"].consumers == (surgery.Slot("params", ("mix", "kernel"),
                                                  2, 1, 0, 20),)
@@ -217,11 +215,7 @@ class DenseBlock(nn.Module):
 
 
 def test_dense_block_concatenations_through_batchnorm():
-  m, x = DenseBlock(), jnp.ones((4, 6, 6, 3))
-  v = _random_variables(m, x)
-  fn = lambda w, y: m.apply(w, y)
-  rep = tg.traced_groups(fn, v, x[:2])
-  g = _by_name(rep.groups)
+  fn, v, x, rep, g = _traced(DenseBlock(), (6, 6, 3))
   assert set(g) == {"stem", "grow0", "grow1"} and not rep.reasons
   # The stem's channels: its own BatchNorm, the first 8 entries of the
   # later ones, read by every later conv and the head at offset 0.
@@ -284,11 +278,7 @@ def test_additions_onto_concatenations():
 
 
 def test_transformer_block_heads_and_mlp():
-  m, x = ViTBlock(), jnp.ones((4, 8, 16))
-  v = _random_variables(m, x)
-  fn = lambda w, y: m.apply(w, y)
-  rep = tg.traced_groups(fn, v, x[:2])
-  g = _by_name(rep.groups)
+  fn, v, x, rep, g = _traced(ViTBlock(), (8, 16))
   assert g["mlp1"].prunable
   assert {s.path[0] for s in g["mlp1"].consumers} == {"mlp2"}
   # Whole heads: the query, key and value kernels' head axis, read by the
