@@ -77,13 +77,14 @@ class _UF:
 
   def __init__(self):
     self.parent: list[int] = []
-    self.size: list[int] = []
+    self.size: list[int] = []        # nodes per class (at its root)
+    self.leaves: list[int] = []      # leaf axes per class (at its root)
     self.taint: dict[int, str] = {}
-    self.counts: list[dict] = []     # per-class counters summed by union
 
-  def new(self) -> int:
+  def new(self, leaf: bool = False) -> int:
     self.parent.append(len(self.parent))
     self.size.append(1)
+    self.leaves.append(int(leaf))
     return len(self.parent) - 1
 
   def find(self, a: int) -> int:
@@ -97,8 +98,7 @@ class _UF:
     if a != b:
       self.parent[b] = a
       self.size[a] += self.size[b]
-      for counts in self.counts:
-        counts[a] = counts.get(a, 0) + counts.pop(b, 0)
+      self.leaves[a] += self.leaves[b]
 
   def mark(self, a: int, why: str) -> None:
     self.taint.setdefault(a, why)
@@ -151,13 +151,11 @@ class _Tracer:
     # A leaf axis met by a concatenated one (a BatchNorm after a
     # concatenation, the kernel reading it): its root -> the parts.
     self.splits: dict = {}
-    self.leaves_in: dict = {}     # root -> leaf axes in its class
-    self.uf.counts.append(self.leaves_in)
 
   # -- variables -------------------------------------------------------
 
-  def fresh(self, aval) -> list:
-    return [_Ref(self.uf.new()) for _ in range(len(aval.shape))]
+  def fresh(self, aval, leaf: bool = False) -> list:
+    return [_Ref(self.uf.new(leaf)) for _ in range(len(aval.shape))]
 
   def refs(self, v) -> Optional[list]:
     if isinstance(v, jcore.Literal):
@@ -203,7 +201,7 @@ class _Tracer:
       return
     plain, parts = (a, pb) if pa is None else (b, pa)
     root = self.uf.find(plain.node)
-    if (self.leaves_in.get(root, 0) == self.uf.size[root]
+    if (self.uf.leaves[root] == self.uf.size[root]
         and not any(self.uf.find(n) == root for n in self.uf.taint)):
       # Leaf axes only (BatchNorm parameters, possibly already combined,
       # a kernel's input axis), met by a concatenation for the first time:
@@ -523,12 +521,11 @@ def _trace(apply_fn: Callable, variables: dict, example_input):
   tr = _Tracer()
   in_refs = []
   for k, v in enumerate(jaxpr.invars):
-    refs = tr.fresh(v.aval)
+    refs = tr.fresh(v.aval, leaf=k < n)
     if k < n:
       tr.source[v] = k
       for axis, r in enumerate(refs):
         tr.leaf_axes[(k, axis)] = r.node
-        tr.leaves_in[r.node] = 1
     else:
       tr.mark_all(refs, "the channels come from the network's input")
     in_refs.append(refs)

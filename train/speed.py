@@ -103,6 +103,7 @@ def time_portable(run, model, variables, dense_model, dense_vars, in_shape,
   from proxnag_jax import trace_groups  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(run, "portable"), exist_ok=True)
   path = os.path.join(run, "portable", "net")
+  files = [path + e for e in (".stablehlo", ".npz", ".tree")]
   x = jax.random.normal(jax.random.PRNGKey(1), (2,) + tuple(in_shape))
   apply = lambda v, y: model.apply(v, y, train=False)
   trace_groups.export_portable(path, apply, variables, x)
@@ -114,9 +115,7 @@ def time_portable(run, model, variables, dense_model, dense_vars, in_shape,
                         dense_vars, in_shape, batch_size),
       report.timed_call(fn, loaded, in_shape, batch_size),
       batch_size, repeats))
-  return {"files": [path + e for e in (".stablehlo", ".npz", ".tree")],
-          "bytes": sum(os.path.getsize(path + e)
-                       for e in (".stablehlo", ".npz", ".tree")),
+  return {"files": files, "bytes": sum(os.path.getsize(f) for f in files),
           "max_abs_diff_to_flax": gap,
           "dense_images_per_s": timing["dense_images_per_s"],
           "portable_images_per_s": timing["shrunk_images_per_s"],

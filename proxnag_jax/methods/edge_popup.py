@@ -26,9 +26,8 @@ edge-popup's reference.
   optimizer pulls ``x`` onto the box-and-count set (exactly ``k`` ones in
   expectation) and onto the sphere ``||x - 1/2||^2 = n/4`` (which meets the
   box only at binary points), with a growing penalty, so ``x`` itself ends
-  binary and ``H_k(x) = x``: the mask stops flipping because the relaxation
-  has become the binary program's solution, not because the step has
-  decayed. ``loss_at='relaxed'`` trains the network on ``W0 * x`` itself, as
+  binary and ``H_k(x) = x``: the exactly-k mask evaluated is the solver's
+  own iterate, not a rounding of a fractional one. ``loss_at='relaxed'`` trains the network on ``W0 * x`` itself, as
   CNN-FCF does (where the weights train too); over frozen random weights it
   is measured worse (docs/results.md). ``solver='relaxed'``: projected
   gradient on the relaxation ``r in [0,1]^d`` (the convex hull of the binary
@@ -95,10 +94,13 @@ def _box(lo: float, hi: float, prunable) -> optax.GradientTransformation:
 def _score_method(name: str, *, scope: str, learning_rate: float,
                   weight_decay: float, weight_init: str,
                   description: str, solver: str = "relaxed",
-                  rho: float = 1e-2, rho_growth: float = 1.05,
-                  admm_every: int = 50, rho_max: float = 10.0,
-                  rho_end: Optional[float] = None,
-                  clip_box: bool = True, loss_at: str = "binary") -> Method:
+                  **settings) -> Method:
+  """Edge-popup (``name='edge_popup'``) or SBP (``'sbp'``); ``settings``:
+  the l_p-box settings :func:`sbp` passes (its defaults)."""
+  rho, rho_growth, admm_every, rho_max, rho_end, clip_box, loss_at = (
+      settings.get(k) for k in ("rho", "rho_growth", "admm_every",
+                                "rho_max", "rho_end", "clip_box",
+                                "loss_at"))
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -116,7 +118,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   if lpbox and rho_end is not None and not rho_end >= rho > 0:
     raise ValueError(f"{name}: rho_end must be >= rho > 0, got rho={rho:g}, "
                      f"rho_end={rho_end:g}.")
-  if loss_at not in ("binary", "relaxed"):
+  if relaxed and loss_at not in ("binary", "relaxed"):
     raise ValueError(f"{name}: loss_at must be 'binary' (the loss at the "
                      f"exactly-k mask) or 'relaxed' (at W0 * x), got "
                      f"{loss_at!r}.")
