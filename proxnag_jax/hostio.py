@@ -324,10 +324,13 @@ def best_time(fn, repeats: int) -> float:
 
 
 def device_info() -> dict:
+  """The devices, and which convolutions a program traced now runs
+  (``conv``: ``'onednn'`` or ``'xla'``, see ``models/conv.py``)."""
+  from proxnag_jax.models import conv  # pylint: disable=g-import-not-at-top
   devs = jax.devices()
   return {"backend": jax.default_backend(), "device_count": len(devs),
           "device_kind": devs[0].device_kind,
-          "process_count": jax.process_count()}
+          "process_count": jax.process_count(), "conv": conv.backend()}
 
 
 def save_tree(path: str, tree: PyTree) -> None:

@@ -51,6 +51,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from proxnag_jax import surgery
+from proxnag_jax.models import conv
 
 PyTree = Any
 
@@ -515,7 +516,10 @@ class _Tracer:
 def _trace(apply_fn: Callable, variables: dict, example_input):
   """``(closed jaxpr, tracer, flat leaves, group report)``."""
   flat, _ = jax.tree_util.tree_flatten_with_path(variables)
-  closed = jax.make_jaxpr(apply_fn)(variables, example_input)
+  # Plain convolutions (not oneDNN custom calls) in the program: they are
+  # what the tracer follows, and what runs anywhere once exported.
+  with conv.use_backend("xla"):
+    closed = jax.make_jaxpr(apply_fn)(variables, example_input)
   jaxpr = closed.jaxpr
   n = len(flat)
   tr = _Tracer()
@@ -731,7 +735,8 @@ def export_portable(path: str, small_apply: Callable, small_variables: dict,
   v_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
                                                        np.asarray(a).dtype),
                         small_variables)
-  exported = jexport.export(jax.jit(small_apply))(v_spec, x_spec)
+  with conv.use_backend("xla"):  # no custom calls in a portable program
+    exported = jexport.export(jax.jit(small_apply))(v_spec, x_spec)
   with open(path + ".stablehlo", "wb") as f:
     f.write(exported.serialize())
   flat, _ = jax.tree_util.tree_flatten_with_path(small_variables)

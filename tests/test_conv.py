@@ -1,5 +1,9 @@
 """The fast-gradient convolution equals lax.conv_general_dilated and its
-gradients, to float32 rounding, for the configurations the models use."""
+gradients, to float32 rounding, for the configurations the models use, on
+both backends (XLA with the custom gradients, and oneDNN custom calls on the
+CPU where the ``[cpu]`` extra is installed)."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,34 +12,122 @@ import pytest
 from jax import lax
 
 from proxnag_jax.models import conv
+from proxnag_jax.models import onednn
 
 DN = ("NHWC", "HWIO", "NHWC")
+CASES = [(3, 1, "SAME"), (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))),
+         (1, 2, "VALID"), (1, 1, "SAME"), (5, 1, "VALID"), (3, 2, "SAME"),
+         (7, 2, ((3, 3), (3, 3))), (3, 1, ((0, 2), (2, 0)))]
 
 
-@pytest.mark.parametrize("k,stride,padding", [
-    (3, 1, "SAME"), (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))),
-    (1, 2, "VALID"), (1, 1, "SAME"), (5, 1, "VALID"), (3, 2, "SAME"),
-    (7, 2, ((3, 3), (3, 3))), (3, 1, ((0, 2), (2, 0)))])
-def test_values_and_gradients_match_lax(k, stride, padding):
+def _need_onednn():
+  if onednn.available():
+    return
+  msg = f"oneDNN convolutions unavailable: {onednn.why_unavailable()}"
+  if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    pytest.fail(msg + " (CI installs the [cpu] extra)")
+  pytest.skip(msg)
+
+
+def _case(k, stride, padding, shape=(4, 9, 10, 3), out=5):
   kx, kw, kd = jax.random.split(jax.random.PRNGKey(0), 3)
-  x = jax.random.normal(kx, (4, 9, 10, 3))
-  w = jax.random.normal(kw, (k, k, 3, 5))
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (k, k, shape[3], out))
   dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
                                               dimension_numbers=dn)
   new = lambda x, w: conv.conv_general_dilated(x, w, (stride, stride),
                                                padding, dimension_numbers=dn)
-  y = ref(x, w)
-  np.testing.assert_array_equal(np.asarray(new(x, w)), np.asarray(y))
-  dy = jax.random.normal(kd, y.shape)
-  gr = jax.vjp(ref, x, w)[1](dy)
-  gn = jax.jit(lambda x, w, dy: jax.vjp(new, x, w)[1](dy))(x, w, dy)
-  for a, b in zip(gn, gr):
-    # Sums of up to 4*9*10 products of unit normals: float32 rounding of
-    # differently ordered sums, relative to the gradient's scale.
-    scale = float(jnp.max(jnp.abs(b)))
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                               atol=1e-5 * scale)
+  dy = jax.random.normal(kd, ref(x, w).shape)
+  return x, w, dy, ref, new
+
+
+def _close(a, b):
+  # Sums of up to 4*9*10 products of unit normals: float32 rounding of
+  # differently ordered sums, relative to the result's scale.
+  scale = float(jnp.max(jnp.abs(b)))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("backend", ["xla", "onednn"])
+@pytest.mark.parametrize("k,stride,padding", CASES)
+def test_values_and_gradients_match_lax(backend, k, stride, padding):
+  if backend == "onednn":
+    _need_onednn()
+  x, w, dy, ref, new = _case(k, stride, padding)
+  with conv.use_backend(backend):
+    y = jax.jit(new)(x, w)
+    gn = jax.jit(lambda x, w, dy: jax.vjp(new, x, w)[1](dy))(x, w, dy)
+  if backend == "xla":
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(ref(x, w)))
+  else:
+    _close(y, ref(x, w))
+  for a, b in zip(gn, jax.vjp(ref, x, w)[1](dy)):
+    _close(a, b)
+
+
+def test_onednn_is_what_the_program_runs():
+  _need_onednn()
+  x, w, _, _, new = _case(3, 1, "SAME")
+  # A new jit per backend: a function already traced keeps its backend.
+  with conv.use_backend("onednn"):
+    assert conv.backend() == "onednn"
+    text = jax.jit(lambda x, w: new(x, w)).lower(x, w).as_text()
+  assert "proxnag_conv_PnjConvFwd" in text
+  with conv.use_backend("xla"):
+    assert conv.backend() == "xla"
+    text = jax.jit(lambda x, w: new(x, w)).lower(x, w).as_text()
+  assert "custom_call" not in text and "convolution" in text
+
+
+def test_onednn_under_vmap_and_scan():
+  """vmapped runs (the loop's K runs) and a scanned chunk, against XLA."""
+  _need_onednn()
+  x, w, dy, _, new = _case(3, 2, ((1, 1), (1, 1)), shape=(2, 8, 8, 4), out=6)
+  xs = jnp.stack([x, 2 * x, -x])
+
+  def programs():  # new functions per backend (a traced one keeps its own)
+    def grads(x, w):
+      return jax.grad(lambda w: jnp.sum(new(x, w) * dy))(w)
+
+    def chunk(w):
+      return lax.scan(lambda w, xi: (w - 0.01 * grads(xi, w), None), w,
+                      xs)[0]
+    return jax.jit(jax.vmap(grads, in_axes=(0, None))), jax.jit(chunk)
+
+  out = {}
+  for b in ("xla", "onednn"):
+    with conv.use_backend(b):
+      vmapped, chunk = programs()
+      assert ("custom_call" in chunk.lower(w).as_text()) == (b == "onednn")
+      out[b] = (vmapped(xs, w), chunk(w))
+  for a, b in zip(out["onednn"], out["xla"]):
+    _close(a, b)
+
+
+def test_other_dtypes_and_negative_padding_stay_on_xla():
+  _need_onednn()
+  x = jnp.ones((2, 6, 6, 3), jnp.bfloat16)
+  w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+  with conv.use_backend("onednn"):
+    text = jax.jit(lambda x, w: conv.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=DN)).lower(x, w).as_text()
+    assert "custom_call" not in text
+    x = x.astype(jnp.float32)
+    w = w.astype(jnp.float32)
+    text = jax.jit(lambda x, w: conv.conv_general_dilated(
+        x, w, (1, 1), ((-1, 1), (1, 1)), dimension_numbers=DN)).lower(
+            x, w).as_text()
+    assert "custom_call" not in text
+
+
+def test_a_bad_backend_name_is_refused(monkeypatch):
+  monkeypatch.setenv("PROXNAG_CONV", "mkl")
+  with pytest.raises(ValueError, match="PROXNAG_CONV"):
+    conv.backend()
+  with pytest.raises(ValueError, match="use one of"):
+    with conv.use_backend("mkl"):
+      pass
 
 
 def test_unsupported_configurations_fall_back():

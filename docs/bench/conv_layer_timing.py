@@ -1,7 +1,8 @@
 """One ResNet-20 conv layer forward + backward inside a lax.scan of 10 (batch
 128, 3x3, stride 1, best of 3), for the three stages' shapes: the library's
-custom-VJP conv (proxnag_jax/models/conv.py), the conv as one im2col matmul,
-and the kernel gradient as one im2col matmul. docs/results.md, "Train-step
+custom-VJP conv on XLA (proxnag_jax/models/conv.py), the same with oneDNN's
+three passes (models/onednn.py), the conv as one im2col matmul, and the kernel
+gradient as one im2col matmul. docs/results.md, "Train-step
 throughput". Run from the repo root: python docs/bench/conv_layer_timing.py
 """
 import time, functools, sys
@@ -65,8 +66,10 @@ def bench(name, f, c, hw, steps=10):
     t = time.perf_counter(); jax.block_until_ready(g(x, w)); best = min(best, time.perf_counter()-t)
   print(f"{name:8s} c={c:3d} hw={hw:2d}: {1000*best/steps:7.2f} ms fwd+bwd")
 
-cur = lambda x, w, s, p: conv_lib._conv(x, w, s, p, None)
+cur = lambda x, w, s, p: conv_lib._conv(x, w, s, p, None, False)
+dnn = lambda x, w, s, p: conv_lib._conv(x, w, s, p, None, True)
 for c, hw in ((16, 32), (32, 16), (64, 8)):
-  bench("current", cur, c, hw)
+  bench("xla", cur, c, hw)
+  bench("onednn", dnn, c, hw)
   bench("im2col", conv_mm, c, hw)
   bench("mix", conv_mix, c, hw)

@@ -14,17 +14,70 @@ the same gradients (to float32 rounding) take ~21 ms and ~4 ms inside a scan.
 Other configurations (dilations, groups, other layouts) fall back to
 ``lax.conv_general_dilated`` and JAX's own gradient. Pass it to Flax as
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``.
+
+**oneDNN on the CPU.** Where :mod:`proxnag_jax.models.onednn` is available
+(the ``[cpu]`` extra), float32 convolutions on the CPU run their forward pass
+and both gradients as oneDNN custom calls instead: 2-3x faster per layer than
+XLA:CPU on these CPUs, the same values to float32 rounding (tested). The
+choice is made when a function is traced: ``PROXNAG_CONV=auto`` (default:
+oneDNN on the CPU when available, else XLA), ``onednn`` (required; fails if
+unavailable) or ``xla``; :func:`use_backend` overrides it inside a ``with``
+block (tracing for channel groups and the portable export use ``'xla'``, so
+their programs hold plain convolutions). :func:`backend` says what a trace
+made now would use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+BACKENDS = ("auto", "onednn", "xla")
+_override = contextvars.ContextVar("proxnag_conv_backend", default=None)
+
+
+def _setting() -> str:
+  name = _override.get() or os.environ.get("PROXNAG_CONV") or "auto"
+  if name not in BACKENDS:
+    raise ValueError(f"PROXNAG_CONV={name!r}: use one of {BACKENDS}")
+  return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+  """Traces inside the block use convolution backend ``name`` (one of
+  :data:`BACKENDS`). A function already jitted keeps what it was traced
+  with."""
+  if name not in BACKENDS:
+    raise ValueError(f"conv backend {name!r}: use one of {BACKENDS}")
+  token = _override.set(name)
+  try:
+    yield
+  finally:
+    _override.reset(token)
+
+
+def backend() -> str:
+  """``'onednn'`` or ``'xla'``: what a float32 convolution traced now runs
+  on."""
+  name = _setting()
+  if name == "xla" or jax.default_backend() != "cpu":
+    if name == "onednn" and jax.default_backend() != "cpu":
+      raise ValueError("PROXNAG_CONV=onednn runs only on the CPU backend "
+                       f"(this one is {jax.default_backend()!r})")
+    return "xla"
+  from proxnag_jax.models import onednn  # pylint: disable=g-import-not-at-top
+  if name == "onednn":
+    onednn.require()
+    return "onednn"
+  return "onednn" if onednn.available() else "xla"
 
 
 def _plain(x, w, strides, pads, precision):
@@ -33,17 +86,24 @@ def _plain(x, w, strides, pads, precision):
                                   precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, precision):
-  return _plain(x, w, strides, pads, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, use_onednn):
+  return _conv_fwd(x, w, strides, pads, precision, use_onednn)[0]
 
 
-def _conv_fwd(x, w, strides, pads, precision):
+def _conv_fwd(x, w, strides, pads, precision, use_onednn):
+  if use_onednn:
+    from proxnag_jax.models import onednn  # pylint: disable=g-import-not-at-top
+    return onednn.conv(x, w, strides, pads), (x, w)
   return _plain(x, w, strides, pads, precision), (x, w)
 
 
-def _conv_bwd(strides, pads, precision, res, dy):
+def _conv_bwd(strides, pads, precision, use_onednn, res, dy):
   x, w = res
+  if use_onednn:
+    from proxnag_jax.models import onednn  # pylint: disable=g-import-not-at-top
+    return (onednn.conv_input_grad(dy, w, x.shape, strides, pads),
+            onednn.conv_kernel_grad(x, dy, w.shape, strides, pads))
   kh, kw, c, o = w.shape
   (pt, pb), (pl, pr) = pads
   sh, sw = strides
@@ -79,7 +139,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
   """``lax.conv_general_dilated`` (same arguments and result), with the
-  faster gradients above for 2-D NHWC/HWIO convolutions without dilation or
+  faster gradients above (and oneDNN on the CPU, see the module docstring)
+  for 2-D NHWC/HWIO convolutions without dilation or
   groups."""
   kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                 dimension_numbers=dimension_numbers,
@@ -102,8 +163,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
                                   window_strides, padding)
   pads = tuple((int(a), int(b)) for a, b in padding)
+  use_onednn = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+                and min(min(p) for p in pads) >= 0 and backend() == "onednn")
   return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads,
-               precision)
+               precision, use_onednn)
 
 
-__all__ = ["conv_general_dilated"]
+__all__ = ["BACKENDS", "backend", "conv_general_dilated", "use_backend"]

@@ -1,0 +1,255 @@
+// 2-D convolutions (NHWC activations, HWIO kernels, float32) for XLA:CPU as
+// XLA FFI custom calls into oneDNN: the forward pass, the input gradient and
+// the kernel gradient. Built by `python -m proxnag_jax.models.onednn build`;
+// used by proxnag_jax/models/conv.py when built (see its docstring).
+//
+// Each distinct shape gets its oneDNN primitive once (a cache keyed by the
+// shapes and the window); the kernel is reordered to and from the layout the
+// primitive picks on every call (kernels are small).
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, ho, wo;
+  int64_t sh, sw, pt, pb, pl, pr;
+  std::string Key(const char* op) const {
+    std::ostringstream s;
+    s << op << ':' << n << ',' << h << ',' << w << ',' << c << ',' << kh << ','
+      << kw << ',' << o << ',' << ho << ',' << wo << ',' << sh << ',' << sw
+      << ',' << pt << ',' << pb << ',' << pl << ',' << pr;
+    return s.str();
+  }
+  memory::desc Src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
+  memory::desc Dst() const { return {{n, o, ho, wo}, dt::f32, tag::nhwc}; }
+  memory::desc UserWeights() const {
+    return {{o, c, kh, kw}, dt::f32, tag::hwio};
+  }
+  memory::desc AnyWeights() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  memory::dims Strides() const { return {sh, sw}; }
+  memory::dims PadL() const { return {pt, pl}; }
+  memory::dims PadR() const { return {pb, pr}; }
+  dnnl::convolution_forward::primitive_desc Forward() const {
+    return dnnl::convolution_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_training,
+        dnnl::algorithm::convolution_direct, Src(), AnyWeights(), Dst(),
+        Strides(), PadL(), PadR());
+  }
+};
+
+struct Entry {
+  dnnl::primitive prim;
+  memory::desc weights;  // the layout the primitive wants its kernel in
+};
+
+std::mutex cache_mutex;
+std::unordered_map<std::string, std::shared_ptr<Entry>> cache;
+
+std::shared_ptr<Entry> Lookup(const std::string& key) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache.find(key);
+  return it == cache.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<Entry> Store(const std::string& key, std::shared_ptr<Entry> e) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return cache.emplace(key, std::move(e)).first->second;
+}
+
+ffi::Error Check(const Geometry& g) {
+  if (g.n <= 0 || g.c <= 0 || g.o <= 0 || g.ho <= 0 || g.wo <= 0)
+    return ffi::Error::InvalidArgument("onednn conv: empty shape");
+  if (g.pt < 0 || g.pb < 0 || g.pl < 0 || g.pr < 0)
+    return ffi::Error::InvalidArgument("onednn conv: negative padding");
+  return ffi::Error::Success();
+}
+
+Geometry Make(ffi::Span<const int64_t> x, ffi::Span<const int64_t> wt,
+              ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt,
+              int64_t pb, int64_t pl, int64_t pr) {
+  return Geometry{x[0],  x[1],  x[2],  x[3], wt[0], wt[1], wt[3], y[1],
+                  y[2],  sh,    sw,    pt,   pb,    pl,    pr};
+}
+
+template <typename F>
+ffi::Error Guard(F&& f) {
+  try {
+    f();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// y = conv(x, w)
+ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  Geometry g = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw,
+                    pt, pb, pl, pr);
+  if (auto err = Check(g); err.failure()) return err;
+  return Guard([&] {
+    std::string key = g.Key("fwd");
+    auto e = Lookup(key);
+    if (!e) {
+      auto pd = g.Forward();
+      e = Store(key, std::make_shared<Entry>(
+                         Entry{dnnl::convolution_forward(pd), pd.weights_desc()}));
+    }
+    dnnl::stream s(Engine());
+    memory src(g.Src(), Engine(), x.typed_data());
+    memory dst(g.Dst(), Engine(), y->typed_data());
+    memory user_w(g.UserWeights(), Engine(), w.typed_data());
+    memory wm = user_w;
+    if (e->weights != g.UserWeights()) {
+      wm = memory(e->weights, Engine());
+      dnnl::reorder(user_w, wm).execute(s, user_w, wm);
+    }
+    e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm},
+                        {DNNL_ARG_DST, dst}});
+    s.wait();
+  });
+}
+
+// dx = d conv(x, w) / dx applied to dy; x_shape carries x's shape.
+ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                           int64_t pr) {
+  Geometry g = Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw,
+                    pt, pb, pl, pr);
+  if (auto err = Check(g); err.failure()) return err;
+  return Guard([&] {
+    std::string key = g.Key("bwd_data");
+    auto e = Lookup(key);
+    if (!e) {
+      auto hint = g.Forward();
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(),
+          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint);
+      e = Store(key, std::make_shared<Entry>(Entry{
+                         dnnl::convolution_backward_data(pd), pd.weights_desc()}));
+    }
+    dnnl::stream s(Engine());
+    memory diff_dst(g.Dst(), Engine(), dy.typed_data());
+    memory diff_src(g.Src(), Engine(), dx->typed_data());
+    memory user_w(g.UserWeights(), Engine(), w.typed_data());
+    memory wm = user_w;
+    if (e->weights != g.UserWeights()) {
+      wm = memory(e->weights, Engine());
+      dnnl::reorder(user_w, wm).execute(s, user_w, wm);
+    }
+    e->prim.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
+                        {DNNL_ARG_WEIGHTS, wm},
+                        {DNNL_ARG_DIFF_SRC, diff_src}});
+    s.wait();
+  });
+}
+
+// dw = d conv(x, w) / dw applied to dy.
+ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> dy,
+                              ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                              int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                              int64_t pr) {
+  Geometry g = Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
+                    pt, pb, pl, pr);
+  if (auto err = Check(g); err.failure()) return err;
+  return Guard([&] {
+    std::string key = g.Key("bwd_weights");
+    auto e = Lookup(key);
+    if (!e) {
+      auto hint = g.Forward();
+      auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(),
+          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint);
+      e = Store(key, std::make_shared<Entry>(
+                         Entry{dnnl::convolution_backward_weights(pd),
+                               pd.diff_weights_desc()}));
+    }
+    dnnl::stream s(Engine());
+    memory src(g.Src(), Engine(), x.typed_data());
+    memory diff_dst(g.Dst(), Engine(), dy.typed_data());
+    memory user_dw(g.UserWeights(), Engine(), dw->typed_data());
+    memory dwm = e->weights == g.UserWeights() ? user_dw
+                                               : memory(e->weights, Engine());
+    e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                        {DNNL_ARG_DIFF_WEIGHTS, dwm}});
+    if (e->weights != g.UserWeights())
+      dnnl::reorder(dwm, user_dw).execute(s, dwm, user_dw);
+    s.wait();
+  });
+}
+
+// The implementation oneDNN picked for a shape, for diagnostics.
+std::string ImplName(const Geometry& g, int which) {
+  auto hint = g.Forward();
+  if (which == 0) return hint.impl_info_str();
+  if (which == 1)
+    return dnnl::convolution_backward_data::primitive_desc(
+               Engine(), dnnl::algorithm::convolution_direct, g.Src(),
+               g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint)
+        .impl_info_str();
+  return dnnl::convolution_backward_weights::primitive_desc(
+             Engine(), dnnl::algorithm::convolution_direct, g.Src(),
+             g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint)
+      .impl_info_str();
+}
+
+}  // namespace
+
+#define CONV_ATTRS                                                     \
+  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt")         \
+      .Attr<int64_t>("pb").Attr<int64_t>("pl").Attr<int64_t>("pr")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PnjConvFwd, ConvFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PnjConvBwdData, ConvBwdDataImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PnjConvBwdWeights, ConvBwdWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+
+// C entry for diagnostics: writes the implementation name for
+// (x shape NHWC, kernel HWIO, window) of op 0 fwd / 1 bwd data / 2 bwd weights.
+extern "C" int pnj_conv_impl_name(const int64_t* x, const int64_t* wt,
+                                  const int64_t* win, int which, char* out,
+                                  int size) {
+  try {
+    int64_t ho = (x[1] + win[2] + win[3] - wt[0]) / win[0] + 1;
+    int64_t wo = (x[2] + win[4] + win[5] - wt[1]) / win[1] + 1;
+    Geometry g{x[0], x[1], x[2], x[3], wt[0], wt[1], wt[3], ho, wo,
+               win[0], win[1], win[2], win[3], win[4], win[5]};
+    std::string name = ImplName(g, which);
+    snprintf(out, size, "%s", name.c_str());
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
