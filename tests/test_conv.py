@@ -139,3 +139,14 @@ def test_unsupported_configurations_fall_back():
   want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
                                   feature_group_count=2)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_several_devices_use_xla(monkeypatch):
+  """The custom calls have no sharding rule: with more than one device in all
+  the default falls back to XLA, and requiring oneDNN is refused."""
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  with conv.use_backend("auto"):
+    assert conv.backend() == "xla"
+  with conv.use_backend("onednn"):
+    with pytest.raises(ValueError, match="one CPU device"):
+      conv.backend()

@@ -20,7 +20,7 @@ Other configurations (dilations, groups, other layouts) fall back to
 and both gradients as oneDNN custom calls instead: 2-3x faster per layer than
 XLA:CPU on these CPUs, the same values to float32 rounding (tested). The
 choice is made when a function is traced: ``PROXNAG_CONV=auto`` (default:
-oneDNN on the CPU when available, else XLA), ``onednn`` (required; fails if
+oneDNN when the run has one CPU device in all and it is available, else XLA), ``onednn`` (required; fails if
 unavailable) or ``xla``; :func:`use_backend` overrides it inside a ``with``
 block (tracing for channel groups and the portable export use ``'xla'``, so
 their programs hold plain convolutions). :func:`backend` says what a trace
@@ -68,10 +68,19 @@ def backend() -> str:
   """``'onednn'`` or ``'xla'``: what a float32 convolution traced now runs
   on."""
   name = _setting()
-  if name == "xla" or jax.default_backend() != "cpu":
-    if name == "onednn" and jax.default_backend() != "cpu":
-      raise ValueError("PROXNAG_CONV=onednn runs only on the CPU backend "
-                       f"(this one is {jax.default_backend()!r})")
+  if name == "xla":
+    return "xla"
+  # One CPU device in all: the custom calls have no sharding rule, and
+  # several CPU devices (host-platform device counts, several processes) are
+  # test layouts, not speed.
+  why = ("it runs only on the CPU backend" if jax.default_backend() != "cpu"
+         else "it runs only with one CPU device in all"
+         if jax.device_count() > 1 else None)
+  if why:
+    if name == "onednn":
+      raise ValueError(f"PROXNAG_CONV=onednn: {why} (this run has "
+                       f"{jax.device_count()} {jax.default_backend()} "
+                       "devices); use auto or xla")
     return "xla"
   from proxnag_jax.models import onednn  # pylint: disable=g-import-not-at-top
   if name == "onednn":
