@@ -150,3 +150,19 @@ def test_several_devices_use_xla(monkeypatch):
   with conv.use_backend("onednn"):
     with pytest.raises(ValueError, match="one CPU device"):
       conv.backend()
+
+
+def test_the_onednn_functions_register_their_targets_themselves():
+  """Called directly (not through conv_general_dilated), in a fresh process."""
+  _need_onednn()
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ("import jax, jax.numpy as jnp\n"
+          "from proxnag_jax.models import onednn\n"
+          "y = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), ((1, 1), (1, 1))))("
+          "jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)))\n"
+          "print(float(y[0, 1, 1, 0]))\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, timeout=300, check=False,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split()[-1] == "18.0"   # 3 x 3 taps x 2 channels of ones

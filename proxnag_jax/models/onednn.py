@@ -157,6 +157,7 @@ def out_hw(x_shape, w_shape, strides, pads) -> tuple[int, int]:
 def _call(target, shape, *args, strides, pads):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  require()  # built and registered before a program names the target
   # vmapped runs loop over the mapped axis: on the CPU, K separate
   # convolutions are faster than one grouped convolution.
   return jax.ffi.ffi_call(_PREFIX + _TARGETS[target],
