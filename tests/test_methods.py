@@ -707,6 +707,46 @@ def test_admm_hard_prunes_at_the_end_of_its_phase(tmp_path, name):
     assert all(z == pytest.approx(0.75, abs=1e-3) for z in zs)
 
 
+@pytest.mark.parametrize("name,budget", [("admm", False), ("rw_admm", False),
+                                         ("rw_admm", True)])
+def test_admm_stages_prune_to_each_stage_in_turn(tmp_path, name, budget):
+  """``stages``: one ADMM phase, hard prune and masked retraining per stage,
+  each stage's hard prune at its own sparsity (exact), the budget split in
+  equal stages, rho reset at each stage's start, the final count exact."""
+  settings = dict(tiny.SETTINGS[name], stages=(0.5,), rho_growth=2.0)
+  if budget:
+    settings["layer_keep"] = TINY_BUDGET
+  method, ctx, res = tiny.run_tiny(name, str(tmp_path), targets=(0.75,),
+                                   settings=settings)
+  trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
+  hard = [r for r in trace if r["kind"] == "hard_prune"]
+  half = ctx.total_steps // 2
+  assert [r["stage"] for r in hard] == [0, 1]
+  assert [r["sparsity"] for r in hard] == [pytest.approx(0.5),
+                                           pytest.approx(0.75)]
+  assert [r["step"] for r in hard] == [half // 2, half + half // 2]
+  admm_ev = [r for r in trace if r["kind"] == "admm" and r["step"] > 0]
+  assert {r["stage"] for r in admm_ev} == {0, 1}
+  # rho grows within a stage and starts again at the next.
+  first = [r["rho"] for r in admm_ev if r["stage"] == 0]
+  second = [r["rho"] for r in admm_ev if r["stage"] == 1]
+  assert second[0] == pytest.approx(first[0]) and first == sorted(first)
+  params = tiny.final_params(method, res.states[0])
+  n = 72 + 2048
+  assert tiny.zeros(params) == round(0.75 * n)
+  assert method.summary(res.states[0])["admm_stages"] == [0.5]
+
+
+def test_admm_stages_must_rise_and_end_below_the_target():
+  with pytest.raises(ValueError, match="increasing sparsities"):
+    methods.get_method("rw_admm", stages=(0.9, 0.5))
+  with pytest.raises(ValueError, match="increasing sparsities"):
+    methods.get_method("admm", stages=(1.2,))
+  with pytest.raises(ValueError, match="end below the run's target"):
+    tiny.run_tiny("admm", targets=(0.5,),
+                  settings=dict(tiny.SETTINGS["admm"], stages=(0.6,)))
+
+
 # Tiny's prunable layers: conv/kernel (72 weights), fc/kernel (2,048).
 TINY_BUDGET = {"conv": 0.5, "fc": 0.2}
 

@@ -45,6 +45,15 @@ restarts the learning rate's cosine in every Z/U period; ``residual_tol``
 ends the ADMM phase (and hard-prunes) at the first Z/U step whose residual
 ``||W - Z|| / ||W||`` is below it, so the retraining gets the rest.
 
+**Staged targets** (``stages``, e.g. ``(0.9873, 0.993)`` before a 0.995
+target: progressive ADMM, Ye et al. 2019): the budget is split into
+``len(stages) + 1`` equal stages, each an ADMM phase and a hard prune to the
+stage's sparsity followed by masked retraining, as above; the next stage
+starts from the retrained network under its masks (pruned weights stay zero,
+so each stage's masks lie inside the previous ones), with ``U = 0``, ``Z``
+projected from ``W`` and ``rho`` back at its first value. Reweighted ADMM's
+cubic schedule runs from the previous stage's count to the stage's.
+
 Only the abstract of seed 004 is available; the choices above are ours and
 are documented in ``docs/methods.md``.
 """
@@ -63,12 +72,19 @@ from proxnag_jax.methods import phases
 from proxnag_jax.methods.base import Method
 
 
-def _schedule_points(ctx, admm_fraction: float, every_epochs: float):
-  """``(every, end)``: Z/U period in steps and the last ADMM step."""
+def _schedule_points(ctx, admm_fraction: float, every_epochs: float,
+                     n_stages: int = 1):
+  """``(every, starts, ends)``: the Z/U period in steps and, per stage, its
+  first step and the last step of its ADMM phase (static ints; one stage is
+  the whole budget)."""
   every = max(1, int(round(every_epochs * ctx.steps_per_epoch)))
-  end = int(round(admm_fraction * ctx.total_steps / every)) * every
-  end = min(max(every, end), ctx.total_steps - 1)
-  return every, end
+  starts = [s * ctx.total_steps // n_stages for s in range(n_stages)]
+  bounds = starts[1:] + [ctx.total_steps]
+  ends = []
+  for a, b in zip(starts, bounds):
+    end = a + int(round(admm_fraction * (b - a) / every)) * every
+    ends.append(min(max(a + every, end), b - 1))
+  return every, starts, ends
 
 
 def _project_topk(v, prunable, n_keep, scope, target):
@@ -165,10 +181,11 @@ def kept_fractions_of_run(workdir: str) -> dict:
           for k, m in zip(names, leaves)}
 
 
-def _layer_cubic(counts, sizes, frac):
+def _layer_cubic(counts, start, frac):
   """Per layer, the kept count at schedule point ``frac`` of a cubic from
-  dense (``frac = 0``) to ``counts`` (``frac = 1``)."""
-  n = jnp.asarray(sizes, jnp.float32)
+  ``start`` counts (``frac = 0``; the layer sizes: dense) to ``counts``
+  (``frac = 1``)."""
+  n = jnp.asarray(start, jnp.float32)
   z = n - counts.astype(jnp.float32)
   return (n - jnp.floor(z * (1.0 - (1.0 - frac) ** 3) + 0.5)).astype(
       jnp.int32)
@@ -197,7 +214,7 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
                  eps: float, description: str, relative: bool = False,
                  layer_keep=(), allocation_from: str = "",
                  lr_restart: bool = False,
-                 residual_tol: float = 0.0) -> Method:
+                 residual_tol: float = 0.0, stages=()) -> Method:
   if not rho > 0:
     raise ValueError(f"{name}: rho must be positive, got {rho}.")
   if not rho_growth >= 1.0:
@@ -215,6 +232,12 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
   if not residual_tol >= 0:
     raise ValueError(f"{name}: residual_tol must be >= 0, got "
                      f"{residual_tol}.")
+  stages = tuple(float(x) for x in (stages or ()))
+  if any(not 0 < x < 1 for x in stages) or list(stages) != sorted(
+      set(stages)):
+    raise ValueError(f"{name}: stages must be increasing sparsities in "
+                     f"(0, 1) below the run's target, got {stages}.")
+  n_stages = len(stages) + 1
   layer_keep = dict(layer_keep or {})
   if layer_keep and allocation_from:
     raise ValueError(f"{name}: give layer_keep or allocation_from, not both.")
@@ -232,36 +255,57 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
         optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
             learning_rate=hp["lr"], momentum=hp["momentum"], nesterov=True)))
 
+  def points(ctx):
+    return _schedule_points(ctx, admm_fraction, every_epochs, n_stages)
+
   def n_rounds(ctx):
-    every, end = _schedule_points(ctx, admm_fraction, every_epochs)
-    return end // every
+    """Z/U rounds of each stage's ADMM phase (the fewest of the stages)."""
+    every, starts, ends = points(ctx)
+    return min((e - a) // every for a, e in zip(starts, ends))
+
+  def stage_of(ctx, t):
+    """The stage step ``t`` belongs to (a stage's first step: the new one)."""
+    _, starts, _ = points(ctx)
+    return sum((t >= a).astype(jnp.int32) for a in starts[1:])
+
+  def stage_keep(params, hp, ctx, stage):
+    """Prunable weights kept at the end of ``stage`` (-1: all of them)."""
+    n = base.num_prunable(params, ctx.prunable)
+    fixed = jnp.asarray([n] + [n - int(round(x * n)) for x in stages],
+                        jnp.int32)
+    return jnp.where(stage >= n_stages - 1, base.n_keep(params, hp, ctx),
+                     fixed[jnp.clip(stage + 1, 0, n_stages - 1)])
+
+  def stage_target(hp, stage):
+    fixed = jnp.asarray(stages + (0.0,), jnp.float32)
+    return jnp.where(stage >= n_stages - 1, hp["target"], fixed[stage])
 
   def budget(params, ctx, n_keep):
     """Per-layer kept counts of the budget (traceable in ``n_keep``)."""
     fracs, sizes = _budget_fractions(layer_keep, params, ctx.prunable, name)
     return masks_lib.power_allocation(fracs, sizes, n_keep), sizes
 
-  def round_frac(ctx, r):
-    return jnp.clip(r.astype(jnp.float32) / n_rounds(ctx), 0.0, 1.0)
-
-  def round_keep(state, ctx, r):
-    """Nonzeros ``Z`` keeps after round ``r`` (1..R): the target for ADMM;
-    for reweighted ADMM the cubic schedule, exactly the target at R."""
-    n = base.num_prunable(state.params, ctx.prunable)
-    if not reweighted:
-      return base.n_keep(state.params, state.hp, ctx)
-    n_zero = jnp.floor(state.hp["n_zero"].astype(jnp.float32) *
-                       (1.0 - (1.0 - round_frac(ctx, r)) ** 3) + 0.5
-                       ).astype(jnp.int32)
-    return jnp.int32(n) - n_zero
+  def round_frac(ctx, stage, r):
+    every, starts, ends = points(ctx)
+    rounds = jnp.asarray([(e - a) // every for a, e in zip(starts, ends)],
+                         jnp.float32)
+    return jnp.clip(r.astype(jnp.float32) / rounds[stage], 0.0, 1.0)
 
   def z_step(state, ctx, r):
-    target = state.hp["target"]
+    """The Z projection of round ``r`` (1..R; 0: a stage's start) of the
+    current stage: ADMM onto the stage's count; reweighted ADMM onto the
+    cubic schedule from the previous stage's count to this one's."""
+    stage = state.method_state["stage"]
+    hp = state.hp
+    keep_end = stage_keep(state.params, hp, ctx, stage)
+    keep_start = stage_keep(state.params, hp, ctx, stage - 1)
+    frac = round_frac(ctx, stage, r)
     if budgeted:
-      counts, sizes = budget(state.params, ctx, base.n_keep(
-          state.params, state.hp, ctx))
+      counts, sizes = budget(state.params, ctx, keep_end)
       if reweighted:
-        counts = _layer_cubic(counts, sizes, round_frac(ctx, r))
+        start = jnp.where(stage > 0, budget(state.params, ctx, keep_start)[0],
+                          jnp.asarray(sizes, jnp.int32))
+        counts = _layer_cubic(counts, start, frac)
 
       def project_budget(v, st):
         if reweighted:
@@ -272,7 +316,13 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
         return jax.tree.map(lambda x, k, w: jnp.where(k, x, 0.0) if w else
                             jnp.zeros_like(x), v, keep, ctx.prunable)
       return project_budget
-    n_keep = round_keep(state, ctx, r)
+    if reweighted:
+      drop = (keep_start - keep_end).astype(jnp.float32)
+      n_keep = keep_start - jnp.floor(
+          drop * (1.0 - (1.0 - frac) ** 3) + 0.5).astype(jnp.int32)
+    else:
+      n_keep = keep_end
+    target = stage_target(hp, stage)
 
     def project(v, st):
       if reweighted:
@@ -294,9 +344,12 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     """A budget that empties a layer is refused."""
     if n_rounds(ctx) < 1:
       raise ValueError(f"{name}: the ADMM phase ({admm_fraction:.0%} of the "
-                       "budget) is shorter than one Z/U period "
-                       f"({every_epochs} epochs); raise budget_epochs or "
-                       "lower every_epochs.")
+                       f"budget{' of a stage' if stages else ''}) is shorter "
+                       f"than one Z/U period ({every_epochs} epochs); raise "
+                       "budget_epochs or lower every_epochs.")
+    if stages and not stages[-1] < float(hp["target"]):
+      raise ValueError(f"{name}: stages {stages} must end below the run's "
+                       f"target sparsity {float(hp['target'])}.")
     if budgeted:
       n = base.num_prunable(params, ctx.prunable)
       counts, _ = budget(params, ctx, n - int(hp["n_zero"]))
@@ -320,16 +373,35 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
             "scope='global' or a lower target.")
 
   def lr_at(state, ctx, step, end):
-    """The learning rate of the update after ``step`` steps: a cosine over
-    the ADMM phase (restarted every Z/U period with ``lr_restart``), then
-    again over the retraining."""
-    every, end0 = _schedule_points(ctx, admm_fraction, every_epochs)
+    """The learning rate of the update after ``step`` steps, in the current
+    stage: a cosine over its ADMM phase (restarted every Z/U period with
+    ``lr_restart``), then again over its retraining."""
+    every, starts, ends = points(ctx)
+    stage = state.method_state["stage"]
+    start = jnp.asarray(starts, jnp.int32)[stage]
+    end0 = jnp.asarray(ends, jnp.int32)[stage]
+    stop = jnp.asarray(starts[1:] + [ctx.total_steps], jnp.int32)[stage]
     lr = state.hp["lr"]
-    admm_lr = (phases.cosine_from(lr, step % every, every) if lr_restart
-               else phases.cosine_from(lr, step, end0))
+    admm_lr = (phases.cosine_from(lr, (step - start) % every, every)
+               if lr_restart else
+               phases.cosine_from(lr, step - start, end0 - start))
     return jnp.where(step < end, admm_lr,
-                     phases.cosine_from(lr, step - end,
-                                        ctx.total_steps - end))
+                     phases.cosine_from(lr, step - end, stop - end))
+
+  def begin_stage(state, ctx, stage):
+    """A stage's start: Z projected from W (the masks of the previous stage
+    hold), U = 0, rho back to its first value, the round counter at 0."""
+    _, _, ends = points(ctx)
+    st = transforms.admm_state(state.opt_state)
+    st = st._replace(u=jax.tree.map(jnp.zeros_like, st.u),
+                     rho=jnp.asarray(state.hp["rho"], st.rho.dtype))
+    state = state.replace(method_state={
+        **state.method_state, "stage": jnp.int32(stage), "round": jnp.int32(0),
+        "pruned": jnp.bool_(False),
+        "end": jnp.asarray(ends, jnp.int32)[stage]})
+    z0 = z_step(state, ctx, jnp.int32(0))(state.params, st)
+    return state.replace(opt_state=transforms.set_admm_state(
+        state.opt_state, st._replace(z=z0)))
 
   def init(key, state, ctx, tx):
     del key
@@ -337,22 +409,27 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
                                   tx)
     # Z_0 = proj(W_0) (reweighted: the first round of the schedule keeps
     # everything, so Z_0 = W_0), U_0 = 0.
-    st = transforms.admm_state(state.opt_state)
-    z0 = z_step(state, ctx, jnp.int32(0))(state.params, st)
-    state = state.replace(opt_state=transforms.set_admm_state(
-        state.opt_state, st._replace(z=z0)))
+    state = state.replace(method_state={
+        "round": jnp.int32(0), "pruned": jnp.bool_(False),
+        "end": jnp.int32(0), "stage": jnp.int32(0)})
+    state = begin_stage(state, ctx, jnp.int32(0))
     rho_, res, z_sp = stats(state, ctx)
-    _, end = _schedule_points(ctx, admm_fraction, every_epochs)
-    ms = {"round": jnp.int32(0), "pruned": jnp.bool_(False),
-          "end": jnp.int32(end)}
-    return state.replace(method_state=ms), {"admm": base.event(
-        True, round=jnp.int32(0), rho=rho_, residual=res, z_sparsity=z_sp)}
+    return state, {"admm": base.event(
+        True, round=jnp.int32(0), rho=rho_, residual=res, z_sparsity=z_sp,
+        stage=jnp.int32(0))}
 
   def update(key, state, metrics, ctx):
     del key, metrics
-    every, _ = _schedule_points(ctx, admm_fraction, every_epochs)
+    every, starts, _ = points(ctx)
     t = state.step
-    due = base.every(t, every) & (t <= state.method_state["end"])
+    stage = stage_of(ctx, t)
+    if stages:
+      state = jax.lax.cond(stage != state.method_state["stage"],
+                           lambda s: begin_stage(s, ctx, stage),
+                           lambda s: s, state)
+    start = jnp.asarray(starts, jnp.int32)[stage]
+    due = base.every(t, every, offset=start) & (
+        t <= state.method_state["end"])
 
     def zu(state):
       r = state.method_state["round"] + 1
@@ -378,18 +455,21 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
       # ADMM: the magnitude of W, as the reference (KaiqiZhang/admm-pruning
       # prunes W by magnitude after the ADMM phase). Reweighted ADMM: the
       # support of the last Z (exactly the target count of nonzeros but
-      # for exact-zero ties, hence top-k masks of |Z|).
+      # for exact-zero ties, hence top-k masks of |Z|). Inside the previous
+      # stage's masks: the pruned weights are zero in W and Z.
       st = transforms.admm_state(state.opt_state)
       scores = jax.tree.map(lambda w, z: jnp.abs(z if reweighted else w)
                             .astype(jnp.float32), state.params, st.z)
-      n_keep = base.n_keep(state.params, state.hp, ctx)
+      n_keep = stage_keep(state.params, state.hp, ctx, stage)
       if budgeted:
         counts, _ = budget(state.params, ctx, n_keep)
         keep = masks_lib.layer_counts_topk_masks(scores, ctx.prunable,
                                                  counts)
       else:
         keep = base.topk_masks(scores, ctx.prunable, n_keep,
-                               state.hp["target"], scope)
+                               stage_target(state.hp, stage), scope)
+      keep = jax.tree.map(jnp.logical_and, keep,
+                          base.masks_of(state.opt_state))
       state, _ = base.change_masks(state, keep)
       opt = transforms.set_admm_state(state.opt_state, st._replace(
           rho=jnp.float32(0.0)))
@@ -402,14 +482,14 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
                                 lr_at(state, ctx, t, ms["end"]))
     return state, {
         "admm": base.event(due, round=ms["round"], rho=rho_, residual=res,
-                           z_sparsity=z_sp),
+                           z_sparsity=z_sp, stage=ms["stage"]),
         "hard_prune": base.event(last, sparsity=base.sparsity_of(
-            state.params, ctx.prunable), residual=res)}
+            state.params, ctx.prunable), residual=res, stage=ms["stage"])}
 
   def summary(state):
     return {"admm_rounds": int(state.method_state["round"]),
             "admm_end_step": int(state.method_state["end"]),
-            "layer_budget": budgeted}
+            "layer_budget": budgeted, "admm_stages": list(stages)}
 
   return Method(name, init=init, tx=tx, update=update, summary=summary,
                 check=check, start="dense", hparams={"rho": float(rho)},
@@ -419,7 +499,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
 def admm(rho: float = 7e-3, rho_growth: float = 1.0,
          admm_fraction: float = 0.5, every_epochs: float = 1.0,
          scope: str = "global", layer_keep=None, allocation_from: str = "",
-         lr_restart: bool = False, residual_tol: float = 0.0) -> Method:
+         lr_restart: bool = False, residual_tol: float = 0.0,
+         stages=()) -> Method:
   """ADMM pruning (Zhang et al. 2018): hard projection onto the target's
   top-k each Z-step; see the module docstring.
 
@@ -433,11 +514,12 @@ def admm(rho: float = 7e-3, rho_growth: float = 1.0,
   (``{'conv1': 0.2, 'conv2': 0.08, 'fc1': 0.009, 'fc2': 0.07}``: kept
   fractions, or counts, per layer, taken to the run's target by
   :func:`proxnag_jax.masks.power_allocation`), ``allocation_from`` takes them
-  from a finished run's masks. ``lr_restart``, ``residual_tol``: see the
-  module docstring.
+  from a finished run's masks. ``lr_restart``, ``residual_tol``,
+  ``stages``: see the module docstring.
 
   >>> m = admm(layer_keep={"conv1": 100, "conv2": 2000, "fc1": 3600,
   ...                      "fc2": 350}, residual_tol=0.05)
+  >>> staged = admm(rho_growth=1.3, stages=(0.9873, 0.993))  # then the target
   """
   if layer_keep and scope != "global":
     raise ValueError("admm: layer_keep sets every layer's count; drop "
@@ -446,8 +528,9 @@ def admm(rho: float = 7e-3, rho_growth: float = 1.0,
       "admm", rho=rho, rho_growth=rho_growth, admm_fraction=admm_fraction,
       every_epochs=every_epochs, scope=scope, eps=1.0,
       layer_keep=layer_keep, allocation_from=allocation_from,
-      lr_restart=lr_restart, residual_tol=residual_tol,
-      description=f"ADMM (Zhang et al. 2018): rho {rho:g} (x{rho_growth:g} "
+      lr_restart=lr_restart, residual_tol=residual_tol, stages=stages,
+      description=f"ADMM (Zhang et al. 2018){_stages_note(stages)}: rho "
+      f"{rho:g} (x{rho_growth:g} "
       f"per Z/U step every {every_epochs:g} epochs), "
       f"{'per-layer' if layer_keep or allocation_from else scope} top-k "
       f"projection{_budget_note(layer_keep, allocation_from)}, "
@@ -459,7 +542,7 @@ def rw_admm(rho: float = 7e-3, rho_growth: float = 1.0,
             admm_fraction: float = 0.5, every_epochs: float = 1.0,
             eps: float = 1e-3, relative: bool = False, layer_keep=None,
             allocation_from: str = "", lr_restart: bool = False,
-            residual_tol: float = 0.0) -> Method:
+            residual_tol: float = 0.0, stages=()) -> Method:
   """Reweighted ADMM (seed 004, as read from its abstract): a reweighted
   soft threshold with importance ``1 / (|Z_prev| + eps)`` each Z-step, the
   kept count following a cubic schedule to the target; see the module
@@ -467,7 +550,8 @@ def rw_admm(rho: float = 7e-3, rho_growth: float = 1.0,
   one global threshold (one global threshold on raw magnitudes emptied
   LeNet-5's fc1 at 356x: docs/results.md). ``layer_keep`` /
   ``allocation_from``: per-layer budgets, each layer with its own threshold
-  and schedule (see :func:`admm`; ``relative`` is then moot)."""
+  and schedule (see :func:`admm`; ``relative`` is then moot). ``stages``:
+  see the module docstring."""
   if relative and (layer_keep or allocation_from):
     raise ValueError("rw_admm: relative=True scales layers for one global "
                      "threshold; with a per-layer budget every layer has "
@@ -476,13 +560,21 @@ def rw_admm(rho: float = 7e-3, rho_growth: float = 1.0,
       "rw_admm", rho=rho, rho_growth=rho_growth, admm_fraction=admm_fraction,
       every_epochs=every_epochs, scope="global", eps=eps, relative=relative,
       layer_keep=layer_keep, allocation_from=allocation_from,
-      lr_restart=lr_restart, residual_tol=residual_tol,
-      description=f"reweighted ADMM{' (layer-relative)' if relative else ''}: rho {rho:g} (x{rho_growth:g} per Z/U "
+      lr_restart=lr_restart, residual_tol=residual_tol, stages=stages,
+      description=f"reweighted ADMM{' (layer-relative)' if relative else ''}"
+      f"{_stages_note(stages)}: rho {rho:g} (x{rho_growth:g} per Z/U "
       f"step every {every_epochs:g} epochs), reweighted soft threshold "
       f"(eps {eps:g}) to a cubic nonzero schedule"
       f"{_budget_note(layer_keep, allocation_from)} over "
       f"{admm_fraction:.0%} of the budget, then hard prune and masked "
       "retraining")
+
+
+def _stages_note(stages) -> str:
+  if not stages:
+    return ""
+  return (" in " + str(len(stages) + 1) + " stages (sparsity "
+          + " -> ".join(f"{x:g}" for x in stages) + " -> the target)")
 
 
 def _budget_note(layer_keep, allocation_from) -> str:
