@@ -87,14 +87,31 @@ def comparable_config(cfg: dict, methods=None) -> dict:
   explicitly). So a new setting of another method, or a changed default
   of one, leaves a run's config comparable to the one it started with."""
   drop = set(DENSE_TRAINING_FIELDS) if is_pruning_config(cfg) else set()
+  keep = set()
   if is_pruning_config(cfg):
     keep = set(methods) if methods is not None else {cfg["method"]}
     drop |= set(methods_lib.PRUNING_METHODS) - keep
   sweep = "base" in cfg and "methods" in cfg
-  return {k: (comparable_config(v, _sweep_methods(cfg)) if sweep and k == "base"
-              else comparable_config(v)) if isinstance(v, dict) else v
-          for k, v in cfg.items()
-          if k not in NON_RESULT_FIELDS and k not in drop}
+  out = {k: (comparable_config(v, _sweep_methods(cfg)) if sweep and k == "base"
+             else comparable_config(v)) if isinstance(v, dict) else v
+         for k, v in cfg.items()
+         if k not in NON_RESULT_FIELDS and k not in drop}
+  for name in keep & set(out) & set(methods_lib.PRUNING_METHODS):
+    if isinstance(out[name], dict):
+      out[name] = _without_defaults(name, out[name])
+  return out
+
+
+def _without_defaults(name: str, settings: dict) -> dict:
+  """A method's settings without those at the factory's current default: a
+  setting added to a method later (absent from an older run's config) then
+  compares equal to the same run made today, while a changed value, or an
+  old run's value of a setting whose default has changed, still differs."""
+  defaults = json.loads(json.dumps(
+      methods_lib.method_config(name).to_dict(), default=list))
+  return {k: v for k, v in settings.items()
+          if k not in defaults or json.loads(json.dumps(v, default=list))
+          != defaults[k]}
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> dict:

@@ -20,6 +20,7 @@ from proxnag_jax import commands
 from proxnag_jax import data
 from proxnag_jax import hostio
 from proxnag_jax import experiment
+from proxnag_jax import methods
 
 QUIET = dict(log=lambda *_: None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,6 +138,36 @@ def test_a_run_resumes_when_only_methods_it_does_not_use_change(tmp_path):
   t.methods = ("magnitude", "proxnag")
   assert experiment.config_diff(
       cs, experiment.comparable_config(json.loads(t.to_json_best_effort())))
+
+
+def test_a_run_resumes_when_its_method_gains_a_setting_at_its_default(
+    tmp_path):
+  """An older run's config lacks a setting its method has since gained: at
+  the factory's default it compares equal (the run resumes); set to another
+  value, or an old value of a setting whose default changed, it differs."""
+  wd = str(tmp_path / "w")
+  a = proxnag_lenet5_mnist.get_config("smoke")
+  a.method = "rw_admm"
+  experiment.prepare_workdir(wd, a)
+  with open(os.path.join(wd, "config.json")) as f:
+    old = json.load(f)
+  del old["rw_admm"]["stages"]                 # written before it existed
+  old["rw_admm"]["eps"] = 0.5                  # an old, non-default value
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(old, f)
+  with open(os.path.join(wd, "trace.jsonl"), "w") as f:
+    f.write("{}\n")               # a run got going
+  b = proxnag_lenet5_mnist.get_config("smoke")
+  b.method = "rw_admm"
+  b.rw_admm.eps = 0.5
+  assert experiment.prepare_workdir(wd, b)      # stages=() is the default
+  b.rw_admm.stages = (0.5,)
+  with pytest.raises(ValueError, match="rw_admm.stages"):
+    experiment.prepare_workdir(wd, b)
+  b.rw_admm.stages = ()
+  b.rw_admm.eps = methods.method_config("rw_admm").eps
+  with pytest.raises(ValueError, match="rw_admm.eps"):
+    experiment.prepare_workdir(wd, b)
 
 
 def test_config_changes_name_the_nested_field():
