@@ -5,7 +5,8 @@
 //
 // Each distinct shape gets its oneDNN primitive once (a cache keyed by the
 // shapes and the window); the kernel is reordered to and from the layout the
-// primitive picks on every call (kernels are small).
+// primitive picks on every call (kernels are small). Scratchpads are the
+// caller's, allocated per call, so XLA may run calls concurrently.
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -47,17 +48,23 @@ struct Geometry {
   memory::dims Strides() const { return {sh, sw}; }
   memory::dims PadL() const { return {pt, pl}; }
   memory::dims PadR() const { return {pb, pr}; }
+  static dnnl::primitive_attr Attr() {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return attr;
+  }
   dnnl::convolution_forward::primitive_desc Forward() const {
     return dnnl::convolution_forward::primitive_desc(
         Engine(), dnnl::prop_kind::forward_training,
         dnnl::algorithm::convolution_direct, Src(), AnyWeights(), Dst(),
-        Strides(), PadL(), PadR());
+        Strides(), PadL(), PadR(), Attr());
   }
 };
 
 struct Entry {
   dnnl::primitive prim;
   memory::desc weights;  // the layout the primitive wants its kernel in
+  memory::desc scratchpad;
 };
 
 std::mutex cache_mutex;
@@ -112,7 +119,8 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     if (!e) {
       auto pd = g.Forward();
       e = Store(key, std::make_shared<Entry>(
-                         Entry{dnnl::convolution_forward(pd), pd.weights_desc()}));
+                         Entry{dnnl::convolution_forward(pd), pd.weights_desc(),
+                               pd.scratchpad_desc()}));
     }
     dnnl::stream s(Engine());
     memory src(g.Src(), Engine(), x.typed_data());
@@ -123,8 +131,9 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       wm = memory(e->weights, Engine());
       dnnl::reorder(user_w, wm).execute(s, user_w, wm);
     }
+    memory scratch(e->scratchpad, Engine());
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm},
-                        {DNNL_ARG_DST, dst}});
+                        {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     s.wait();
   });
 }
@@ -144,9 +153,11 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
       auto hint = g.Forward();
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint);
-      e = Store(key, std::make_shared<Entry>(Entry{
-                         dnnl::convolution_backward_data(pd), pd.weights_desc()}));
+          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint,
+          Geometry::Attr());
+      e = Store(key, std::make_shared<Entry>(
+                         Entry{dnnl::convolution_backward_data(pd),
+                               pd.weights_desc(), pd.scratchpad_desc()}));
     }
     dnnl::stream s(Engine());
     memory diff_dst(g.Dst(), Engine(), dy.typed_data());
@@ -157,9 +168,11 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
       wm = memory(e->weights, Engine());
       dnnl::reorder(user_w, wm).execute(s, user_w, wm);
     }
+    memory scratch(e->scratchpad, Engine());
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_WEIGHTS, wm},
-                        {DNNL_ARG_DIFF_SRC, diff_src}});
+                        {DNNL_ARG_DIFF_SRC, diff_src},
+                        {DNNL_ARG_SCRATCHPAD, scratch}});
     s.wait();
   });
 }
@@ -180,10 +193,11 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
       auto hint = g.Forward();
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint);
+          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint,
+          Geometry::Attr());
       e = Store(key, std::make_shared<Entry>(
                          Entry{dnnl::convolution_backward_weights(pd),
-                               pd.diff_weights_desc()}));
+                               pd.diff_weights_desc(), pd.scratchpad_desc()}));
     }
     dnnl::stream s(Engine());
     memory src(g.Src(), Engine(), x.typed_data());
@@ -191,8 +205,10 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
     memory user_dw(g.UserWeights(), Engine(), dw->typed_data());
     memory dwm = e->weights == g.UserWeights() ? user_dw
                                                : memory(e->weights, Engine());
+    memory scratch(e->scratchpad, Engine());
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                        {DNNL_ARG_DIFF_WEIGHTS, dwm}});
+                        {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                        {DNNL_ARG_SCRATCHPAD, scratch}});
     if (e->weights != g.UserWeights())
       dnnl::reorder(dwm, user_dw).execute(s, dwm, user_dw);
     s.wait();
