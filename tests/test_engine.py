@@ -48,7 +48,7 @@ for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
   print(name, list(losses), len(sh.device_set))
 # One step from the same params on the same batch and keys is the same
 # computation up to float32 reassociation: the cross-device BatchNorm and
-# loss means sum the 24 x 24 x 64 activations of a channel in a batch in
+# loss means sum the 28 x 28 x 64 activations of a channel in a batch in
 # another order (relative error ~ sqrt(n) * 6e-8 ~ 2e-5 per sum for
 # n ~ 10^5), through 4 layers. So the first loss agrees to 1e-4 relative and the first update
 # to 1e-3 of its largest entry, ~10x those bounds; a wrong reduction (a
@@ -66,11 +66,11 @@ print("OK")
 """
 
 
-def test_four_cpu_devices_give_the_same_loss(mnist_dir):
+def test_four_cpu_devices_give_the_same_loss(cifar_dir):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   r = subprocess.run([sys.executable, "-c",
-                      _SHARDED.format(root=ROOT, npz=mnist_dir)],
+                      _SHARDED.format(root=ROOT, npz=cifar_dir)],
                      capture_output=True, text=True, timeout=600, env=env)
   assert r.returncode == 0, r.stdout + r.stderr[-3000:]
   assert "OK" in r.stdout
