@@ -166,3 +166,27 @@ def test_the_onednn_functions_register_their_targets_themselves():
                      cwd=os.path.dirname(os.path.dirname(__file__)))
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.split()[-1] == "18.0"   # 3 x 3 taps x 2 channels of ones
+
+
+def test_requiring_onednn_where_it_cannot_build_says_why(tmp_path):
+  """No compiler (CXX=/bin/false) and an empty build cache: PROXNAG_CONV=onednn
+  fails with a ValueError naming the build, auto falls back to XLA."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ("from proxnag_jax.models import conv\n"
+          "print(conv.backend())\n"
+          "try:\n"
+          "  with conv.use_backend('onednn'):\n"
+          "    conv.backend()\n"
+          "except ValueError as e:\n"
+          "  print('refused:', str(e).splitlines()[0])\n")
+  env = {**os.environ, "CXX": "/bin/false", "PROXNAG_CONV": "auto",
+         "PROXNAG_ONEDNN_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, timeout=300, check=False, env=env,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = r.stdout.splitlines()
+  assert out[0] == "xla"
+  assert out[1].startswith("refused:") and ("build" in out[1]
+                                             or "oneDNN" in out[1]), out

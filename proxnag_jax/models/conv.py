@@ -20,11 +20,11 @@ Other configurations (dilations, groups, other layouts) fall back to
 and both gradients as oneDNN custom calls instead: 2-3x faster per layer than
 XLA:CPU on these CPUs, the same values to float32 rounding (tested). The
 choice is made when a function is traced: ``PROXNAG_CONV=auto`` (default:
-oneDNN when the run has one CPU device in all and it is available, else XLA), ``onednn`` (required; fails if
-unavailable) or ``xla``; :func:`use_backend` overrides it inside a ``with``
-block (tracing for channel groups and the portable export use ``'xla'``, so
-their programs hold plain convolutions). :func:`backend` says what a trace
-made now would use.
+oneDNN when the run has one CPU device in all and it is available, else
+XLA), ``onednn`` (required; fails if unavailable) or ``xla``;
+:func:`use_backend` overrides it inside a ``with`` block (tracing for channel
+groups and the portable export use ``'xla'``, so their programs hold plain
+convolutions). :func:`backend` says what a trace made now would use.
 """
 
 from __future__ import annotations
@@ -149,8 +149,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None):
   """``lax.conv_general_dilated`` (same arguments and result), with the
   faster gradients above (and oneDNN on the CPU, see the module docstring)
-  for 2-D NHWC/HWIO convolutions without dilation or
-  groups."""
+  for 2-D NHWC/HWIO convolutions without dilation or groups."""
   kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                 dimension_numbers=dimension_numbers,
                 feature_group_count=feature_group_count,

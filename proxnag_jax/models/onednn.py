@@ -43,9 +43,11 @@ _TARGETS = {"fwd": "PnjConvFwd", "bwd_data": "PnjConvBwdData",
 _PREFIX = "proxnag_conv_"
 
 
-class Unavailable(RuntimeError):
+class Unavailable(ValueError):
   """oneDNN convolutions cannot be built or loaded here (the message says why
-  and what to install)."""
+  and what to install). A ValueError: the commands report it as a user's
+  error (``PROXNAG_CONV=onednn`` without the ``[cpu]`` extra or a compiler),
+  without a traceback."""
 
 
 def _dnnl_root() -> str:
