@@ -48,9 +48,9 @@ for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
   print(name, list(losses), len(sh.device_set))
 # One step from the same params on the same batch and keys is the same
 # computation up to float32 reassociation: the cross-device BatchNorm and
-# loss means sum the 28 x 28 x 64 activations of a channel in a batch in
-# another order (relative error ~ sqrt(n) * 6e-8 ~ 2e-5 per sum for
-# n ~ 10^5), through 4 layers. So the first loss agrees to 1e-4 relative and the first update
+# loss means sum the 32 x 32 x 32 activations of a batch in another order
+# (relative error ~ sqrt(n) * 6e-8 ~ 2e-5 per sum for n ~ 10^5), through 20
+# layers. So the first loss agrees to 1e-4 relative and the first update
 # to 1e-3 of its largest entry, ~10x those bounds; a wrong reduction (a
 # per-device BatchNorm, a loss summed instead of averaged) misses them by
 # orders of magnitude. Later steps are NOT compared: training amplifies
