@@ -59,6 +59,16 @@ struct Geometry {
         dnnl::algorithm::convolution_direct, Src(), AnyWeights(), Dst(),
         Strides(), PadL(), PadR(), Attr());
   }
+  dnnl::convolution_backward_data::primitive_desc BackwardData() const {
+    return dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Src(), AnyWeights(),
+        Dst(), Strides(), PadL(), PadR(), Forward(), Attr());
+  }
+  dnnl::convolution_backward_weights::primitive_desc BackwardWeights() const {
+    return dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Src(), AnyWeights(),
+        Dst(), Strides(), PadL(), PadR(), Forward(), Attr());
+  }
 };
 
 struct Entry {
@@ -150,11 +160,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     std::string key = g.Key("bwd_data");
     auto e = Lookup(key);
     if (!e) {
-      auto hint = g.Forward();
-      auto pd = dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint,
-          Geometry::Attr());
+      auto pd = g.BackwardData();
       e = Store(key, std::make_shared<Entry>(
                          Entry{dnnl::convolution_backward_data(pd),
                                pd.weights_desc(), pd.scratchpad_desc()}));
@@ -190,11 +196,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
     std::string key = g.Key("bwd_weights");
     auto e = Lookup(key);
     if (!e) {
-      auto hint = g.Forward();
-      auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-          g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint,
-          Geometry::Attr());
+      auto pd = g.BackwardWeights();
       e = Store(key, std::make_shared<Entry>(
                          Entry{dnnl::convolution_backward_weights(pd),
                                pd.diff_weights_desc(), pd.scratchpad_desc()}));
@@ -217,17 +219,9 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
 
 // The implementation oneDNN picked for a shape, for diagnostics.
 std::string ImplName(const Geometry& g, int which) {
-  auto hint = g.Forward();
-  if (which == 0) return hint.impl_info_str();
-  if (which == 1)
-    return dnnl::convolution_backward_data::primitive_desc(
-               Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-               g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint)
-        .impl_info_str();
-  return dnnl::convolution_backward_weights::primitive_desc(
-             Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-             g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(), g.PadR(), hint)
-      .impl_info_str();
+  if (which == 0) return g.Forward().impl_info_str();
+  if (which == 1) return g.BackwardData().impl_info_str();
+  return g.BackwardWeights().impl_info_str();
 }
 
 }  // namespace
