@@ -6,13 +6,14 @@
 // Each distinct shape gets its oneDNN primitive once (a cache keyed by the
 // shapes and the window); the kernel is reordered to and from the layout the
 // primitive picks on every call (kernels are small). Scratchpads are the
-// caller's, allocated per call, so XLA may run calls concurrently.
+// caller's (one per thread, reused), so XLA may run calls concurrently.
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -76,6 +77,15 @@ struct Entry {
   memory::desc weights;  // the layout the primitive wants its kernel in
   memory::desc scratchpad;
 };
+
+// The calling thread's scratchpad, grown as needed: a call runs on one
+// thread, so two calls at once never share one.
+memory Scratchpad(const memory::desc& desc) {
+  thread_local std::vector<uint8_t> buffer;
+  size_t size = desc.get_size();
+  if (buffer.size() < size) buffer.resize(size);
+  return memory(desc, Engine(), size ? buffer.data() : nullptr);
+}
 
 std::mutex cache_mutex;
 std::unordered_map<std::string, std::shared_ptr<Entry>> cache;
@@ -141,7 +151,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       wm = memory(e->weights, Engine());
       dnnl::reorder(user_w, wm).execute(s, user_w, wm);
     }
-    memory scratch(e->scratchpad, Engine());
+    memory scratch = Scratchpad(e->scratchpad);
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm},
                         {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     s.wait();
@@ -174,7 +184,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
       wm = memory(e->weights, Engine());
       dnnl::reorder(user_w, wm).execute(s, user_w, wm);
     }
-    memory scratch(e->scratchpad, Engine());
+    memory scratch = Scratchpad(e->scratchpad);
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_WEIGHTS, wm},
                         {DNNL_ARG_DIFF_SRC, diff_src},
@@ -207,7 +217,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
     memory user_dw(g.UserWeights(), Engine(), dw->typed_data());
     memory dwm = e->weights == g.UserWeights() ? user_dw
                                                : memory(e->weights, Engine());
-    memory scratch(e->scratchpad, Engine());
+    memory scratch = Scratchpad(e->scratchpad);
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_DIFF_WEIGHTS, dwm},
                         {DNNL_ARG_SCRATCHPAD, scratch}});
