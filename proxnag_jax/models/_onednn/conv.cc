@@ -101,6 +101,24 @@ std::shared_ptr<Entry> Store(const std::string& key, std::shared_ptr<Entry> e) {
   return cache.emplace(key, std::move(e)).first->second;
 }
 
+// The cached primitive of ``key``, made by ``make()`` on first use.
+template <typename Make>
+std::shared_ptr<Entry> Cached(const std::string& key, Make&& make) {
+  auto e = Lookup(key);
+  return e ? e : Store(key, std::make_shared<Entry>(make()));
+}
+
+// The user's HWIO kernel in the layout the primitive wants (reordered into a
+// new buffer when they differ).
+memory KernelFor(const Entry& e, const Geometry& g, float* w,
+                 dnnl::stream& s) {
+  memory user(g.UserWeights(), Engine(), w);
+  if (e.weights == g.UserWeights()) return user;
+  memory wm(e.weights, Engine());
+  dnnl::reorder(user, wm).execute(s, user, wm);
+  return wm;
+}
+
 ffi::Error Check(const Geometry& g) {
   if (g.n <= 0 || g.c <= 0 || g.o <= 0 || g.ho <= 0 || g.wo <= 0)
     return ffi::Error::InvalidArgument("onednn conv: empty shape");
@@ -134,23 +152,15 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                     pt, pb, pl, pr);
   if (auto err = Check(g); err.failure()) return err;
   return Guard([&] {
-    std::string key = g.Key("fwd");
-    auto e = Lookup(key);
-    if (!e) {
+    auto e = Cached(g.Key("fwd"), [&] {
       auto pd = g.Forward();
-      e = Store(key, std::make_shared<Entry>(
-                         Entry{dnnl::convolution_forward(pd), pd.weights_desc(),
-                               pd.scratchpad_desc()}));
-    }
+      return Entry{dnnl::convolution_forward(pd), pd.weights_desc(),
+                   pd.scratchpad_desc()};
+    });
     dnnl::stream s(Engine());
     memory src(g.Src(), Engine(), x.typed_data());
     memory dst(g.Dst(), Engine(), y->typed_data());
-    memory user_w(g.UserWeights(), Engine(), w.typed_data());
-    memory wm = user_w;
-    if (e->weights != g.UserWeights()) {
-      wm = memory(e->weights, Engine());
-      dnnl::reorder(user_w, wm).execute(s, user_w, wm);
-    }
+    memory wm = KernelFor(*e, g, w.typed_data(), s);
     memory scratch = Scratchpad(e->scratchpad);
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm},
                         {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
@@ -158,7 +168,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   });
 }
 
-// dx = d conv(x, w) / dx applied to dy; x_shape carries x's shape.
+// dx = d conv(x, w) / dx applied to dy (dx's buffer gives x's shape).
 ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                            ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
                            int64_t sw, int64_t pt, int64_t pb, int64_t pl,
@@ -167,23 +177,15 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                     pt, pb, pl, pr);
   if (auto err = Check(g); err.failure()) return err;
   return Guard([&] {
-    std::string key = g.Key("bwd_data");
-    auto e = Lookup(key);
-    if (!e) {
+    auto e = Cached(g.Key("bwd_data"), [&] {
       auto pd = g.BackwardData();
-      e = Store(key, std::make_shared<Entry>(
-                         Entry{dnnl::convolution_backward_data(pd),
-                               pd.weights_desc(), pd.scratchpad_desc()}));
-    }
+      return Entry{dnnl::convolution_backward_data(pd), pd.weights_desc(),
+                   pd.scratchpad_desc()};
+    });
     dnnl::stream s(Engine());
     memory diff_dst(g.Dst(), Engine(), dy.typed_data());
     memory diff_src(g.Src(), Engine(), dx->typed_data());
-    memory user_w(g.UserWeights(), Engine(), w.typed_data());
-    memory wm = user_w;
-    if (e->weights != g.UserWeights()) {
-      wm = memory(e->weights, Engine());
-      dnnl::reorder(user_w, wm).execute(s, user_w, wm);
-    }
+    memory wm = KernelFor(*e, g, w.typed_data(), s);
     memory scratch = Scratchpad(e->scratchpad);
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_WEIGHTS, wm},
@@ -203,14 +205,11 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x,
                     pt, pb, pl, pr);
   if (auto err = Check(g); err.failure()) return err;
   return Guard([&] {
-    std::string key = g.Key("bwd_weights");
-    auto e = Lookup(key);
-    if (!e) {
+    auto e = Cached(g.Key("bwd_weights"), [&] {
       auto pd = g.BackwardWeights();
-      e = Store(key, std::make_shared<Entry>(
-                         Entry{dnnl::convolution_backward_weights(pd),
-                               pd.diff_weights_desc(), pd.scratchpad_desc()}));
-    }
+      return Entry{dnnl::convolution_backward_weights(pd),
+                   pd.diff_weights_desc(), pd.scratchpad_desc()};
+    });
     dnnl::stream s(Engine());
     memory src(g.Src(), Engine(), x.typed_data());
     memory diff_dst(g.Dst(), Engine(), dy.typed_data());
