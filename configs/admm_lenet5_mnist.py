@@ -10,6 +10,8 @@
   python -m train.prune --config configs/admm_lenet5_mnist.py:budget ...      # per-layer
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw_budget ...   # budgets
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw71 ...  # reweighted, 71x
+  python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag_budget ...
+      # Prox-NAG (target schedule) held to the same per-layer budget
 
 Targets (weights of the Caffe LeNet-5: 430,500; with biases 431,080):
 * ``admm``: 98.73% of the weights pruned, 5,467 kept: 78.7x over the
@@ -22,6 +24,10 @@ Per-layer budgets (``:budget``, ``:rw_budget``): the kept fractions of the
 ADMM reference's 71x LeNet-5 (KaiqiZhang/admm-pruning: 100 / 2,000 / 3,600 /
 350 weights of conv1 / conv2 / fc1 / fc2) taken to the target by one
 exponent (``masks.power_allocation``): at 356x 48 / 634 / 423 / 105.
+``:proxnag_budget`` holds Prox-NAG's target schedule to the same budget
+(``proxnag.layer_keep``: the penalty trimmed inside each layer), so the
+three methods can be compared at one allocation; override its fractions as
+the others', e.g. ``--config.proxnag.layer_keep.conv1=0.33``.
 
 Budget: 40 epochs after the dense model; ADMM takes the first half with a
 Z/U step every epoch (20 rounds, as the reference's Caffe LeNet-5 solver),
@@ -33,7 +39,8 @@ from configs import proxnag_lenet5_mnist
 
 
 VARIANTS = ("smoke", "rw", "rw_rel", "rw_smoke", "proxnag",
-            "proxnag_rw", "budget", "rw_budget", "rw71", "budget_smoke")
+            "proxnag_rw", "budget", "rw_budget", "rw71", "budget_smoke",
+            "proxnag_budget", "proxnag_budget_smoke")
 
 # Kept fractions per layer of the ADMM reference's 71x LeNet-5.
 ADMM_71X = {"conv1": 100 / 500, "conv2": 2000 / 25000,
@@ -45,8 +52,9 @@ def get_config(arg: str = ""):
   smoke = arg.endswith("smoke")
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
   rw = arg.startswith("rw") or arg == "proxnag_rw"
-  budget = arg.startswith(("budget", "rw_budget"))
-  c.method = "rw_admm" if rw else "admm"
+  budget = arg.startswith(("budget", "rw_budget", "proxnag_budget"))
+  c.method = ("proxnag" if arg.startswith("proxnag_budget") else
+              "rw_admm" if rw else "admm")
   c.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
   c.budget_epochs = 40.0
   c.finetune_lr = 0.01        # SGD, as the reference's Caffe solver
@@ -58,7 +66,10 @@ def get_config(arg: str = ""):
   if arg == "rw_rel":
     # Weights compared to their layer's RMS before the global threshold.
     c.rw_admm.relative = True
-  if arg.startswith("proxnag"):
+  # :proxnag_budget: Prox-NAG's target schedule (the default: a lambda
+  # controller to the count, then fine-tuning from the phase start) held to
+  # the budget.
+  if arg.startswith("proxnag") and not arg.startswith("proxnag_budget"):
     # Prox-NAG at the same target, from the same dense model, in the same
     # 40 epochs (its rounds, then a final fine-tune filling the budget).
     c.method = "proxnag"

@@ -43,6 +43,7 @@ __all__ = [
     "count_zeros",
     "sparsity_of",
     "masks_from_params",
+    "layer_budget_fractions",
     "power_allocation",
     "layer_counts_topk_masks",
     "prunable_names",
@@ -458,6 +459,37 @@ def normalized_kernels(fn: Callable[[PyTree], jax.Array], params: PyTree,
 # ---------------------------------------------------------------------------
 # Per-layer budgets.
 # ---------------------------------------------------------------------------
+
+
+def layer_budget_fractions(layer_keep: dict, params, prunable, who: str):
+  """A per-layer budget ``layer_keep`` ({name: fraction kept, or count
+  kept}) as one kept fraction per prunable leaf (tree order), with the
+  leaves' sizes: ``(fractions, sizes)``, for :func:`power_allocation`. A
+  name is a leaf (``'conv1/kernel'``) or its module (``'conv1'``); every
+  prunable leaf must be named once. Host check: raises ValueError naming
+  ``who``."""
+  names = prunable_names(params, prunable)
+  sizes = [int(x.size) for x in prunable_leaves(params, prunable)]
+  given = dict(layer_keep)
+  fracs, used = [], set()
+  for leaf, n in zip(names, sizes):
+    hits = [k for k in given if k == leaf or leaf.startswith(k + "/")]
+    if len(hits) != 1:
+      raise ValueError(
+          f"{who}: layer_keep must name every prunable layer once; "
+          f"{leaf!r} is matched by {hits or 'no entry'} (layers: "
+          f"{', '.join(names)}).")
+    v = float(given[hits[0]])
+    used.add(hits[0])
+    if not 0 < v <= n:
+      raise ValueError(f"{who}: layer_keep[{hits[0]!r}] = {v} must be a "
+                       f"kept fraction in (0, 1] or a kept count in [1, {n}].")
+    fracs.append(v if v <= 1.0 else v / n)
+  extra = sorted(set(given) - used)
+  if extra:
+    raise ValueError(f"{who}: layer_keep names {extra}, which are not "
+                     f"prunable layers ({', '.join(names)}).")
+  return fracs, sizes
 
 
 def power_allocation(fractions, sizes, n_keep, iters: int = 64) -> jax.Array:

@@ -170,6 +170,23 @@ class ProxState(NamedTuple):
   norms: Any = None
 
 
+def _counts_like(counts, params, who: str):
+  """Per-leaf counts laid out as ``params`` (``None`` where a leaf has
+  none): a tree of the same structure, or a flat sequence with one entry
+  per leaf of ``params`` (``None`` entries allowed)."""
+  n = len(jax.tree.leaves(params))
+  treedef = jax.tree.structure(params)
+  if isinstance(counts, (list, tuple)) and len(counts) == n:
+    return jax.tree.unflatten(treedef, list(counts))
+  try:
+    leaves = treedef.flatten_up_to(counts)
+  except (ValueError, TypeError):
+    raise ValueError(f"{who}: layer_keep must give one count per leaf of the "
+                     "params (a tree of the same structure, None where a leaf "
+                     "has none).") from None
+  return jax.tree.unflatten(treedef, leaves)
+
+
 def _prox_transform(
     prox_fn: Callable[[jax.Array, jax.Array], jax.Array],
     l1: ScalarOrSchedule,
@@ -180,8 +197,12 @@ def _prox_transform(
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
     keep=None,
+    layer_keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   _check_nonnegative(f"{who}: l1", l1)
+  if keep is not None and layer_keep is not None:
+    raise ValueError(f"{who}: give keep (one count over all masked leaves) "
+                     "or layer_keep (a count per leaf), not both.")
   if normalized_reference not in ("rms", "init"):
     raise ValueError(f"{who}: normalized_reference must be 'rms' or 'init', "
                      f"got {normalized_reference!r}.")
@@ -224,7 +245,7 @@ def _prox_transform(
     use_ref = state.norms is not None
     exempt = None
     units = None
-    if keep is not None:
+    if keep is not None or layer_keep is not None:
       # The trimmed penalty: the `keep` largest masked entries of w + u (in
       # their thresholds' units) are exempt from the step.
       units = jax.tree.map(
@@ -232,6 +253,21 @@ def _prox_transform(
               p + u, nrm, sc, ref, use_ref),
           updates, params, norm_tree, scales, refs,
           is_leaf=lambda x: x is None)
+    if layer_keep is not None:
+      # The trimmed penalty inside each leaf: its own `k` largest exempt.
+      counts = layer_keep(params) if callable(layer_keep) else layer_keep
+      counts = _counts_like(counts, params, who)
+
+      def leaf_exempt(un, k):
+        if un is None or k is None:
+          return None
+        k = jnp.clip(jnp.asarray(k, jnp.int32), 0, un.size)
+        desc = -jnp.sort(-un.ravel())
+        return un >= jnp.where(k > 0, desc[jnp.maximum(k - 1, 0)], jnp.inf)
+
+      exempt_tree = jax.tree.map(leaf_exempt, units, counts,
+                                 is_leaf=lambda x: x is None)
+    elif keep is not None:
       flat = [a.ravel() for a, m in zip(
           jax.tree.leaves(units, is_leaf=lambda x: x is None),
           jax.tree.leaves(mask_tree, is_leaf=lambda x: x is None))
@@ -245,12 +281,15 @@ def _prox_transform(
     if units is None:
       units = jax.tree.map(lambda u: None, updates,
                            is_leaf=lambda x: x is None)
+    if layer_keep is None:
+      exempt_tree = jax.tree.map(
+          lambda un: None if un is None or exempt is None else un >= exempt,
+          units, is_leaf=lambda x: x is None)
 
-    def leaf(u, p, m, nrm, sc, ref, un):
+    def leaf(u, p, m, nrm, sc, ref, ex):
       if u is None:
         return None
       target = p + u
-      ex = None if exempt is None else un >= exempt
       shrunk = prox_fn(target, (tau * sc).astype(target.dtype))
       if ex is not None:
         shrunk = jnp.where(ex, target, shrunk)
@@ -263,8 +302,8 @@ def _prox_transform(
       return (new - p).astype(u.dtype)
 
     new_updates = jax.tree.map(
-        leaf, updates, params, mask_tree, norm_tree, scales, refs, units,
-        is_leaf=lambda x: x is None
+        leaf, updates, params, mask_tree, norm_tree, scales, refs,
+        exempt_tree, is_leaf=lambda x: x is None
     )
     return new_updates, state._replace(count=optax.safe_increment(
         state.count))
@@ -281,6 +320,7 @@ def prox_l1(
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
     keep=None,
+    layer_keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal step of ``l1 * ||w||_1`` applied to the incoming update.
 
@@ -334,14 +374,24 @@ def prox_l1(
       the rest are soft-thresholded. The weights meant to survive a prune to
       ``k`` are then not shrunk (no L1 bias on them), while the others are
       driven to exact zeros as before.
+    layer_keep: the trimmed penalty with a count per leaf instead of one
+      over all: a tree laid out as the params (or a flat sequence, one entry
+      per leaf) of counts ``k_l`` (may be traced; ``None`` for leaves without
+      one), or a callable ``params -> such a tree``. Each leaf's ``k_l``
+      largest entries of ``w + u`` are exempt, so a leaf keeps at least
+      ``k_l`` nonzeros and a large lambda leaves it exactly ``k_l``: a
+      per-layer budget. Not with ``keep``.
 
   Example:
     >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),
     ...                  prox_l1(l1=1e-3, learning_rate=0.1))
+    >>> tx = optax.chain(optax.scale_by_learning_rate(0.1),   # per layer
+    ...                  prox_l1(l1=1e-3, learning_rate=0.1,
+    ...                          layer_keep={"w": 30, "b": None}))
   """
   return _prox_transform(
       prox_lib.soft_threshold, l1, learning_rate, mask, "prox_l1",
-      normalized, rms_scaled, normalized_reference, keep,
+      normalized, rms_scaled, normalized_reference, keep, layer_keep,
   )
 
 
@@ -530,6 +580,7 @@ def proxnag(
     rms_scaled: MaskOrFn = None,
     normalized_reference: str = "rms",
     keep=None,
+    layer_keep=None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prox-NAG: proximal L1 gradient step with Nesterov momentum.
 
@@ -567,6 +618,8 @@ def proxnag(
       kernels' threshold is relative to (:func:`prox_l1`).
     keep: ``k`` for the trimmed L1 penalty (the ``k`` largest entries
       exempt, :func:`prox_l1`); default the L1 penalty.
+    layer_keep: the trimmed penalty with a count per leaf (:func:`prox_l1`):
+      a per-layer budget that a large enough lambda reaches exactly.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -583,7 +636,8 @@ def proxnag(
           if groups is not None
           else prox_l1(l1, learning_rate, mask=mask, normalized=normalized,
                        rms_scaled=rms_scaled,
-                       normalized_reference=normalized_reference, keep=keep))
+                       normalized_reference=normalized_reference, keep=keep,
+                       layer_keep=layer_keep))
   return optax.chain(
       optax.scale_by_learning_rate(learning_rate),
       prox,

@@ -780,6 +780,29 @@ def test_admm_per_layer_budget_keeps_each_layers_count(tmp_path, name):
   assert zs[-1] == pytest.approx(0.75, abs=1e-3)
 
 
+def test_proxnag_per_layer_budget_ends_each_layer_at_its_count(tmp_path):
+  """Prox-NAG's target schedule with ``layer_keep``: the phase ends with
+  each layer at its own count (the same power allocation as ADMM's
+  budgets), exact in total, whatever the layers' scales; a budget that
+  empties a layer is refused; the paper schedule refuses a budget."""
+  settings = dict(tiny.SETTINGS["proxnag"], layer_keep=TINY_BUDGET)
+  method, ctx, res = tiny.run_tiny("proxnag", str(tmp_path), targets=(0.75,),
+                                   settings=settings)
+  state = res.states[0]
+  n = 72 + 2048
+  want = pj.masks.power_allocation([0.5, 0.2], [72, 2048],
+                                   n - round(0.75 * n))
+  params = tiny.final_params(method, state)
+  assert [_kept(params, "conv"), _kept(params, "fc")] == [int(x) for x in
+                                                          want]
+  assert method.summary(state)["outcome"] == "target reached"
+  with pytest.raises(ValueError, match="needs schedule='target'"):
+    methods.get_method("proxnag", schedule="paper", layer_keep=TINY_BUDGET)
+  with pytest.raises(ValueError, match="keeps no weight of conv/kernel"):
+    tiny.run_tiny("proxnag", targets=(0.99,), settings=dict(
+        tiny.SETTINGS["proxnag"], layer_keep={"conv": 1e-6, "fc": 0.9}))
+
+
 def test_power_allocation_meets_the_total_and_shrinks_small_shares_most():
   alloc = pj.masks.power_allocation
   f, n = [0.2, 0.08, 0.009, 0.07], [500, 25000, 400000, 5000]

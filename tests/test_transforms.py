@@ -414,6 +414,49 @@ def test_prox_l1_trimmed_penalty_exempts_the_k_largest():
                              atol=1e-7)
 
 
+def test_prox_l1_layer_keep_trims_the_penalty_inside_each_leaf():
+  """``layer_keep``: each leaf's own ``k_l`` largest |w + u| pass unchanged
+  and the rest are soft-thresholded (numpy reference); a leaf without a
+  count is untouched; a flat sequence and a callable of the params give
+  the same step; with a large lambda every leaf ends at exactly ``k_l``."""
+  rng = np.random.default_rng(3)
+  params = {"a": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(10,)) * 0.01, jnp.float32),
+            "c": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+  mask = {"a": True, "b": True, "c": False}
+  counts = {"a": 5, "b": 3, "c": None}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  lr, lam = 0.5, 0.3
+  tx = pj.prox_l1(lam, lr, mask=mask, layer_keep=counts)
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  new = optax.apply_updates(params, u)
+  for name in ("a", "b"):
+    x = np.asarray(params[name]).ravel()
+    kept = np.zeros(x.size, bool)
+    kept[np.argsort(-np.abs(x))[:counts[name]]] = True
+    want = np.where(kept, x, np.sign(x) * np.maximum(np.abs(x) - lr * lam, 0))
+    np.testing.assert_allclose(np.asarray(new[name]).ravel(), want,
+                               rtol=1e-6)
+  np.testing.assert_array_equal(new["c"], params["c"])
+  # The same counts as a flat sequence (tree order a, b, c) or a callable.
+  for given in ([5, 3, None], lambda p: counts):
+    tx2 = pj.prox_l1(lam, lr, mask=mask, layer_keep=given)
+    u2, _ = tx2.update(grads, tx2.init(params), params)
+    for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(u2)):
+      np.testing.assert_array_equal(p, q)
+  # A large lambda: exactly k_l nonzeros in each leaf (b is the smaller
+  # leaf in scale, so one global count would empty it first).
+  big = pj.prox_l1(100.0, 1.0, mask=mask, layer_keep=counts)
+  u3, _ = big.update(grads, big.init(params), params)
+  out = optax.apply_updates(params, u3)
+  assert [int(np.sum(np.asarray(out[k]) != 0)) for k in ("a", "b")] == [5, 3]
+  with pytest.raises(ValueError, match="not both"):
+    pj.prox_l1(lam, lr, keep=3, layer_keep=counts)
+  with pytest.raises(ValueError, match="one count per leaf"):
+    bad = pj.prox_l1(lam, lr, mask=mask, layer_keep={"a": 5})
+    bad.update(grads, bad.init(params), params)
+
+
 @pytest.mark.parametrize("global_count", [False, True])
 def test_lpbox_admm_drives_a_relaxed_mask_to_the_best_binary_one(
     global_count):

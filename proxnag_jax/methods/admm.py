@@ -135,35 +135,6 @@ def _reweighted(v, z_prev, prunable, n_keep, eps, relative=False):
   return z, keep
 
 
-def _budget_fractions(layer_keep: dict, params, prunable, who: str):
-  """``layer_keep`` ({name: fraction kept, or count kept}) as one kept
-  fraction per prunable leaf (tree order), with the leaves' sizes; a name
-  is a leaf (``'conv1/kernel'``) or its module (``'conv1'``). Every prunable
-  leaf must be named once. Host check: raises ValueError."""
-  names = masks_lib.prunable_names(params, prunable)
-  sizes = [int(x.size) for x in base.prunable_leaves(params, prunable)]
-  given = dict(layer_keep)
-  fracs, used = [], set()
-  for leaf, n in zip(names, sizes):
-    hits = [k for k in given if k == leaf or leaf.startswith(k + "/")]
-    if len(hits) != 1:
-      raise ValueError(
-          f"{who}: layer_keep must name every prunable layer once; "
-          f"{leaf!r} is matched by {hits or 'no entry'} (layers: "
-          f"{', '.join(names)}).")
-    v = float(given[hits[0]])
-    used.add(hits[0])
-    if not 0 < v <= n:
-      raise ValueError(f"{who}: layer_keep[{hits[0]!r}] = {v} must be a "
-                       f"kept fraction in (0, 1] or a kept count in [1, {n}].")
-    fracs.append(v if v <= 1.0 else v / n)
-  extra = sorted(set(given) - used)
-  if extra:
-    raise ValueError(f"{who}: layer_keep names {extra}, which are not "
-                     f"prunable layers ({', '.join(names)}).")
-  return fracs, sizes
-
-
 def kept_fractions_of_run(workdir: str) -> dict:
   """``{leaf name: kept fraction}`` of a finished pruning run's exported
   masks (``workdir/pruned``): the allocation a less extreme run arrived at,
@@ -282,7 +253,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
 
   def budget(params, ctx, n_keep):
     """Per-layer kept counts of the budget (traceable in ``n_keep``)."""
-    fracs, sizes = _budget_fractions(layer_keep, params, ctx.prunable, name)
+    fracs, sizes = masks_lib.layer_budget_fractions(layer_keep, params,
+                                                   ctx.prunable, name)
     return masks_lib.power_allocation(fracs, sizes, n_keep), sizes
 
   def round_frac(ctx, stage, r):

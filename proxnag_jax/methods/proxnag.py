@@ -223,7 +223,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             finetune_lr: float = 0.01, finetune_weight_decay: float = 5e-4,
             finetune_epochs: float = 1.0, finetune_growth: float = 1.0,
             final_finetune_epochs: float = 4.0,
-            fill_budget: bool = False) -> Method:
+            fill_budget: bool = False, layer_keep=None) -> Method:
   """Prox-NAG pruning; see the module docstring for both schedules.
 
   ``penalty``: ``'l1'`` or ``'trimmed'`` (see the module docstring).
@@ -240,6 +240,16 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   ``prune_lr``, ``monitor_every``, the guards (``loss_ema``, ``loss_rise``,
   ``loss_rise_min``, ``acc_drop``; 0 switches one off), ``finetune_lr`` and
   the weight decays.
+
+  ``layer_keep`` (``schedule='target'`` only): a per-layer budget,
+  ``{layer: kept fraction or count}`` naming every prunable layer, taken to
+  the run's target count by one exponent
+  (:func:`proxnag_jax.masks.power_allocation`, as ADMM's budgets). The
+  penalty is then trimmed inside each layer (each layer's ``k_l`` largest
+  weights exempt, :func:`proxnag_jax.transforms.prox_l1`'s ``layer_keep``),
+  so a layer never falls below its count and the controller's lambda drives
+  the rest to zero: the phase ends with every layer at exactly ``k_l``
+  (``penalty`` is not read; a deadline top-up is per layer).
 
   Per-run (vmappable) settings: ``l1_init``, ``l1_step``, ``prune_lr``,
   ``finetune_lr``, ``prune_weight_decay``, ``finetune_weight_decay``.
@@ -265,6 +275,10 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     raise ValueError(f"proxnag: schedule must be one of {SCHEDULES}, got "
                      f"{schedule!r}.")
   target_mode = schedule == "target"
+  layer_keep = dict(layer_keep or {})
+  if layer_keep and not target_mode:
+    raise ValueError("proxnag: layer_keep (a per-layer budget) needs "
+                     "schedule='target'.")
   if l1_init < 0 or l1_step < 0:
     raise ValueError("proxnag: l1_init and l1_step must be non-negative.")
   if target_mode and lam_start == "l1_init" and l1_init <= 0:
@@ -342,7 +356,38 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     lam = q / (hp["prune_lr"] * jnp.maximum(drift, 1.0))
     return jnp.maximum(lam, 1e-12).astype(jnp.float32)
 
+  def layer_counts(params, hp, ctx):
+    """The per-layer budget's kept counts at the run's target (traceable
+    in ``hp``), one per prunable leaf in tree order."""
+    fracs, sizes = masks_lib.layer_budget_fractions(layer_keep, params,
+                                                   ctx.prunable, "proxnag")
+    return masks_lib.power_allocation(fracs, sizes,
+                                      sum(sizes) - hp["n_zero"])
+
+  def keep_tree(params, hp, ctx):
+    """The counts laid out as ``params`` (None off the prunable leaves)."""
+    counts = iter(list(layer_counts(params, hp, ctx)))
+    return jax.tree.map(lambda p, w: next(counts) if w else None, params,
+                        ctx.prunable)
+
+  def check(params, hp, ctx):
+    """A per-layer budget that empties a layer is refused."""
+    if not layer_keep:
+      return
+    counts = layer_counts(params, hp, ctx)
+    names = masks_lib.prunable_names(params, ctx.prunable)
+    empty = [k for k, c in zip(names, list(counts)) if int(c) < 1]
+    if empty:
+      raise ValueError(
+          f"proxnag: the per-layer budget at sparsity {float(hp['target'])} "
+          f"keeps no weight of {', '.join(empty)}; give those layers a "
+          "larger share in layer_keep or lower the target.")
+
   def tx(hp, ctx):
+    trimmed = None
+    if penalty == "trimmed" and not layer_keep:
+      trimmed = lambda n: n - hp["n_zero"]
+
     def chain(learning_rate, l1, weight_decay):
       return optax.chain(
           optax.add_decayed_weights(weight_decay),
@@ -351,8 +396,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
                              rms_scaled=rms_scaled(ctx),
                              normalized_reference=(
                                  "rms" if threshold == "rms" else "init"),
-                             keep=(None if penalty == "l1" else
-                                   lambda n: n - hp["n_zero"])))
+                             keep=trimmed,
+                             layer_keep=((lambda p: keep_tree(p, hp, ctx))
+                                         if layer_keep else None)))
     return transforms.with_masks(optax.inject_hyperparams(chain)(
         learning_rate=hp["prune_lr"], l1=hp["l1_init"],
         weight_decay=hp["prune_weight_decay"]))
@@ -544,7 +590,15 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
       # beyond the count (their values before the step, largest first).
       params, restored = repair_overshoot(sp, ms["prev_sparse"], n_zero,
                                           ctx.prunable)
-      params, topped = magnitude_top_up(params, n_zero, ctx.prunable)
+      if layer_keep:
+        # Each layer down to its own count (the smallest |w| go).
+        before = base.count_zeros(params, ctx.prunable)
+        params = masks_lib.apply_masks(params, masks_lib.layer_counts_topk_masks(
+            jax.tree.map(jnp.abs, params), ctx.prunable,
+            layer_counts(params, state.hp, ctx)))
+        topped = base.count_zeros(params, ctx.prunable) - before
+      else:
+        params, topped = magnitude_top_up(params, n_zero, ctx.prunable)
       bstats = state.batch_stats
     else:
       params, restored = repair_overshoot(ms["best_params"],
@@ -725,6 +779,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     ignored = {k: "read only with schedule='target'" for k in target_only}
   if not scale_invariant:
     ignored["threshold"] = "read only with scale_invariant=True"
+  if layer_keep:
+    ignored["penalty"] = ("layer_keep trims the penalty inside each layer "
+                          "(penalty='l1' and 'trimmed' act alike)")
   hparams = {"l1_init": float(l1_init), "l1_step": float(l1_step),
              "prune_lr": float(prune_lr), "finetune_lr": float(finetune_lr),
              "prune_weight_decay": float(prune_weight_decay),
@@ -737,7 +794,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
         + ("the phase start's weights on the support found" if rewind
            else "the sparse iterate")
         + ("; scale-invariant step on normalised kernels"
-           if scale_invariant else ""))
+           if scale_invariant else "")
+        + ("; a per-layer budget (the penalty trimmed inside each layer)"
+           if layer_keep else ""))
   else:
     description = (
         "iterative Prox-NAG (the paper's schedule): prune-train rounds with "
@@ -748,6 +807,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   return Method("proxnag", init=init, tx=tx, update=update,
                 eval_params=eval_params, done=done,
                 summary=summary, start="dense", hparams=hparams,
+                check=check,
                 reads_lr=False, ignored=ignored,
                 labels={"phase": PHASE_NAMES, "stop": STOP_NAMES,
                         "reason": STOP_NAMES},
