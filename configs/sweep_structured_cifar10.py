@@ -21,6 +21,11 @@ The table and every cell's summary.json carry the MAC and parameter ratios
 and the measured inference speed-up of the exported smaller network.
 
 ``full`` (GPU): the 200-epoch dense model and 60 epochs each, 3 seeds.
+
+The scale-invariant group-lasso Prox-NAG (issue 27) runs as the variants
+``group_proxnag_si<l1_step>`` (lambda chosen on validation, the table's
+``group_proxnag_si`` row), e.g. ``--config.methods='("group_proxnag_si1e-2",
+"group_proxnag_si3e-2", "group_proxnag_si1e-1")' --config.sparsities='(0.5,)'``.
 """
 
 import ml_collections
@@ -29,7 +34,14 @@ from configs import common
 from configs import structured_cifar10
 
 METHODS = ("gat", "l1_filter", "slimming", "group_proxnag")
+# lambda's ramps (per epoch) of the scale-invariant group_proxnag tried.
+GROUP_SI_STEPS = (0.01, 0.03, 0.1)
 VARIANTS = ("smoke", "full")
+
+
+def si_name(l1_step: float) -> str:
+  """The sweep entry of the scale-invariant group_proxnag at ``l1_step``."""
+  return f"group_proxnag_si{l1_step:.0e}".replace("e-0", "e-")
 
 
 def get_config(arg: str = ""):
@@ -58,6 +70,20 @@ def get_config(arg: str = ""):
   # threshold (its lambda steps are in those units); the scale-invariant
   # step (the factory default since issue 27) needs its lambda chosen anew.
   b.group_proxnag.scale_invariant = False
+  # The scale-invariant step (lambda unitless: the threshold is relative to
+  # each group's rms channel scale) as variants, lambda's ramp chosen on
+  # validation at 50% of the MACs. An unresisted channel loses about
+  # 10 * eta * lambda_k of its group's rms scale per step (eta = prune_lr
+  # 0.01, momentum 0.9: the factor 1 / (1 - 0.9)), with lambda_k = l1_step
+  # * k / 351 (steps per epoch), so by step k about 0.1 * l1_step * k^2 /
+  # 702: 36 * l1_step at k = 500, the middle of the prune phase (2.5 of 5
+  # epochs). Channels at 0.5-1 of their group's rms go by then at l1_step
+  # 0.015-0.03; the grid brackets that.
+  c.variants = {si_name(l): {
+      "method": "group_proxnag", "scale_invariant": True, "l1_step": l}
+                for l in GROUP_SI_STEPS}
+  c.select_on_val = {"group_proxnag_si": tuple(
+      si_name(l) for l in GROUP_SI_STEPS)}
   c.base = b
   c.paper_table = {}
   c.target_note = ("Columns: the fraction of the dense network's MACs "

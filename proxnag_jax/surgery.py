@@ -450,6 +450,40 @@ def channel_param_count(params: PyTree, group: ChannelGroup) -> int:
   return n
 
 
+def _scale_slots(g, normalized):
+  """``(norm_slots, free, relative)`` of group ``g``: with every kernel of
+  the group normalised (``normalized``) and other producers to carry the
+  scale, the channel norm is over those (``relative``; the kernels are
+  ``free``); else over all its params producers."""
+  def is_norm(slot):
+    return normalized is not None and bool(_get({"params": normalized}, slot))
+
+  ps = [s for s in g.producers if s.collection == "params"]
+  kernels = [s for s in ps if s.path[-1] == "kernel"]
+  free = [s for s in kernels if is_norm(s)]
+  scaled = [s for s in ps if s not in free]
+  relative = bool(kernels) and len(free) == len(kernels) and bool(scaled)
+  return (scaled if relative else ps), free, relative
+
+
+def relative_channel_scales(params: PyTree, g, normalized) -> Optional[
+    jax.Array]:
+  """Per channel of group ``g``, the norm of its scale-carrying params
+  (BatchNorm scale and shift, a bias after it) over their rms across the
+  group's channels: its share of the group's scale, the quantity the
+  scale-invariant :func:`group_soft_threshold` thresholds. ``None`` when
+  the group's kernels are not all normalised (its scale is the kernels')."""
+  slots, _, relative = _scale_slots(g, normalized)
+  if not relative:
+    return None
+  sq = 0.0
+  for s in slots:
+    w = _get({"params": params}, s)
+    sq = sq + _per_channel(w * w, s, g.size)
+  rms = jnp.sqrt(jnp.mean(sq))
+  return jnp.sqrt(sq) / jnp.where(rms > 0, rms, 1.0)
+
+
 def group_soft_threshold(params: PyTree, groups, tau, *,
                          weighted: bool = True,
                          normalized: Optional[PyTree] = None) -> PyTree:
@@ -475,16 +509,8 @@ def group_soft_threshold(params: PyTree, groups, tau, *,
   absolute threshold empties the group with the smallest weights first).
   Groups with an unnormalised kernel take the absolute step above."""
   out = {"params": params}
-  def is_norm(slot):
-    return normalized is not None and bool(_get({"params": normalized}, slot))
-
   for g in prunable_groups(groups):
-    ps = [s for s in g.producers if s.collection == "params"]
-    kernels = [s for s in ps if s.path[-1] == "kernel"]
-    free = [s for s in kernels if is_norm(s)]
-    scaled = [s for s in ps if s not in free]
-    relative = bool(kernels) and len(free) == len(kernels) and bool(scaled)
-    norm_slots = scaled if relative else ps
+    norm_slots, free, relative = _scale_slots(g, normalized)
     sq = 0.0
     for s in norm_slots:
       w = _get(out, s)
@@ -842,7 +868,8 @@ def count_params(variables: dict) -> int:
 
 __all__ = ["Slot", "ChannelGroup", "channel_groups", "prunable_groups",
            "channel_masks", "zero_channels", "channel_norms", "channel_sums",
-           "group_soft_threshold", "alive_channels", "shrink", "register",
+           "group_soft_threshold", "relative_channel_scales",
+           "alive_channels", "shrink", "register",
            "supports", "count_params", "select_channels",
            "removed_channels", "num_channels", "channel_param_count",
            "architecture", "shrink_to_alive", "kept_by_masks", "slot_leaf",

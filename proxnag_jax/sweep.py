@@ -17,7 +17,9 @@ the method's own name). ``select_on_val`` (optional) makes the choice among
 them part of the sweep: ``c.select_on_val = {'proxnag': ('proxnag',
 'proxnag_l1x10')}`` adds a row (and a bold plot line) holding, per column,
 the test accuracy of the entry with the best mean validation accuracy, and
-writes the choices to ``selection.json``.
+writes the choices to ``selection.json``; a group none of whose entries is
+in ``methods`` is left out (a config can hold a search a command does not
+run).
 
 ``reuse_from`` (``--reuse_from=DIR,...``) copies finished cells from other
 sweep workdirs instead of running them again, when a cell there ran exactly
@@ -71,7 +73,13 @@ def validate(config) -> None:
                        "produce it.")
   if not config.seeds:
     raise ValueError("config.seeds is empty.")
+  known = set(config.methods) | set(config.get("variants", None) or {})
   for name, members in (config.get("select_on_val", None) or {}).items():
+    unknown = [m for m in members if m not in known and m not in
+               methods_lib.PRUNING_METHODS]
+    if members and not unknown and not any(m in config.methods
+                                           for m in members):
+      continue       # none of the group runs in this sweep: nothing to pick
     missing = [m for m in members if m not in config.methods]
     if not members or missing or name in config.methods:
       raise ValueError(

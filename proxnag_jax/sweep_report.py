@@ -107,6 +107,14 @@ def _missed(rows, method, s, require=None) -> int:
              abs(r["target_sparsity"] - s) < 1e-9 and fails(r))
 
 
+def active_selections(config) -> dict:
+  """``config.select_on_val`` without the groups none of whose entries is
+  in ``config.methods`` (the sweep does not run them)."""
+  return {name: members for name, members in
+          (config.get("select_on_val", None) or {}).items()
+          if any(m in config.methods for m in members)}
+
+
 def chosen_on_val(config, rows) -> dict:
   """``{name: {sparsity: (entry, mean val accuracy %, seeds) or None}}`` for
   each group of ``config.select_on_val`` (``{name: (entry, ...)}``, entries
@@ -126,7 +134,7 @@ def chosen_on_val(config, rows) -> dict:
   scope = config.get("select_scope", "column")
   require = dict(config.get("select_require", None) or {})
   out = {}
-  for name, members in (config.get("select_on_val", None) or {}).items():
+  for name, members in active_selections(config).items():
     val = {(m, s): _stats(rows, m, s, "val_accuracy") for m in members
            for s in config.sparsities}
     if scope == "all":
@@ -187,7 +195,7 @@ def table_md(config, rows, note) -> str:
   paper = config.get("paper_table", None) or {}
   paper_sps = list(config.get("paper_sparsities", ()))
   shown = set()
-  selections = config.get("select_on_val", None) or {}
+  selections = active_selections(config)
 
   def paper_row(pm):
     if pm in paper and pm not in shown:

@@ -241,6 +241,15 @@ def test_scale_invariant_group_soft_threshold():
   np.testing.assert_allclose(out3["bn1"]["scale"],
                              7.0 * np.asarray(out["bn1"]["scale"]),
                              rtol=1e-5)
+  # The measure the step thresholds (and group_proxnag's forced removal
+  # ranks by): each channel's share of the group's scale, blind to the
+  # kernel; None for a group with an unnormalised kernel.
+  g1 = next(x for x in groups if x.name == "conv1")
+  rel = surgery.relative_channel_scales(p, g1, normalized)
+  np.testing.assert_allclose(rel, n / np.sqrt(np.mean(n ** 2)), rtol=1e-5)
+  np.testing.assert_allclose(
+      surgery.relative_channel_scales(q, g1, normalized), rel, rtol=1e-5)
+  assert surgery.relative_channel_scales(p, g1, None) is None
   # Groups whose kernel is not normalised keep the absolute step.
   plain = surgery.group_soft_threshold(p, groups, tau)
   absolute = surgery.group_soft_threshold(

@@ -142,3 +142,11 @@ def test_sweep_chooses_on_validation_not_test(tmp_path):
     c.select_on_val = bad
     with pytest.raises(ValueError, match="select_on_val"):
       sweep.validate(c)
+  # A search the command does not run (none of its entries in methods) is
+  # left out, from the checks and from the table.
+  c.select_on_val = {"proxnag": ("proxnag_a", "proxnag_b")}
+  c.methods = ("magnitude",)
+  sweep.validate(c)
+  t = sweep_report.table_md(c, [r for r in rows if r["method"] ==
+                                "magnitude"], "note")
+  assert "chosen on validation" not in t

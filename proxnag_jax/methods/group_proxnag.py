@@ -19,7 +19,8 @@ From the trained dense model:
    ``prune_fraction`` of the budget, the sparse iterate is kept and exactly
    the target is removed: the zero channels first, then (if too few are
    zero) those of smallest ``||w_c|| / sqrt(p_c)`` (reported as ``forced``
-   in the trace).
+   in the trace; under the scale-invariant step, those of smallest share
+   of their group's scale, :func:`proxnag_jax.surgery.relative_channel_scales`).
    With ``scale_invariant`` (default) and a model whose channels feed
    BatchNorm (``ctx.normalized``), the step is the scale-invariant one of
    :func:`proxnag_jax.surgery.group_soft_threshold`: channels measured by
@@ -95,7 +96,14 @@ def group_proxnag(l1_init: float = 0.0, l1_step: float = 2e-3,
     params = transforms.sparse_params(state.opt_state)
     gs = surgery.prunable_groups(ctx.groups)
     scores = {}
+    normalized = ctx.normalized if scale_invariant else None
     for g in gs:
+      rel = surgery.relative_channel_scales(params, g, normalized)
+      if rel is not None:
+        # The scale-invariant step's own measure: the channel's share of
+        # its group's scale (its kernel columns' norm is arbitrary).
+        scores[g.name] = rel
+        continue
       n = jnp.sqrt(surgery.channel_sums(
           jax.tree.map(jnp.square, params), g,
           [s for s in g.producers if s.collection == "params"]))
