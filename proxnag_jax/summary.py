@@ -217,6 +217,12 @@ def prune_summary(workdir, config, *, method, model, ds, state, ev, prunable,
       "prunable_nonzero": rep["prunable_nonzero"],
       "macs_dense": dense_macs, "macs_sparse": macs["macs_sparse"],
       "pruned_layers": [l["name"] for l in rep["layers"] if l["prunable"]],
+      # Per prunable layer, its nonzero weights and its dense size: the
+      # allocation the run arrived at (ADMM's allocation_from reads it).
+      "layer_kept": {l["name"]: l["nonzero"] for l in rep["layers"]
+                     if l["prunable"]},
+      "layer_params": {l["name"]: l["params"] for l in dense_rep["layers"]
+                       if l["prunable"]},
       **extra,
   }
   hostio.save_tree(os.path.join(workdir, "pruned"),

@@ -65,6 +65,10 @@ def test_prune_end_to_end(smoke_run):
       s["num_params"] - s["prunable_params"])
   assert s["pruned_layers"] == ["conv1/kernel", "conv2/kernel", "fc1/kernel",
                                 "fc2/kernel"]
+  # The allocation it arrived at, per layer, sums to the prunable nonzeros.
+  assert list(s["layer_kept"]) == s["pruned_layers"]
+  assert sum(s["layer_kept"].values()) == s["prunable_nonzero"]
+  assert s["layer_params"]["fc1/kernel"] == 400_000
   assert s["compression_ratio"] > 1.9 and s["theoretical_speedup"] > 1.0
   for f in ("summary.json", "trace.jsonl", "report.md", "sparsity_loss.png",
             "weight_histograms.png", "layer_sparsity.png"):

@@ -1103,5 +1103,13 @@ def test_admm_allocation_from_a_finished_run(tmp_path):
   assert got == {"conv/kernel": 0.25, "fc/kernel": 0.25}
   m = methods.get_method("rw_admm", allocation_from=str(tmp_path))
   assert str(tmp_path) in m.description
+  # A run's summary.json (what a committed artifact keeps) is enough.
+  only = tmp_path / "summary_only"
+  only.mkdir()
+  (only / "summary.json").write_text(json.dumps(
+      {"layer_kept": {"conv/kernel": 18, "fc/kernel": 1024},
+       "layer_params": {"conv/kernel": 72, "fc/kernel": 2048}}))
+  assert admm_lib.kept_fractions_of_run(str(only)) == {
+      "conv/kernel": 0.25, "fc/kernel": 0.5}
   with pytest.raises(ValueError, match="holds no finished pruning run"):
     methods.get_method("admm", allocation_from=str(tmp_path / "nothing"))

@@ -60,6 +60,9 @@ are documented in ``docs/methods.md``.
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -136,14 +139,23 @@ def _reweighted(v, z_prev, prunable, n_keep, eps, relative=False):
 
 
 def kept_fractions_of_run(workdir: str) -> dict:
-  """``{leaf name: kept fraction}`` of a finished pruning run's exported
-  masks (``workdir/pruned``): the allocation a less extreme run arrived at,
-  for ``allocation_from``."""
+  """``{leaf name: kept fraction}`` of a finished pruning run: the
+  allocation a less extreme run arrived at, for ``allocation_from``. Read
+  from its ``summary.json`` (``layer_kept`` / ``layer_params``, so a
+  committed run's summary is enough) or else its exported masks
+  (``workdir/pruned``)."""
+  path = os.path.join(workdir, "summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      s = json.load(f)
+    if s.get("layer_kept") and s.get("layer_params"):
+      return {k: v / s["layer_params"][k] for k, v in s["layer_kept"].items()}
   try:
     saved = hostio.load_final(workdir, "pruned")
   except FileNotFoundError:
     raise ValueError(f"allocation_from={workdir!r} holds no finished pruning "
-                     "run (expected DIR/pruned from train.prune).") from None
+                     "run (expected DIR/summary.json with layer_kept, or "
+                     "DIR/pruned, from train.prune).") from None
   masks = saved["masks"]
   which = masks_lib.prunable_tree(saved["params"])
   names = masks_lib.prunable_names(saved["params"], which)
