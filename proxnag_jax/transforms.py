@@ -259,11 +259,11 @@ def _prox_transform(
       counts = _counts_like(counts, params, who)
 
       def leaf_exempt(un, k):
+        # Exactly the k largest (ties by position), without a sort.
         if un is None or k is None:
           return None
-        k = jnp.clip(jnp.asarray(k, jnp.int32), 0, un.size)
-        desc = -jnp.sort(-un.ravel())
-        return un >= jnp.where(k > 0, desc[jnp.maximum(k - 1, 0)], jnp.inf)
+        return masks_lib.topk_mask(un, jnp.clip(jnp.asarray(k, jnp.int32), 0,
+                                                un.size))
 
       exempt_tree = jax.tree.map(leaf_exempt, units, counts,
                                  is_leaf=lambda x: x is None)
