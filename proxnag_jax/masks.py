@@ -44,6 +44,7 @@ __all__ = [
     "sparsity_of",
     "masks_from_params",
     "layer_budget_fractions",
+    "check_layer_budget",
     "power_allocation",
     "layer_counts_topk_masks",
     "prunable_names",
@@ -490,6 +491,19 @@ def layer_budget_fractions(layer_keep: dict, params, prunable, who: str):
     raise ValueError(f"{who}: layer_keep names {extra}, which are not "
                      f"prunable layers ({', '.join(names)}).")
   return fracs, sizes
+
+
+def check_layer_budget(counts, params, prunable, target: float,
+                       who: str) -> None:
+  """Refuses per-layer kept ``counts`` (one per prunable leaf, tree order)
+  that empty a layer: a ValueError naming the layers (host check)."""
+  names = prunable_names(params, prunable)
+  empty = [k for k, c in zip(names, list(counts)) if int(c) < 1]
+  if empty:
+    raise ValueError(
+        f"{who}: the per-layer budget at sparsity {float(target)} keeps no "
+        f"weight of {', '.join(empty)}; give those layers a larger share in "
+        "layer_keep or lower the target.")
 
 
 def power_allocation(fractions, sizes, n_keep, iters: int = 64) -> jax.Array:

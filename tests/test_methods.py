@@ -755,6 +755,18 @@ def _kept(params, name):
   return int(np.sum(np.asarray(params[name]["kernel"]) != 0))
 
 
+def _assert_tiny_budget_kept(method, state, target=0.75):
+  """Each of tiny's layers ends at its power-allocated count of
+  :data:`TINY_BUDGET`, exact in total."""
+  n = 72 + 2048
+  want = pj.masks.power_allocation([0.5, 0.2], [72, 2048],
+                                   n - round(target * n))
+  params = tiny.final_params(method, state)
+  assert [_kept(params, "conv"), _kept(params, "fc")] == [int(x) for x in
+                                                          want]
+  assert sum(int(x) for x in want) == n - round(target * n)
+
+
 @pytest.mark.parametrize("name", ["admm", "rw_admm"])
 def test_admm_per_layer_budget_keeps_each_layers_count(tmp_path, name):
   """With ``layer_keep`` each layer ends with its own count (the power
@@ -765,13 +777,7 @@ def test_admm_per_layer_budget_keeps_each_layers_count(tmp_path, name):
   method, ctx, res = tiny.run_tiny(name, str(tmp_path), targets=(0.75,),
                                    settings=settings)
   state = res.states[0]
-  n = 72 + 2048
-  want = pj.masks.power_allocation([0.5, 0.2], [72, 2048],
-                                   n - round(0.75 * n))
-  params = tiny.final_params(method, state)
-  assert [_kept(params, "conv"), _kept(params, "fc")] == [int(x) for x in
-                                                          want]
-  assert sum(int(x) for x in want) == n - round(0.75 * n)
+  _assert_tiny_budget_kept(method, state)
   assert method.summary(state)["layer_budget"]
   trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
   zs = [r["z_sparsity"] for r in trace if r["kind"] == "admm"]
@@ -789,12 +795,7 @@ def test_proxnag_per_layer_budget_ends_each_layer_at_its_count(tmp_path):
   method, ctx, res = tiny.run_tiny("proxnag", str(tmp_path), targets=(0.75,),
                                    settings=settings)
   state = res.states[0]
-  n = 72 + 2048
-  want = pj.masks.power_allocation([0.5, 0.2], [72, 2048],
-                                   n - round(0.75 * n))
-  params = tiny.final_params(method, state)
-  assert [_kept(params, "conv"), _kept(params, "fc")] == [int(x) for x in
-                                                          want]
+  _assert_tiny_budget_kept(method, state)
   assert method.summary(state)["outcome"] == "target reached"
   with pytest.raises(ValueError, match="needs schedule='target'"):
     methods.get_method("proxnag", schedule="paper", layer_keep=TINY_BUDGET)

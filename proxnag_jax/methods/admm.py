@@ -337,13 +337,8 @@ def _admm_method(name: str, *, rho: float, rho_growth: float,
     if budgeted:
       n = base.num_prunable(params, ctx.prunable)
       counts, _ = budget(params, ctx, n - int(hp["n_zero"]))
-      names = masks_lib.prunable_names(params, ctx.prunable)
-      empty = [k for k, c in zip(names, list(counts)) if int(c) < 1]
-      if empty:
-        raise ValueError(
-            f"{name}: the per-layer budget at sparsity {float(hp['target'])} "
-            f"keeps no weight of {', '.join(empty)}; give those layers a "
-            "larger share in layer_keep or lower the target.")
+      masks_lib.check_layer_budget(counts, params, ctx.prunable,
+                                   hp["target"], name)
       return
     if scope != "layer":
       return

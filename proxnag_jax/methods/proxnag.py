@@ -374,14 +374,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     """A per-layer budget that empties a layer is refused."""
     if not layer_keep:
       return
-    counts = layer_counts(params, hp, ctx)
-    names = masks_lib.prunable_names(params, ctx.prunable)
-    empty = [k for k, c in zip(names, list(counts)) if int(c) < 1]
-    if empty:
-      raise ValueError(
-          f"proxnag: the per-layer budget at sparsity {float(hp['target'])} "
-          f"keeps no weight of {', '.join(empty)}; give those layers a "
-          "larger share in layer_keep or lower the target.")
+    masks_lib.check_layer_budget(layer_counts(params, hp, ctx), params,
+                                 ctx.prunable, hp["target"], "proxnag")
 
   def tx(hp, ctx):
     trimmed = None
