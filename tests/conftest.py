@@ -33,6 +33,15 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The tests' programs are small and run for a few steps, so XLA's optimising
+# passes cost more than they save (the method contract's vmapped-step case:
+# 77 s with them, 46 s without, on one core). Nothing a test asserts depends on
+# them (tolerances cover float reassociation). Set through the environment
+# too, so the CLI subprocesses and the multi-process workers inherit it;
+# PROXNAG_TEST_OPTIMIZE=1 keeps XLA's default passes.
+if os.environ.get("PROXNAG_TEST_OPTIMIZE", "") != "1":
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+  jax.config.update("jax_disable_most_optimizations", True)
 
 
 def _missing(what: str):

@@ -32,37 +32,45 @@ from proxnag_jax.methods import sparse_momentum as sm_lib
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
 def test_contract_exact_target_and_masks(name):
-  """The loop, in memory: the exact target; masked weights are exactly zero;
-  one compiled chunk for the whole run (a second chunk, and the shorter
-  ones at epoch ends, do not recompile). (Resume: tests/test_loop.py.)"""
-  method, ctx, full = tiny.run_tiny(name)
-  assert full.chunk_compiles == 1, name
-  assert full.steps <= ctx.total_steps
-  state = full.states[0]
-  params = tiny.final_params(method, state)
-  want = round(0.75 * tiny.n_prunable(params))
+  """The loop, in memory, two runs (seeds 0 and 1) as one vmapped program:
+  each run ends at exactly its target (masks prune exactly the target
+  count; masked weights are exactly zero; Prox-NAG's zeros are exactly the
+  target, other methods' at least it: a kept weight may also be zero, e.g.
+  regrown at zero by DSR and never moved by a dead ReLU) and trained (its
+  final loss below chance, log 4): what holds on any CPU. One compiled
+  chunk for the whole run (a second chunk, and the shorter ones at epoch
+  ends, do not recompile). (Resume, and the loop without vmap:
+  tests/test_loop.py.)"""
+  method, ctx, vm = tiny.run_tiny(name, targets=(0.75,), seeds=(0, 1),
+                                  vmapped=True)
+  assert vm.chunk_compiles == 1, name
+  assert vm.steps <= ctx.total_steps
   score_method = name in SCORE_METHODS
-  try:
-    masks = (state.method_state["mask"] if score_method else
-             base.masks_of(state.opt_state))
-  except ValueError:
-    masks = None
-  if name != "dense":
-    # The method prunes exactly the target; a kept weight may also be zero
-    # (e.g. regrown at zero by DSR and never moved by a dead ReLU).
-    assert masks is not None, name
-    pruned = sum(int(np.sum(~np.asarray(m))) for m in jax.tree.leaves(masks))
-    assert pruned == want, name
+  for k in (0, 1):
+    state = vm.states[k]
+    params = tiny.final_params(method, state)
+    want = round(0.75 * tiny.n_prunable(params)) if name != "dense" else 0
+    try:
+      masks = (state.method_state["mask"] if score_method else
+               base.masks_of(state.opt_state))
+    except ValueError:
+      masks = None
+    if name != "dense":
+      assert masks is not None, name
+      pruned = sum(int(np.sum(~np.asarray(m)))
+                   for m in jax.tree.leaves(masks))
+      assert pruned == want, name
     assert tiny.zeros(params) >= want, name
     if name == "proxnag":
       assert tiny.zeros(params) == want
-  if masks is not None:
-    # Masked weights are exactly zero (score methods: in the network the
-    # model sees; their params are the scores).
-    weights = params if score_method else state.params
-    for p, m in zip(jax.tree.leaves(weights), jax.tree.leaves(masks)):
-      assert np.all(np.asarray(p)[~np.asarray(m)] == 0), name
-  assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
+    if masks is not None:
+      # Masked weights are exactly zero (score methods: in the network the
+      # model sees; their params are the scores).
+      weights = params if score_method else state.params
+      for p, m in zip(jax.tree.leaves(weights), jax.tree.leaves(masks)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0), name
+    assert np.all(np.isfinite(jax.tree.leaves(params)[0]))
+    assert vm.evals[k]["loss"] < np.log(4), name
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
@@ -103,23 +111,6 @@ def test_contract_vmapped_step_equals_one_by_one(name):
       upd = float(np.max(np.abs(np.asarray(a) - b)))
       tol = 1e-4 * upd + 2e-7 * float(np.max(np.abs(b)))
       np.testing.assert_allclose(g, a, atol=tol + 1e-12, rtol=0)
-
-
-@pytest.mark.parametrize("name", WEIGHT_METHODS)
-def test_contract_vmapped_runs_reach_their_targets(name):
-  """End to end, vmapped: every run ends with at least its target count of
-  zeros (exactly, for Prox-NAG; a kept weight may also be zero, as in the
-  contract above) and trained (its final loss below chance, log 4): what
-  holds on any CPU."""
-  method, _, vm = tiny.run_tiny(name, targets=(0.75,), seeds=(0, 1),
-                                vmapped=True)
-  for k in (0, 1):
-    params = tiny.final_params(method, vm.states[k])
-    want = round(0.75 * tiny.n_prunable(params)) if name != "dense" else 0
-    assert tiny.zeros(params) >= want, name
-    if name == "proxnag":
-      assert tiny.zeros(params) == want
-    assert vm.evals[k]["loss"] < np.log(4), name
 
 
 @pytest.mark.parametrize("name", WEIGHT_METHODS)
