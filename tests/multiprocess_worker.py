@@ -6,7 +6,8 @@ talking through gloo on localhost:
   python tests/multiprocess_worker.py PORT N ID prune WORKDIR DATA_DIR DENSE
   python tests/multiprocess_worker.py PORT N ID step WORKDIR DATA_DIR
 
-``train``: the LeNet-5 smoke config (stopped after STOP epochs if given);
+``train``: the LeNet-5 smoke config (stopped after STOP epochs if given),
+after taking the ``step`` below (its result under ``"step"``);
 ``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE;
 ``step``: one training step of the LeNet-5 smoke config from its initial
 params on the first batch: prints its loss and, per parameter leaf, the
@@ -34,7 +35,11 @@ def main():
   if mode == "step":
     print("RESULT " + json.dumps(one_step(data_dir)), flush=True)
     return
+  step = None
   if mode == "train":
+    # The one-step comparison rides on the run's processes (a process
+    # start and a compilation fewer per test session).
+    step = one_step(data_dir) if extra is None else None
     c = lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
     out = commands.train(c, workdir, stop_after_epochs=int(extra) if extra
@@ -47,7 +52,7 @@ def main():
     out = commands.prune(c, workdir, log=log)
   import jax  # pylint: disable=g-import-not-at-top
   print("RESULT " + json.dumps({
-      "process_index": jax.process_index(),
+      "process_index": jax.process_index(), "step": step,
       **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
                                  "sparsity")}}), flush=True)
 
