@@ -34,6 +34,9 @@ scratch, for the same number of epochs as the dense reference
   LeNet-300-100 at 50 / 70 / 90% / Conv-2 at 50%, seed 0, chosen on the
   validation split among the settings whose relaxed mask ends binary
   (``select_require``): ``LENET300_LPBOX``, ``CONV2_LPBOX``.
+* ``conv2_lpbox_norm_search``: the same on Conv-2 with each layer's loss
+  gradient at unit rms (``normalize='layer'``; unitless steps and
+  penalties: ``LPBOX_NORM_*``).
 * ``conv2_full`` (and ``conv4_full`` ... ``conv8_full``): the reference
   schedule, 100 epochs, batch 128, on all 50,000 images (GPU).
 """
@@ -77,8 +80,20 @@ CONV2_LPBOX_ENDS = LPBOX_ENDS + (0.9,)
 # 0.3: 52.20; 0.9 not run).
 CONV2_LPBOX = {"learning_rate": CONV2_STEP["sbp"], "rho": LPBOX_RHO,
                "rho_end": 0.03, "admm_every": CONV2_ADMM_EVERY}
+# The l_p-box solver with each layer's loss gradient at unit rms
+# (``normalize='layer'``), so the step and the penalty are unitless and the
+# same in Conv-2's conv1 (fan-in 27) and fc1 (fan-in 16,384):
+# ``conv2_lpbox_norm_search`` on validation, seed 0, 50%. The penalty starts
+# at 1e-2 of the unit loss gradient (the loss leads) and ends well above it
+# (at the end x must follow y between dual updates: step x rho x every /
+# (1 - momentum) >= 1).
+LPBOX_NORM_RHO = 1e-2
+LPBOX_NORM_STEPS = (0.003, 0.01)
+LPBOX_NORM_ENDS = (3.0, 30.0)
 VARIANTS = ("smoke", "conv2", "conv2_smoke", "step_search",
-            "conv2_step_search", "lpbox_search", "conv2_lpbox_search") + tuple(f"conv{d}_full" for d in (2, 4, 6, 8))
+            "conv2_step_search", "lpbox_search", "conv2_lpbox_search",
+            "conv2_lpbox_norm_search") + tuple(
+                f"conv{d}_full" for d in (2, 4, 6, 8))
 
 
 def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
@@ -88,14 +103,16 @@ def step_variants(steps, methods=("edge_popup", "sbp")) -> dict:
           {"method": m, "learning_rate": lr} for m in methods for lr in steps}
 
 
-def lpbox_variants(steps, ends) -> dict:
-  """``{'sbp_lpbox_lr<step>_end<rho_end>': {...}}`` over steps x penalty
-  ends (``0.03`` -> ``0p03``)."""
+def lpbox_variants(steps, ends, rho=LPBOX_RHO, normalize="none") -> dict:
+  """``{'sbp_lpbox[_norm]_lr<step>_end<rho_end>': {...}}`` over steps x
+  penalty ends (``0.03`` -> ``0p03``)."""
   def tag(x):
     return f"{x:g}".replace(".", "p")
-  return {f"sbp_lpbox_lr{tag(lr)}_end{tag(e)}":
+  norm = "_norm" if normalize == "layer" else ""
+  extra = {"normalize": normalize} if normalize != "none" else {}
+  return {f"sbp_lpbox{norm}_lr{tag(lr)}_end{tag(e)}":
           {"method": "sbp", "solver": "lpbox", "learning_rate": lr,
-           "rho": LPBOX_RHO, "rho_end": e}
+           "rho": rho, "rho_end": e, **extra}
           for lr in steps for e in ends}
 
 
@@ -138,6 +155,16 @@ def get_config(arg: str = ""):
         x["admm_every"] = CONV2_ADMM_EVERY
       c.variants, c.methods = v, tuple(v)
       c.select_on_val = {"sbp_lpbox": tuple(v)}
+      c.select_require = {"near_binary": 0.99}   # x ended binary
+      c.sparsities = (0.5,)
+      c.seeds = (0,)
+    if arg == "conv2_lpbox_norm_search":
+      v = lpbox_variants(LPBOX_NORM_STEPS, LPBOX_NORM_ENDS,
+                         rho=LPBOX_NORM_RHO, normalize="layer")
+      for x in v.values():
+        x["admm_every"] = CONV2_ADMM_EVERY
+      c.variants, c.methods = v, tuple(v)
+      c.select_on_val = {"sbp_lpbox_norm": tuple(v)}
       c.select_require = {"near_binary": 0.99}   # x ended binary
       c.sparsities = (0.5,)
       c.seeds = (0,)

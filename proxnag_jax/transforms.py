@@ -75,6 +75,11 @@ __all__ = [
     "set_admm_state",
     "admm_step",
     "reweighted_shrink",
+    "LpBoxState",
+    "lpbox_admm",
+    "lpbox_state",
+    "LeafRmsState",
+    "scale_by_leaf_rms",
 ]
 
 
@@ -1137,6 +1142,59 @@ def lpbox_admm(keep, rho: float = 1e-2, rho_growth: float = 1.05,
             2 * x - y1 - y2)).astype(g.dtype) if c else g,
         updates, params, state.y1, state.y2, state.z1, state.z2, which)
     return new, state._replace(count=state.count + 1)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class LeafRmsState(NamedTuple):
+  """Per covered leaf, the moving average ``nu`` of its gradient's mean
+  square (a scalar; 0 on uncovered leaves) and the step ``count``."""
+
+  nu: PyTree
+  count: jax.Array
+
+
+def scale_by_leaf_rms(decay: float = 0.99, eps: float = 1e-30, mask=None
+                      ) -> optax.GradientTransformationExtraArgs:
+  """Divides each covered leaf's update by the root of a moving average of
+  its mean square: one scalar per leaf (per layer), not per entry::
+
+      nu_l <- decay * nu_l + (1 - decay) * mean(g_l ** 2)
+      g_l  <- g_l / sqrt(nu_l / (1 - decay ** t) + eps)
+
+  so every layer's gradient has unit root mean square whatever its fan-in,
+  and the ranking inside a layer (the direction of its gradient) is kept.
+  Placed before a penalty of fixed scale (:func:`lpbox_admm`), it makes the
+  penalty's ``rho`` the same unitless number in every layer: without it a
+  layer whose loss gradient is 100x smaller (a wide dense layer behind a
+  frozen random network) is all penalty and no loss.
+
+  >>> tx = optax.chain(scale_by_leaf_rms(), lpbox_admm(keep={"w": 30}),
+  ...                  optax.sgd(0.01, 0.9))
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"scale_by_leaf_rms: decay must be in [0, 1), got "
+                     f"{decay}.")
+
+  def init_fn(params):
+    return LeafRmsState(nu=jax.tree.map(lambda _: jnp.zeros([], jnp.float32),
+                                        params),
+                        count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra):
+    del extra
+    which = jax.tree.map(bool, _resolve_mask(mask, updates,
+                                             "scale_by_leaf_rms"))
+    count = state.count + 1
+    nu = jax.tree.map(lambda n, g, c: decay * n + (1.0 - decay) * jnp.mean(
+        jnp.square(g.astype(jnp.float32))) if c else n, state.nu, updates,
+                      which)
+    correction = 1.0 - decay ** count.astype(jnp.float32)
+    new = jax.tree.map(lambda g, n, c: (g / jnp.sqrt(n / correction + eps)
+                                        ).astype(g.dtype) if c else g,
+                       updates, nu, which)
+    del params
+    return new, LeafRmsState(nu=nu, count=count)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -939,17 +939,23 @@ def test_score_methods_gradient_masks_and_frozen_weights(name):
     assert r.min() >= 0.0 and r.max() <= 1.0
 
 
+@pytest.mark.parametrize("normalize", ["none", "layer"])
 def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
-    tmp_path):
+    tmp_path, normalize):
   """l_p-box SBP on the tiny task: the network trains at the exactly-k
   binary mask and learns (accuracy far above chance, 1/4); x stays in the
   box; the forward pass is W0 * mask in value; what is evaluated and
   exported is the exact top-k of x; every epoch traces how binary x is
   (mean distance to {0, 1}, share within 0.01) and the penalty, which
-  grows. (That the solver drives a relaxed mask to the optimal binary one
-  is tested on a program with a known answer, test_transforms.py.)"""
+  grows. With ``normalize='layer'`` the same, with each layer's gradient at
+  unit rms and unitless settings. (That the solver drives a relaxed mask to
+  the optimal binary one is tested on a program with a known answer,
+  test_transforms.py.)"""
   settings = dict(solver="lpbox", rho=0.05, rho_growth=1.3, admm_every=2,
                   learning_rate=0.1)
+  if normalize == "layer":
+    settings.update(normalize="layer", learning_rate=0.01, rho=0.5,
+                    rho_end=None)
   method, ctx, res = tiny.run_tiny("sbp", str(tmp_path), settings=settings)
   assert res.evals[0]["accuracy"] > 0.6
   trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
@@ -989,7 +995,11 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
   relaxed = methods.get_method("sbp")
   assert "projected gradient" in relaxed.description
   assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
-                                  "rho_max", "rho_end", "clip_box", "loss_at"}
+                                  "rho_max", "rho_end", "clip_box", "loss_at",
+                                  "normalize"}
+  assert ("layer-normalised" in method.description) == (normalize == "layer")
+  with pytest.raises(ValueError, match="normalize must be"):
+    methods.get_method("sbp", solver="lpbox", normalize="entry")
   with pytest.raises(ValueError, match="solver must be"):
     methods.get_method("sbp", solver="exact")
   with pytest.raises(ValueError, match="loss_at must be"):

@@ -97,10 +97,10 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
                   **settings) -> Method:
   """Edge-popup (``name='edge_popup'``) or SBP (``'sbp'``); ``settings``:
   the l_p-box settings :func:`sbp` passes (its defaults)."""
-  rho, rho_growth, admm_every, rho_max, rho_end, clip_box, loss_at = (
-      settings.get(k) for k in ("rho", "rho_growth", "admm_every",
-                                "rho_max", "rho_end", "clip_box",
-                                "loss_at"))
+  (rho, rho_growth, admm_every, rho_max, rho_end, clip_box, loss_at,
+   normalize) = (settings.get(k) for k in (
+       "rho", "rho_growth", "admm_every", "rho_max", "rho_end", "clip_box",
+       "loss_at", "normalize"))
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -118,6 +118,10 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   if lpbox and rho_end is not None and not rho_end >= rho > 0:
     raise ValueError(f"{name}: rho_end must be >= rho > 0, got rho={rho:g}, "
                      f"rho_end={rho_end:g}.")
+  if lpbox and normalize not in ("none", "layer"):
+    raise ValueError(f"{name}: normalize must be 'none' or 'layer' (each "
+                     f"layer's loss gradient scaled to unit rms before the "
+                     f"penalty), got {normalize!r}.")
   if relaxed and loss_at not in ("binary", "relaxed"):
     raise ValueError(f"{name}: loss_at must be 'binary' (the loss at the "
                      f"exactly-k mask) or 'relaxed' (at W0 * x), got "
@@ -174,6 +178,10 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
           every=admm_every, rho_max=jnp.minimum(rho_max,
                                                 0.9 / hp["score_lr"]),
           mask=ctx.prunable, global_count=scope == "global"))
+      if normalize == "layer":
+        # Each layer's loss gradient at unit rms, so rho is one unitless
+        # number for every layer (before the penalty is added).
+        chain.insert(0, transforms.scale_by_leaf_rms(mask=ctx.prunable))
     if relaxed and (not lpbox or clip_box):
       chain.append(_box(0.0, 1.0, ctx.prunable))
     return optax.chain(*chain)
@@ -252,7 +260,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   elif relaxed:
     ignored = {k: "read only with solver='lpbox'" for k in
                ("rho", "rho_growth", "admm_every", "rho_max", "rho_end",
-                "clip_box", "loss_at")}
+                "clip_box", "loss_at", "normalize")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
                 eval_params=eval_params, export=export, start="scratch",
                 summary=summary if relaxed else None,
@@ -277,7 +285,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
         rho: float = 1e-5, rho_growth: float = 1.05, admm_every: int = 50,
         rho_max: float = 10.0, rho_end: Optional[float] = 0.1,
         clip_box: bool = True,
-        loss_at: str = "binary") -> Method:
+        loss_at: str = "binary", normalize: str = "none") -> Method:
   """Sparse binary programming (seed 002, as read from its abstract); see
   the module docstring.
 
@@ -295,6 +303,12 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
   the duals binarise ``x`` within two epochs, at the random ranking it
   started from (measured, docs/results.md). ``solver='relaxed'``: the
   projected-gradient reading (the l_p-box settings then unread).
+  ``normalize='layer'`` (l_p-box only): each layer's loss gradient on ``x``
+  is divided by its running rms (:func:`~proxnag_jax.transforms.
+  scale_by_leaf_rms`) before the penalty is added, so the x-step is a
+  unit-scale problem in every layer, as the reference's solver assumes, and
+  ``learning_rate``, ``rho`` and ``rho_end`` are unitless (the same in a
+  layer of fan-in 75 and one of 16,384); ``'none'``: the raw gradient.
 
   >>> m = sbp(solver="lpbox", learning_rate=3.0, rho=1e-5, rho_end=0.1)
   """
@@ -302,7 +316,9 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
     grows = (f"{rho:g} -> {rho_end:g} over the run" if rho_end is not None
              else f"{rho:g} x{rho_growth:g}")
     how = (f"l_p-box ADMM on the relaxed mask (rho {grows}, y/z "
-           f"every {admm_every} steps, cap {rho_max:g}; SGD {learning_rate:g}, "
+           f"every {admm_every} steps, cap {rho_max:g}; "
+           f"{'layer-normalised gradient, ' if normalize == 'layer' else ''}"
+           f"SGD {learning_rate:g}, "
            f"cosine; loss at the {loss_at} mask), evaluated at its exactly-k "
            f"binary mask ({scope})")
   else:
@@ -314,6 +330,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       weight_decay=weight_decay, weight_init=weight_init, solver=solver,
       rho=rho, rho_growth=rho_growth, admm_every=admm_every, rho_max=rho_max,
       rho_end=rho_end, clip_box=clip_box, loss_at=loss_at,
+      normalize=normalize,
       description=f"sparse binary programming: {how}, over frozen "
       f"{weight_init} weights")
 
