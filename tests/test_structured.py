@@ -229,6 +229,9 @@ def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
   assert all(os.path.exists(f) for f in p["files"]) and p["bytes"] > 0
   assert p["max_abs_diff_to_flax"] < 1e-4
   assert p["measured_speedup"] > 0 and p["portable_images_per_s"] > 0
+  # ... and against the dense model exported the same way (like for like).
+  assert all(os.path.exists(f) for f in p["dense_files"])
+  assert p["portable_speedup"] > 0 and p["portable_dense_images_per_s"] > 0
   assert r["architecture"]["widths"] == s["architecture"]["widths"]
   assert r["theoretical_speedup"] == pytest.approx(s["theoretical_speedup"])
   with open(os.path.join(wd, "speed.json")) as f:

@@ -14,9 +14,12 @@ JSON.
 ``--widths`` (or ``--block_widths``) times a freshly initialised network of
 the same model with those widths instead of the run's. ``--portable`` also
 exports the run's network portably (``RUN/portable/net.*``, StableHLO and
-npz: :func:`proxnag_jax.trace_groups.export_portable`), loads it back with
-``jax`` and ``numpy`` only and times it the same way (``portable`` in the
-JSON, with the largest difference of its outputs to the Flax network's).
+npz: :func:`proxnag_jax.trace_groups.export_portable`) and the dense model
+the same way (``RUN/portable/dense.*``), loads them back with ``jax`` and
+``numpy`` only and times the pruned export against the dense Flax model and
+against the dense export (``portable_speedup``: like for like), under
+``portable`` in the JSON with the largest difference of the exports'
+outputs to the Flax networks'.
 
 The result is also written to ``RUN/speed.json`` (not with ``--widths``)
 with ``other_processes_cores``: how many cores other processes kept busy
@@ -95,31 +98,46 @@ def others_load(fn):
 
 def time_portable(run, model, variables, dense_model, dense_vars, in_shape,
                   batch_size, repeats) -> dict:
-  """Exports ``model`` portably to ``RUN/portable/net.*``, loads it back
-  (``jax`` and ``numpy`` only) and times it against the dense model, as
-  :func:`time_run` times the Flax network."""
+  """Exports ``model`` portably to ``RUN/portable/net.*`` and the dense model
+  the same way to ``RUN/portable/dense.*``, loads both back (``jax`` and
+  ``numpy`` only) and times the pruned export against the dense Flax model
+  (``measured_speedup``, as :func:`time_run` times the Flax network) and
+  against the dense export (``portable_speedup``: like for like, the same
+  convolution lowering on both sides)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from proxnag_jax import trace_groups  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(run, "portable"), exist_ok=True)
-  path = os.path.join(run, "portable", "net")
-  files = [path + e for e in (".stablehlo", ".npz", ".tree")]
   x = jax.random.normal(jax.random.PRNGKey(1), (2,) + tuple(in_shape))
-  apply = lambda v, y: model.apply(v, y, train=False)
-  trace_groups.export_portable(path, apply, variables, x)
-  fn, loaded = trace_groups.load_portable(path)
-  gap = float(np.max(np.abs(np.asarray(fn(loaded, x)) -
-                            np.asarray(apply(variables, x)))))
+
+  def export(name, net, net_vars):
+    path = os.path.join(run, "portable", name)
+    apply = lambda v, y: net.apply(v, y, train=False)
+    trace_groups.export_portable(path, apply, net_vars, x)
+    fn, loaded = trace_groups.load_portable(path)
+    gap = float(np.max(np.abs(np.asarray(fn(loaded, x)) -
+                              np.asarray(apply(net_vars, x)))))
+    return [path + e for e in (".stablehlo", ".npz", ".tree")], fn, loaded, gap
+
+  files, fn, loaded, gap = export("net", model, variables)
+  dense_files, dense_fn, dense_loaded, dense_gap = export(
+      "dense", dense_model, dense_vars)
+  shrunk_call = report.timed_call(fn, loaded, in_shape, batch_size)
   timing, others = others_load(lambda: report.paired_speedup(
       report.timed_call(lambda v, y: dense_model.apply(v, y, train=False),
                         dense_vars, in_shape, batch_size),
-      report.timed_call(fn, loaded, in_shape, batch_size),
-      batch_size, repeats))
+      shrunk_call, batch_size, repeats))
+  like, _ = others_load(lambda: report.paired_speedup(
+      report.timed_call(dense_fn, dense_loaded, in_shape, batch_size),
+      shrunk_call, batch_size, repeats))
   return {"files": files, "bytes": sum(os.path.getsize(f) for f in files),
-          "max_abs_diff_to_flax": gap,
+          "dense_files": dense_files,
+          "max_abs_diff_to_flax": max(gap, dense_gap),
           "dense_images_per_s": timing["dense_images_per_s"],
           "portable_images_per_s": timing["shrunk_images_per_s"],
           "measured_speedup": timing["measured_speedup"],
+          "portable_dense_images_per_s": like["dense_images_per_s"],
+          "portable_speedup": like["measured_speedup"],
           "other_processes_cores": None if others is None else round(
               others, 2)}
 
