@@ -36,7 +36,7 @@ scratch, for the same number of epochs as the dense reference
   (``select_require``): ``LENET300_LPBOX``, ``CONV2_LPBOX``.
 * ``conv2_lpbox_norm_search``: the same on Conv-2 with each layer's loss
   gradient at unit rms (``normalize='layer'``; unitless steps and
-  penalties: ``LPBOX_NORM_*``).
+  penalties: ``LPBOX_NORM_*``), the step cosine-decayed or constant.
 * ``conv2_full`` (and ``conv4_full`` ... ``conv8_full``): the reference
   schedule, 100 epochs, batch 128, on all 50,000 images (GPU).
 """
@@ -161,6 +161,12 @@ def get_config(arg: str = ""):
     if arg == "conv2_lpbox_norm_search":
       v = lpbox_variants(LPBOX_NORM_STEPS, LPBOX_NORM_ENDS,
                          rho=LPBOX_NORM_RHO, normalize="layer")
+      # ... and with the step held constant while rho grows (a cosine takes
+      # step x rho, what moves x onto y at the end, to zero).
+      v.update({f"{k}_const": {**x, "lr_schedule": "constant"}
+                for k, x in lpbox_variants(
+                    LPBOX_NORM_STEPS[-1:], LPBOX_NORM_ENDS[-1:],
+                    rho=LPBOX_NORM_RHO, normalize="layer").items()})
       for x in v.values():
         x["admm_every"] = CONV2_ADMM_EVERY
       c.variants, c.methods = v, tuple(v)

@@ -955,7 +955,7 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
                   learning_rate=0.1)
   if normalize == "layer":
     settings.update(normalize="layer", learning_rate=0.01, rho=0.5,
-                    rho_end=None)
+                    rho_end=None, lr_schedule="constant")
   method, ctx, res = tiny.run_tiny("sbp", str(tmp_path), settings=settings)
   assert res.evals[0]["accuracy"] > 0.6
   trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
@@ -996,10 +996,12 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
   assert "projected gradient" in relaxed.description
   assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
                                   "rho_max", "rho_end", "clip_box", "loss_at",
-                                  "normalize"}
+                                  "normalize", "lr_schedule"}
   assert ("layer-normalised" in method.description) == (normalize == "layer")
   with pytest.raises(ValueError, match="normalize must be"):
     methods.get_method("sbp", solver="lpbox", normalize="entry")
+  with pytest.raises(ValueError, match="lr_schedule must be"):
+    methods.get_method("sbp", solver="lpbox", lr_schedule="step")
   with pytest.raises(ValueError, match="solver must be"):
     methods.get_method("sbp", solver="exact")
   with pytest.raises(ValueError, match="loss_at must be"):
@@ -1022,6 +1024,32 @@ def test_sbp_lpbox_rho_end_sets_the_penalty_schedule():
   np.testing.assert_allclose(float(lp.rho), want, rtol=1e-4)
   with pytest.raises(ValueError, match="rho_end must be"):
     methods.get_method("sbp", solver="lpbox", rho=1e-2, rho_end=1e-3)
+
+
+def test_sbp_lpbox_constant_step_keeps_moving_x_at_the_end():
+  """``lr_schedule='constant'``: the x-step's size at the run's last step
+  is the configured step (the cosine's is ~0 there), so x still follows
+  the penalty as rho grows; the cosine is the default."""
+  last = {}
+  for sched in ("cosine", "constant"):
+    method = methods.get_method("sbp", solver="lpbox", lr_schedule=sched,
+                                learning_rate=0.1)
+    ctx, inits = tiny.tiny_inits(method, (0,), (0.75,))
+    state = inits[0][2]
+    tx = method.tx(state.hp, ctx)
+    x = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
+    g = jax.tree.map(jnp.ones_like, x)
+
+    def body(st, _, tx=tx, x=x, g=g):
+      u, st = tx.update(g, st, x)
+      return st, u
+
+    _, us = jax.lax.scan(body, tx.init(x), None, length=ctx.total_steps)
+    last[sched] = float(np.max(np.abs(np.asarray(us["fc"]["kernel"][-1]))))
+  assert last["cosine"] < 0.01 * last["constant"]
+  assert last["constant"] > 0.05
+  assert methods.get_method("sbp", solver="lpbox").description.count(
+      "cosine") == 1
 
 
 def test_score_stats_counts_the_box_bounds():

@@ -98,9 +98,9 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   """Edge-popup (``name='edge_popup'``) or SBP (``'sbp'``); ``settings``:
   the l_p-box settings :func:`sbp` passes (its defaults)."""
   (rho, rho_growth, admm_every, rho_max, rho_end, clip_box, loss_at,
-   normalize) = (settings.get(k) for k in (
+   normalize, lr_schedule) = (settings.get(k) for k in (
        "rho", "rho_growth", "admm_every", "rho_max", "rho_end", "clip_box",
-       "loss_at", "normalize"))
+       "loss_at", "normalize", "lr_schedule"))
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -118,6 +118,9 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   if lpbox and rho_end is not None and not rho_end >= rho > 0:
     raise ValueError(f"{name}: rho_end must be >= rho > 0, got rho={rho:g}, "
                      f"rho_end={rho_end:g}.")
+  if lpbox and lr_schedule not in ("cosine", "constant"):
+    raise ValueError(f"{name}: lr_schedule must be 'cosine' or 'constant', "
+                     f"got {lr_schedule!r}.")
   if lpbox and normalize not in ("none", "layer"):
     raise ValueError(f"{name}: normalize must be 'none' or 'layer' (each "
                      f"layer's loss gradient scaled to unit rms before the "
@@ -164,6 +167,10 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   def tx(hp, ctx):
     sched = optax.cosine_decay_schedule(hp["score_lr"], max(1,
                                                             ctx.total_steps))
+    if lpbox and lr_schedule == "constant":
+      # The x-step keeps its step while rho grows: what moves x onto y late
+      # in the run is step x rho, which a cosine takes to zero.
+      sched = hp["score_lr"]
     chain = [optax.add_decayed_weights(hp["score_weight_decay"]),
              optax.sgd(sched, momentum=hp["momentum"])]
     if lpbox:
@@ -260,7 +267,7 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   elif relaxed:
     ignored = {k: "read only with solver='lpbox'" for k in
                ("rho", "rho_growth", "admm_every", "rho_max", "rho_end",
-                "clip_box", "loss_at", "normalize")}
+                "clip_box", "loss_at", "normalize", "lr_schedule")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
                 eval_params=eval_params, export=export, start="scratch",
                 summary=summary if relaxed else None,
@@ -285,7 +292,8 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
         rho: float = 1e-5, rho_growth: float = 1.05, admm_every: int = 50,
         rho_max: float = 10.0, rho_end: Optional[float] = 0.1,
         clip_box: bool = True,
-        loss_at: str = "binary", normalize: str = "none") -> Method:
+        loss_at: str = "binary", normalize: str = "none",
+        lr_schedule: str = "cosine") -> Method:
   """Sparse binary programming (seed 002, as read from its abstract); see
   the module docstring.
 
@@ -309,6 +317,8 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
   unit-scale problem in every layer, as the reference's solver assumes, and
   ``learning_rate``, ``rho`` and ``rho_end`` are unitless (the same in a
   layer of fan-in 75 and one of 16,384); ``'none'``: the raw gradient.
+  ``lr_schedule`` (l_p-box only): the step's ``'cosine'`` decay over the
+  run, or ``'constant'`` (the x-step keeps moving x onto y while rho grows).
 
   >>> m = sbp(solver="lpbox", learning_rate=3.0, rho=1e-5, rho_end=0.1)
   """
@@ -319,7 +329,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
            f"every {admm_every} steps, cap {rho_max:g}; "
            f"{'layer-normalised gradient, ' if normalize == 'layer' else ''}"
            f"SGD {learning_rate:g}, "
-           f"cosine; loss at the {loss_at} mask), evaluated at its exactly-k "
+           f"{lr_schedule}; loss at the {loss_at} mask), evaluated at its exactly-k "
            f"binary mask ({scope})")
   else:
     how = (f"projected gradient (SGD {learning_rate:g}, cosine) on a [0,1] "
@@ -330,7 +340,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       weight_decay=weight_decay, weight_init=weight_init, solver=solver,
       rho=rho, rho_growth=rho_growth, admm_every=admm_every, rho_max=rho_max,
       rho_end=rho_end, clip_box=clip_box, loss_at=loss_at,
-      normalize=normalize,
+      normalize=normalize, lr_schedule=lr_schedule,
       description=f"sparse binary programming: {how}, over frozen "
       f"{weight_init} weights")
 
