@@ -167,6 +167,13 @@ def get_config(arg: str = ""):
                 for k, x in lpbox_variants(
                     LPBOX_NORM_STEPS[-1:], LPBOX_NORM_ENDS[-1:],
                     rho=LPBOX_NORM_RHO, normalize="layer").items()})
+      # ... and x started at the same spread in every layer (unitless, as
+      # the normalised step), at smaller steps.
+      v.update({f"{k}_const_spread0p1": {
+          **x, "lr_schedule": "constant", "init_spread": 0.1}
+                for k, x in lpbox_variants(
+                    (0.001, 0.003), LPBOX_NORM_ENDS[-1:],
+                    rho=LPBOX_NORM_RHO, normalize="layer").items()})
       for x in v.values():
         x["admm_every"] = CONV2_ADMM_EVERY
       c.variants, c.methods = v, tuple(v)

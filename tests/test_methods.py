@@ -955,7 +955,7 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
                   learning_rate=0.1)
   if normalize == "layer":
     settings.update(normalize="layer", learning_rate=0.01, rho=0.5,
-                    rho_end=None, lr_schedule="constant")
+                    rho_end=None, lr_schedule="constant", init_spread=0.1)
   method, ctx, res = tiny.run_tiny("sbp", str(tmp_path), settings=settings)
   assert res.evals[0]["accuracy"] > 0.6
   trace = [json.loads(l) for l in open(tmp_path / "trace_0_0.75.jsonl")]
@@ -996,12 +996,14 @@ def test_sbp_lpbox_evaluates_the_exact_binary_mask_and_traces_binariness(
   assert "projected gradient" in relaxed.description
   assert set(relaxed.ignored) == {"rho", "rho_growth", "admm_every",
                                   "rho_max", "rho_end", "clip_box", "loss_at",
-                                  "normalize", "lr_schedule"}
+                                  "normalize", "lr_schedule", "init_spread"}
   assert ("layer-normalised" in method.description) == (normalize == "layer")
   with pytest.raises(ValueError, match="normalize must be"):
     methods.get_method("sbp", solver="lpbox", normalize="entry")
   with pytest.raises(ValueError, match="lr_schedule must be"):
     methods.get_method("sbp", solver="lpbox", lr_schedule="step")
+  with pytest.raises(ValueError, match="init_spread must be"):
+    methods.get_method("sbp", solver="lpbox", init_spread=0.7)
   with pytest.raises(ValueError, match="solver must be"):
     methods.get_method("sbp", solver="exact")
   with pytest.raises(ValueError, match="loss_at must be"):
@@ -1050,6 +1052,21 @@ def test_sbp_lpbox_constant_step_keeps_moving_x_at_the_end():
   assert last["constant"] > 0.05
   assert methods.get_method("sbp", solver="lpbox").description.count(
       "cosine") == 1
+
+
+def test_sbp_lpbox_init_spread_is_the_same_in_every_layer():
+  """``init_spread=c``: x starts in ``0.5 +- c`` in every prunable layer,
+  whatever its fan-in (0: the Kaiming bound, narrower in the wider layer)."""
+  spreads = {}
+  for c in (0.0, 0.1):
+    method = methods.get_method("sbp", solver="lpbox", init_spread=c)
+    ctx, inits = tiny.tiny_inits(method, (0,), (0.75,))
+    x = inits[0][2].params
+    spreads[c] = {k: float(np.max(np.abs(np.asarray(x[k]["kernel"]) - 0.5)))
+                  for k in ("conv", "fc")}
+  assert all(0.09 < v <= 0.1 for v in spreads[0.1].values())
+  # Kaiming: conv fan-in 9, fc fan-in 512.
+  assert spreads[0.0]["fc"] < 0.05 < spreads[0.0]["conv"]
 
 
 def test_score_stats_counts_the_box_bounds():

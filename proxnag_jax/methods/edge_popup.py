@@ -98,9 +98,9 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   """Edge-popup (``name='edge_popup'``) or SBP (``'sbp'``); ``settings``:
   the l_p-box settings :func:`sbp` passes (its defaults)."""
   (rho, rho_growth, admm_every, rho_max, rho_end, clip_box, loss_at,
-   normalize, lr_schedule) = (settings.get(k) for k in (
+   normalize, lr_schedule, init_spread) = (settings.get(k) for k in (
        "rho", "rho_growth", "admm_every", "rho_max", "rho_end", "clip_box",
-       "loss_at", "normalize", "lr_schedule"))
+       "loss_at", "normalize", "lr_schedule", "init_spread"))
   if scope not in ("layer", "global"):
     raise ValueError(f"{name}: scope must be 'layer' or 'global', got "
                      f"{scope!r}.")
@@ -118,6 +118,9 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   if lpbox and rho_end is not None and not rho_end >= rho > 0:
     raise ValueError(f"{name}: rho_end must be >= rho > 0, got rho={rho:g}, "
                      f"rho_end={rho_end:g}.")
+  if lpbox and not 0.0 <= init_spread <= 0.5:
+    raise ValueError(f"{name}: init_spread must be in [0, 0.5] (0: the "
+                     f"Kaiming bound), got {init_spread}.")
   if lpbox and lr_schedule not in ("cosine", "constant"):
     raise ValueError(f"{name}: lr_schedule must be 'cosine' or 'constant', "
                      f"got {lr_schedule!r}.")
@@ -211,6 +214,8 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
         scores.append(jnp.zeros_like(p))
       else:    # Kaiming uniform with a = sqrt(5): bound sqrt(1 / fan_in)
         b = math.sqrt(1.0 / _fan_in(p))
+        if lpbox and init_spread:
+          b = init_spread   # the same unitless spread in every layer
         u = jax.random.uniform(k, p.shape, p.dtype, -b, b)
         # SBP: the same perturbation around the centre of the box, so that
         # gradient steps of the scores' scale reorder the mask.
@@ -267,7 +272,8 @@ def _score_method(name: str, *, scope: str, learning_rate: float,
   elif relaxed:
     ignored = {k: "read only with solver='lpbox'" for k in
                ("rho", "rho_growth", "admm_every", "rho_max", "rho_end",
-                "clip_box", "loss_at", "normalize", "lr_schedule")}
+                "clip_box", "loss_at", "normalize", "lr_schedule",
+                "init_spread")}
   return Method(name, init=init, tx=tx, update=update, forward=forward,
                 eval_params=eval_params, export=export, start="scratch",
                 summary=summary if relaxed else None,
@@ -293,7 +299,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
         rho_max: float = 10.0, rho_end: Optional[float] = 0.1,
         clip_box: bool = True,
         loss_at: str = "binary", normalize: str = "none",
-        lr_schedule: str = "cosine") -> Method:
+        lr_schedule: str = "cosine", init_spread: float = 0.0) -> Method:
   """Sparse binary programming (seed 002, as read from its abstract); see
   the module docstring.
 
@@ -319,6 +325,11 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
   layer of fan-in 75 and one of 16,384); ``'none'``: the raw gradient.
   ``lr_schedule`` (l_p-box only): the step's ``'cosine'`` decay over the
   run, or ``'constant'`` (the x-step keeps moving x onto y while rho grows).
+  ``init_spread`` (l_p-box only): ``x`` starts at ``0.5 + U(-c, c)`` with
+  this ``c`` in every layer (0: edge-popup's Kaiming bound per layer, the
+  raw gradient's scale); with ``normalize='layer'`` the step is unitless,
+  so the start's spread should be too (a step of 0.01 reorders a layer of
+  spread 0.0078 entirely every step).
 
   >>> m = sbp(solver="lpbox", learning_rate=3.0, rho=1e-5, rho_end=0.1)
   """
@@ -340,7 +351,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
       weight_decay=weight_decay, weight_init=weight_init, solver=solver,
       rho=rho, rho_growth=rho_growth, admm_every=admm_every, rho_max=rho_max,
       rho_end=rho_end, clip_box=clip_box, loss_at=loss_at,
-      normalize=normalize, lr_schedule=lr_schedule,
+      normalize=normalize, lr_schedule=lr_schedule, init_spread=init_spread,
       description=f"sparse binary programming: {how}, over frozen "
       f"{weight_init} weights")
 
