@@ -322,7 +322,7 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
   scale_by_leaf_rms`) before the penalty is added, so the x-step is a
   unit-scale problem in every layer, as the reference's solver assumes, and
   ``learning_rate``, ``rho`` and ``rho_end`` are unitless (the same in a
-  layer of fan-in 75 and one of 16,384); ``'none'``: the raw gradient.
+  layer of fan-in 27 and one of 16,384); ``'none'``: the raw gradient.
   ``lr_schedule`` (l_p-box only): the step's ``'cosine'`` decay over the
   run, or ``'constant'`` (the x-step keeps moving x onto y while rho grows).
   ``init_spread`` (l_p-box only): ``x`` starts at ``0.5 + U(-c, c)`` with
@@ -339,9 +339,8 @@ def sbp(scope: str = "layer", learning_rate: float = 0.1,
     how = (f"l_p-box ADMM on the relaxed mask (rho {grows}, y/z "
            f"every {admm_every} steps, cap {rho_max:g}; "
            f"{'layer-normalised gradient, ' if normalize == 'layer' else ''}"
-           f"SGD {learning_rate:g}, "
-           f"{lr_schedule}; loss at the {loss_at} mask), evaluated at its exactly-k "
-           f"binary mask ({scope})")
+           f"SGD {learning_rate:g}, {lr_schedule}; loss at the {loss_at} "
+           f"mask), evaluated at its exactly-k binary mask ({scope})")
   else:
     how = (f"projected gradient (SGD {learning_rate:g}, cosine) on a [0,1] "
            f"relaxation, the loss taken at its exactly-k binary projection "
