@@ -116,6 +116,19 @@ def lpbox_variants(steps, ends, rho=LPBOX_RHO, normalize="none") -> dict:
           for lr in steps for e in ends}
 
 
+def lpbox_search(c, group: str, variants: dict) -> None:
+  """A Conv-2 l_p-box search at 50%, seed 0: ``variants`` (y/z updates
+  every ``CONV2_ADMM_EVERY`` steps) chosen on validation as ``group`` among
+  the runs whose relaxed mask ended binary."""
+  for x in variants.values():
+    x["admm_every"] = CONV2_ADMM_EVERY
+  c.variants, c.methods = variants, tuple(variants)
+  c.select_on_val = {group: tuple(variants)}
+  c.select_require = {"near_binary": 0.99}   # x ended binary
+  c.sparsities = (0.5,)
+  c.seeds = (0,)
+
+
 def step_selection(variants, methods=("edge_popup", "sbp")) -> dict:
   """``select_on_val`` of a step search: per method, its step variants."""
   return {m: tuple(k for k, v in variants.items() if v["method"] == m)
@@ -150,14 +163,8 @@ def get_config(arg: str = ""):
         b[m].learning_rate = lr
       c.variants["sbp_lpbox"].update(CONV2_LPBOX)
     if arg == "conv2_lpbox_search":
-      v = lpbox_variants((CONV2_STEP["sbp"],), CONV2_LPBOX_ENDS)
-      for x in v.values():
-        x["admm_every"] = CONV2_ADMM_EVERY
-      c.variants, c.methods = v, tuple(v)
-      c.select_on_val = {"sbp_lpbox": tuple(v)}
-      c.select_require = {"near_binary": 0.99}   # x ended binary
-      c.sparsities = (0.5,)
-      c.seeds = (0,)
+      lpbox_search(c, "sbp_lpbox",
+                   lpbox_variants((CONV2_STEP["sbp"],), CONV2_LPBOX_ENDS))
     if arg == "conv2_lpbox_norm_search":
       v = lpbox_variants(LPBOX_NORM_STEPS, LPBOX_NORM_ENDS,
                          rho=LPBOX_NORM_RHO, normalize="layer")
@@ -174,13 +181,7 @@ def get_config(arg: str = ""):
                 for k, x in lpbox_variants(
                     (0.001, 0.003), LPBOX_NORM_ENDS[-1:],
                     rho=LPBOX_NORM_RHO, normalize="layer").items()})
-      for x in v.values():
-        x["admm_every"] = CONV2_ADMM_EVERY
-      c.variants, c.methods = v, tuple(v)
-      c.select_on_val = {"sbp_lpbox_norm": tuple(v)}
-      c.select_require = {"near_binary": 0.99}   # x ended binary
-      c.sparsities = (0.5,)
-      c.seeds = (0,)
+      lpbox_search(c, "sbp_lpbox_norm", v)
     if arg == "conv2_step_search":
       v = step_variants(CONV2_STEPS)
       c.variants, c.methods = v, tuple(v)     # in step order
