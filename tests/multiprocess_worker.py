@@ -6,8 +6,9 @@ talking through gloo on localhost:
   python tests/multiprocess_worker.py PORT N ID prune WORKDIR DATA_DIR DENSE
   python tests/multiprocess_worker.py PORT N ID step WORKDIR DATA_DIR
 
-``train``: the LeNet-5 smoke config (stopped after STOP epochs if given),
-after taking the ``step`` below (its result under ``"step"``);
+``train``: the LeNet-5 smoke config (stopped after STOP epochs if given;
+without STOP it first takes the ``step`` below, its result under
+``"step"``);
 ``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE;
 ``step``: one training step of the LeNet-5 smoke config from its initial
 params on the first batch: prints its loss and, per parameter leaf, the
