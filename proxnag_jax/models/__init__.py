@@ -26,7 +26,7 @@ from proxnag_jax.models.vgg import VGG
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": functools.partial(CifarResNet, depth=d)
-       for d in (20, 32, 44, 56, 110)},
+       for d in (8, 20, 32, 44, 56, 110)},
     **{f"resnet{d}_b": functools.partial(CifarResNet, depth=d, shortcut="B")
        for d in (20, 32, 44, 56, 110)},
     **{f"conv{d}": functools.partial(ConvN, depth=d) for d in (2, 4, 6, 8)},
