@@ -143,7 +143,15 @@ def _dense_dir(workdir, seed) -> str:
 
 
 def _dense_for(config, workdir, seed, log) -> str:
+  """The seed's dense run, trained if it is missing, or if it is a reused
+  artifact without its model (a committed result folder keeps the summary
+  and config but not ``final/``, which a cell that trains starts from)."""
   dense_dir = _dense_dir(workdir, seed)
+  if (os.path.exists(os.path.join(dense_dir, "summary.json")) and
+      not os.path.isdir(os.path.join(dense_dir, "final"))):
+    log(f"[dense seed {seed}] {dense_dir} holds no model (final/): training "
+        "it again")
+    shutil.rmtree(dense_dir)
   if not os.path.exists(os.path.join(dense_dir, "summary.json")):
     d = experiment.dense_config(cell_config(config, config.methods[0],
                                       config.sparsities[0], seed, ""))

@@ -226,6 +226,35 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
     sweep.reuse_cells(final, str(tmp_path / "d"), [str(tmp_path / "none")])
 
 
+def test_a_reused_dense_run_without_its_model_is_trained_again(
+    tmp_path, monkeypatch):
+  """A dense run copied from a committed artifact (summary, no ``final/``)
+  serves the table, but a cell that trains needs the model: the sweep
+  trains the dense run again instead of failing in the cell."""
+  from configs import sweep_random_nets  # pylint: disable=g-import-not-at-top
+  c = sweep_random_nets.get_config("smoke")
+  trained = []
+
+  def fake_train(cfg, wd, log):
+    del cfg, log
+    trained.append(wd)
+    os.makedirs(os.path.join(wd, "final"))
+    hostio.write_json(os.path.join(wd, "summary.json"), {})
+
+  monkeypatch.setattr(sweep.commands, "train", fake_train)
+  wd = str(tmp_path)
+  art = os.path.join(wd, "dense_seed0")
+  os.makedirs(art)
+  hostio.write_json(os.path.join(art, "summary.json"), {"from": "artifact"})
+  msgs = []
+  assert sweep._dense_for(c, wd, 0, msgs.append) == art  # pylint: disable=protected-access
+  assert trained == [art] and os.path.isdir(os.path.join(art, "final"))
+  assert "holds no model" in msgs[0]
+  # A dense run with its model is used as it is.
+  assert sweep._dense_for(c, wd, 0, msgs.append) == art  # pylint: disable=protected-access
+  assert trained == [art]
+
+
 def test_sweep_report_only_tables_the_finished_cells(tmp_path):
   from configs import sweep_random_nets  # pylint: disable=g-import-not-at-top
   c = sweep_random_nets.get_config("smoke")
