@@ -3,13 +3,12 @@ tests/test_distributed.py), with ``jax.distributed`` over N CPU processes
 talking through gloo on localhost:
 
   python tests/multiprocess_worker.py PORT N ID train WORKDIR DATA_DIR [STOP]
-  python tests/multiprocess_worker.py PORT N ID prune WORKDIR DATA_DIR DENSE
   python tests/multiprocess_worker.py PORT N ID step WORKDIR DATA_DIR
 
 ``train``: the LeNet-5 smoke config (stopped after STOP epochs if given;
 without STOP it first takes the ``step`` below, its result under
-``"step"``);
-``prune``: Prox-NAG's LeNet-5 smoke config from the dense run DENSE;
+``"step"``, and then prunes the trained model with Prox-NAG's LeNet-5
+smoke config into WORKDIR_prune, its result under ``"prune"``);
 ``step``: one training step of the LeNet-5 smoke config from its initial
 params on the first batch: prints its loss and, per parameter leaf, the
 update's norm and its projection on a fixed random direction.
@@ -36,26 +35,32 @@ def main():
   if mode == "step":
     print("RESULT " + json.dumps(one_step(data_dir)), flush=True)
     return
-  step = None
-  if mode == "train":
-    # The one-step comparison rides on the run's processes (a process
-    # start and a compilation fewer per test session).
-    step = one_step(data_dir) if extra is None else None
-    c = lenet5_mnist.get_config("smoke")
-    c.data_dir = data_dir
-    out = commands.train(c, workdir, stop_after_epochs=int(extra) if extra
-                     else None, log=log)
-  else:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def prune(wd, dense):
     c = proxnag_lenet5_mnist.get_config("smoke")
     c.data_dir = data_dir
-    c.dense_checkpoint = extra
+    c.dense_checkpoint = dense
     c.checkpoint_every_steps = 0     # resume is tested on the train mode
-    out = commands.prune(c, workdir, log=log)
-  import jax  # pylint: disable=g-import-not-at-top
+    return result(commands.prune(c, wd, log=log))
+
+  def result(out):
+    return {"process_index": jax.process_index(),
+            **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
+                                       "sparsity")}}
+
+  # The one-step comparison and the pruning ride on the run's processes
+  # (process starts and compilations fewer per test session).
+  whole = extra is None
+  step = one_step(data_dir) if whole else None
+  c = lenet5_mnist.get_config("smoke")
+  c.data_dir = data_dir
+  out = commands.train(c, workdir, stop_after_epochs=None if whole
+                       else int(extra), log=log)
   print("RESULT " + json.dumps({
-      "process_index": jax.process_index(), "step": step,
-      **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
-                                 "sparsity")}}), flush=True)
+      **result(out), "step": step,
+      "prune": prune(workdir + "_prune", workdir) if whole else None}),
+        flush=True)
 
 
 def one_step(data_dir) -> dict:
