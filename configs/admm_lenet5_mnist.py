@@ -57,7 +57,7 @@ def get_config(arg: str = ""):
               "rw_admm" if rw else "admm")
   c.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
   c.budget_epochs = 40.0
-  c.finetune_lr = 0.01        # SGD, as the reference's Caffe solver
+  # finetune_lr: the pruning default 0.01 (SGD, as the reference's Caffe solver).
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0

@@ -32,7 +32,6 @@ def get_config(arg: str = "resnet32"):
   c.method = "rw_admm"
   c.target_sparsity = 0.9
   c.budget_epochs = 60.0
-  c.finetune_lr = 0.01
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 3.0

@@ -35,7 +35,6 @@ def prune_defaults(c):
   # with `momentum` and the dense config's weight decay.
   c.finetune_lr = 0.01
   c.momentum = 0.9
-  c.chunk_steps = 100           # steps per scanned chunk (one host sync)
   c.checkpoint_every_steps = 200
   for name in methods.PRUNING_METHODS:
     c[name] = methods.method_config(name)

@@ -46,7 +46,6 @@ def get_config(arg: str = ""):
   c.dense.model = model
   c.method = "gat"
   c.target_sparsity = 0.5
-  c.finetune_lr = 0.01
   # Group-lasso lambda per epoch of prune-training. LeNet-5's 2e-3 moves a
   # ResNet-20 weight by ~0.02 (prune_lr 0.01 x lambda, summed over the <= 2.5
   # epochs of the 5-epoch budget) against a per-weight rms of 0.03-0.1 in

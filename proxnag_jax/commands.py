@@ -242,6 +242,7 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
   """Reads the pruning configs once: data, model, context, the dense
   model, each run's first state. (Vmapped configs share all but
   :data:`~proxnag_jax.experiment.VMAP_FIELDS` and the method's numbers.)"""
+  configs = [experiment.pruning_config(c) for c in configs]
   c0 = configs[0]
   mesh = engine.make_mesh()
   dcfg = experiment.dense_config(c0)
@@ -345,6 +346,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
   model (a sweep worker trains such a cell while another trains the shared
   dense model). Ignored for methods that start from the dense model.
   """
+  configs = [experiment.pruning_config(c) for c in configs]
   methods = [experiment.validate_pruning(c) for c in configs]
   method = methods[0]
   if len(configs) > 1:

@@ -326,6 +326,26 @@ def dense_method(config) -> base.Method:
 VMAP_FIELDS = ("seed", "target_sparsity", "finetune_lr", "dense_checkpoint")
 
 
+def pruning_config(config):
+  """The config a pruning run keeps: a copy holding only its own method's
+  settings (``config[config.method]``, the factory's defaults where the
+  config has none). A config file carries every method's sub-config, so that
+  ``--config.method=snip --config.snip.batches=4`` can pick and set any
+  method on the command line; what a run writes (``config.json``, its
+  summary) and what the layers below read is the chosen method's alone."""
+  name = config.method
+  if name not in methods_lib.METHOD_NAMES:
+    methods_lib.get_method(name)      # raises, listing the valid names
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for other in methods_lib.PRUNING_METHODS:
+      if other != name and other in c:
+        del c[other]
+    if name in methods_lib.PRUNING_METHODS and name not in c:
+      c[name] = methods_lib.method_config(name)
+  return c
+
+
 def method_of(config) -> base.Method:
   """The method of a pruning config, built from its own sub-config."""
   name = config.method

@@ -112,7 +112,7 @@ def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
     c.seed = int(seed)
     c.data_dir = config.data_dir
     c.dense_checkpoint = dense_dir
-  return c
+  return experiment.pruning_config(c)
 
 
 def start_of(config, name: str) -> str:

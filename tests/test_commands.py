@@ -18,6 +18,7 @@ from configs import proxnag_lenet5_mnist
 from proxnag_jax import commands
 from proxnag_jax import engine
 from proxnag_jax import hostio
+from proxnag_jax import methods
 
 QUIET = dict(log=lambda *_: None)
 
@@ -53,6 +54,12 @@ def test_prune_end_to_end(smoke_run):
                        "pruned_layers"):
     assert key in s
   assert s["kind"] == "prune" and s["method"] == "proxnag"
+  # The run keeps its own method's settings only (the config file carries
+  # every method's, for the command line).
+  with open(os.path.join(wd, "config.json")) as f:
+    kept = json.load(f)
+  assert "proxnag" in kept and not set(kept) & (
+      set(methods.PRUNING_METHODS) - {"proxnag"})
   assert abs(s["sparsity"] - 0.5) < 1e-3
   assert s["reached_target"] and s["outcome"] == "target reached"
   # Inside the budget; validation accuracy on the held-out split.

@@ -140,6 +140,30 @@ def test_a_run_resumes_when_only_methods_it_does_not_use_change(tmp_path):
       cs, experiment.comparable_config(json.loads(t.to_json_best_effort())))
 
 
+def test_a_run_keeps_its_own_methods_settings_only(tmp_path):
+  """``pruning_config``: the chosen method's sub-config alone (the factory's
+  defaults where the config file has none); a run started from a config
+  that carried every method's settings resumes under the trimmed one."""
+  a = proxnag_lenet5_mnist.get_config("smoke")
+  a.method = "gmp"
+  a.gmp.every = 3
+  t = experiment.pruning_config(a)
+  assert t.gmp.every == 3 and "proxnag" not in t and "admm" not in t
+  assert "gmp" in a and "proxnag" in a           # the input is left as it was
+  with a.unlocked():
+    del a["gmp"]
+  assert experiment.pruning_config(a).gmp == methods.method_config("gmp")
+  wd = str(tmp_path / "w")
+  full = proxnag_lenet5_mnist.get_config("smoke")
+  experiment.prepare_workdir(wd, full)          # an older run: every method
+  with open(os.path.join(wd, "trace.jsonl"), "w") as f:
+    f.write("{}\n")
+  assert experiment.prepare_workdir(wd, experiment.pruning_config(full))
+  with pytest.raises(ValueError, match="unknown method"):
+    full.method = "nope"
+    experiment.pruning_config(full)
+
+
 def test_a_run_resumes_when_its_method_gains_a_setting_at_its_default(
     tmp_path):
   """An older run's config lacks a setting its method has since gained: at
