@@ -1,8 +1,8 @@
 """ADMM and reweighted ADMM pruning of LeNet-5 on MNIST (seed 004).
 
   python -m train.prune --config configs/admm_lenet5_mnist.py \
-      --workdir runs/admm_lenet5 --config.data_dir=../shared/data \
-      [--config.dense_checkpoint=runs/lenet5_val]
+      --workdir runs/admm_lenet5 --config.data.dir=../shared/data \
+      [--config.prune.dense_checkpoint=runs/lenet5_val]
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw ...   # reweighted
   python -m train.prune --config configs/admm_lenet5_mnist.py:rw_rel ...  # layer-relative
   python -m train.prune --config configs/admm_lenet5_mnist.py:proxnag ...     # Prox-NAG
@@ -53,16 +53,16 @@ def get_config(arg: str = ""):
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
   rw = arg.startswith("rw") or arg == "proxnag_rw"
   budget = arg.startswith(("budget", "rw_budget", "proxnag_budget"))
-  c.method = ("proxnag" if arg.startswith("proxnag_budget") else
+  c.prune.method = ("proxnag" if arg.startswith("proxnag_budget") else
               "rw_admm" if rw else "admm")
-  c.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
-  c.budget_epochs = 40.0
+  c.prune.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
+  c.prune.budget_epochs = 40.0
   # finetune_lr: the pruning default 0.01 (SGD, as the reference's Caffe solver).
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0
   if budget:
-    c[c.method].layer_keep = dict(ADMM_71X)
+    c[c.prune.method].layer_keep = dict(ADMM_71X)
   if arg == "rw_rel":
     # Weights compared to their layer's RMS before the global threshold.
     c.rw_admm.relative = True
@@ -72,7 +72,7 @@ def get_config(arg: str = ""):
   if arg.startswith("proxnag") and not arg.startswith("proxnag_budget"):
     # Prox-NAG at the same target, from the same dense model, in the same
     # 40 epochs (its rounds, then a final fine-tune filling the budget).
-    c.method = "proxnag"
+    c.prune.method = "proxnag"
     p = c.proxnag
     proxnag_lenet5_mnist.paper_schedule(p, 1e-3, 1e-3)
     p.max_rounds = 15
@@ -81,8 +81,8 @@ def get_config(arg: str = ""):
     p.final_finetune_epochs = 6.0
     p.fill_budget = True
   if smoke:
-    c.target_sparsity = 0.9
-    c.budget_epochs = 2.0
+    c.prune.target_sparsity = 0.9
+    c.prune.budget_epochs = 2.0
     for m in (c.admm, c.rw_admm):
       m.every_epochs = 0.25
   return c

@@ -2,8 +2,8 @@
 CIFAR models; GPU jobs).
 
   python -m train.prune --config configs/admm_resnet_cifar10.py:resnet56 \
-      --workdir runs/rw_admm_r56 --config.data_dir=DATA \
-      [--config.method=admm] [--config.dense_checkpoint=runs/r56]
+      --workdir runs/rw_admm_r56 --config.data.dir=DATA \
+      [--config.prune.method=admm] [--config.prune.dense_checkpoint=runs/r56]
 
 Without a dense checkpoint the dense model (200 epochs, as
 configs/resnet20_cifar10.py) is trained first in WORKDIR/dense. Pruning: 60
@@ -27,19 +27,16 @@ def get_config(arg: str = "resnet32"):
   smoke = arg.endswith("smoke")
   model = "resnet56" if arg.startswith("resnet56") else "resnet32"
   c = proxnag_resnet20_cifar10.get_config("smoke" if smoke else "")
-  c.model = model
-  c.dense.model = model
-  c.method = "rw_admm"
-  c.target_sparsity = 0.9
-  c.budget_epochs = 60.0
+  c.model.name = model
+  c.prune.method = "rw_admm"
+  c.prune.target_sparsity = 0.9
+  c.prune.budget_epochs = 60.0
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 3.0
   if smoke:
-    c.dense = resnet20_cifar10.get_config("smoke")
-    c.dense.model = model
-    c.target_sparsity = 0.5
-    c.budget_epochs = 2.0
+    c.prune.target_sparsity = 0.5
+    c.prune.budget_epochs = 2.0
     for m in (c.admm, c.rw_admm):
       m.every_epochs = 0.5
   return c

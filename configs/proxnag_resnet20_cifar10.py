@@ -1,8 +1,8 @@
 """Iterative Prox-NAG pruning of ResNet-20 on CIFAR-10 (paper Table 1; GPU job).
 
   python -m train.prune --config configs/proxnag_resnet20_cifar10.py \
-      --workdir runs/proxnag_r20_90 --config.data_dir=DATA \
-      --config.target_sparsity=0.9 [--config.dense_checkpoint=runs/r20]
+      --workdir runs/proxnag_r20_90 --config.data.dir=DATA \
+      --config.prune.target_sparsity=0.9 [--config.prune.dense_checkpoint=runs/r20]
 
 Starts from `dense_checkpoint` (a finished `train.train` run of
 `configs/resnet20_cifar10.py`) or trains that dense model first. The pruning
@@ -32,12 +32,9 @@ PAPER_TABLE1 = {
 
 def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
-  c = common.run_config()
-  c.model = "resnet20"
-  c.dataset = "cifar10"
-  c.batch_size = 128
-  c.dense = resnet20_cifar10.get_config()
-  proxnag_lenet5_mnist.prune_defaults(c)
+  smoke = arg == "smoke"
+  c = common.pruning_config(resnet20_cifar10.get_config(
+      "smoke" if smoke else ""))
   p = c.proxnag
   if arg == "paper":
     # The paper's schedule (open-loop lambda rounds, absolute threshold).
@@ -55,22 +52,14 @@ def get_config(arg: str = ""):
     p.final_finetune_epochs = 40.0
   p.prune_lr = 0.01
   p.finetune_lr = 0.01
-  c.checkpoint_every_steps = 1000
-  c.budget_epochs = 100.0
+  c.run.checkpoint_every_steps = 1000
+  c.prune.budget_epochs = 100.0
   # DSR keeps the first conv, the shortcut convs and the classifier dense,
   # as its reference.
   c.dsr.dense = ("^conv1/", "shortcut", "^fc/")
-  if arg == "smoke":
-    c.dense = resnet20_cifar10.get_config("smoke")
-    c.batch_size = 32
-    c.eval_batch_size = 128
-    c.train_subset = 256
-    c.val_size = common.SMOKE_VAL_SIZE
-    c.test_subset = 256
-    c.target_sparsity = 0.3
+  if smoke:
+    c.prune.target_sparsity = 0.3
     proxnag_lenet5_mnist.smoke_proxnag(p)
-    c.budget_epochs = 3.0
-    c.chunk_steps = 8
-    c.checkpoint_every_steps = 8
-    c.log_every_s = 30.0
+    c.prune.budget_epochs = 3.0
+    common.smoke_run(c.run, chunk_steps=8)
   return c

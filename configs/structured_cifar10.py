@@ -2,8 +2,8 @@
 ResNet-20 / ResNet-56 / VGG-16 at the full schedule for a GPU (issue 13).
 
   python -m train.prune --config configs/structured_cifar10.py \
-      --workdir runs/gat_r20 --config.data_dir=../shared/data \
-      [--config.method=l1_filter] [--config.dense_checkpoint=runs/r20]
+      --workdir runs/gat_r20 --config.data.dir=../shared/data \
+      [--config.prune.method=l1_filter] [--config.prune.dense_checkpoint=runs/r20]
   python -m train.prune --config configs/structured_cifar10.py:resnet56_full ...
   python -m train.prune --config configs/structured_cifar10.py:vgg16_full ...
 
@@ -41,11 +41,9 @@ def get_config(arg: str = ""):
   c = proxnag_resnet20_cifar10.get_config("smoke" if smoke else "")
   model = {"resnet56_full": "resnet56_b", "vgg16_full": "vgg16",
            "vgg16": "vgg16"}.get(arg, "resnet20_b")
-  c.model = model
-  c.dense = resnet20_cifar10.get_config("smoke" if smoke else "")
-  c.dense.model = model
-  c.method = "gat"
-  c.target_sparsity = 0.5
+  c.model.name = model
+  c.prune.method = "gat"
+  c.prune.target_sparsity = 0.5
   # Group-lasso lambda per epoch of prune-training. LeNet-5's 2e-3 moves a
   # ResNet-20 weight by ~0.02 (prune_lr 0.01 x lambda, summed over the <= 2.5
   # epochs of the 5-epoch budget) against a per-weight rms of 0.03-0.1 in
@@ -56,16 +54,16 @@ def get_config(arg: str = ""):
   # before any group_proxnag run, not tuned.
   c.group_proxnag.l1_step = 1e-2
   if arg.endswith("full"):
-    c.budget_epochs = 60.0
+    c.prune.budget_epochs = 60.0
   elif smoke:
-    c.budget_epochs = 1.0
+    c.prune.budget_epochs = 1.0
     c.group_proxnag.l1_step = 0.05
   else:
     c.dense.num_epochs = 10
-    c.budget_epochs = 5.0
+    c.prune.budget_epochs = 5.0
   if arg == "vgg16":
-    c.train_subset = 10000
-    c.val_size = 1000
+    c.data.train_subset = 10000
+    c.data.val_size = 1000
     # At the ResNet schedule's 0.1 from the first step this VGG-16 diverged
     # (epoch 1: training loss 4.30, then chance, loss 2.31, at step 105);
     # half the step after a one-epoch warm-up (set, not tuned).

@@ -2,8 +2,8 @@
 removed and a physically smaller network exported (issue 13).
 
   python -m train.prune --config configs/structured_lenet5_mnist.py \
-      --workdir runs/gat_lenet5 --config.data_dir=../shared/data \
-      --config.method=gat --config.target_sparsity=0.75
+      --workdir runs/gat_lenet5 --config.data.dir=../shared/data \
+      --config.prune.method=gat --config.prune.target_sparsity=0.75
   # methods: gat (seed 003), l1_filter, slimming, group_proxnag
 
 ``target_sparsity`` is the fraction of the prunable channels removed
@@ -24,15 +24,13 @@ def get_config(arg: str = ""):
   common.check_variant(arg)
   smoke = arg == "smoke"
   c = proxnag_lenet5_mnist.get_config("smoke" if smoke else "")
-  c.model = "lenet5_bn"
-  c.dense = lenet5_mnist.get_config("smoke" if smoke else "")
-  c.dense.model = "lenet5_bn"
-  c.method = "gat"
-  c.target_sparsity = 0.75
+  c.model.name = "lenet5_bn"
+  c.prune.method = "gat"
+  c.prune.target_sparsity = 0.75
   if not smoke:
     c.dense.num_epochs = 10
-    c.budget_epochs = 10.0
+    c.prune.budget_epochs = 10.0
   else:
-    c.budget_epochs = 2.0
+    c.prune.budget_epochs = 2.0
     c.group_proxnag.l1_step = 0.05
   return c

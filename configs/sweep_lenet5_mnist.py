@@ -1,7 +1,7 @@
 """All methods on LeNet-5 / MNIST at 50, 90 and 99% (a CPU-sized Table 1).
 
   python -m train.sweep --config configs/sweep_lenet5_mnist.py \
-      --workdir runs/sweep_lenet5 --config.data_dir=../shared/data
+      --workdir runs/sweep_lenet5 --config.data.dir=../shared/data
 
 Budget: a 3-epoch dense run shared by the dense-start methods, then 3
 epochs of pruning/fine-tuning; scratch methods train 6 epochs. Prox-NAG's
@@ -24,7 +24,7 @@ METHODS = ("proxnag", "magnitude", "gmp", "l2", "snip", "sparse_momentum",
 def get_config(arg: str = ""):
   common.check_variant(arg)
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   c.methods = METHODS
   c.sparsities = (0.5, 0.9, 0.99)
   # Three seeds: the margins between methods are a few tenths of a point.
@@ -35,7 +35,7 @@ def get_config(arg: str = ""):
   b = proxnag_lenet5_mnist.get_config()
   b.dense.num_epochs = 3
   b.dense.warmup_epochs = 0.5
-  b.budget_epochs = 3.0
+  b.prune.budget_epochs = 3.0
   # Prox-NAG inside the budget: larger lambda steps, half-epoch fine-tunes.
   p = b.proxnag
   # The paper's schedule, as in the committed 3-seed sweep.
@@ -55,7 +55,7 @@ def get_config(arg: str = ""):
   c.paper_table = {}
   if arg == "smoke":
     s = proxnag_lenet5_mnist.get_config("smoke")
-    s.budget_epochs = 8.0
+    s.prune.budget_epochs = 8.0
     c.base = s
     c.methods = ("proxnag", "magnitude", "snip", "sparse_momentum")
     c.sparsities = (0.5, 0.8)

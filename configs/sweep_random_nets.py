@@ -2,10 +2,10 @@
 binary programming, with the dense-trained network as reference.
 
   python -m train.sweep --config configs/sweep_random_nets.py \
-      --workdir runs/random_lenet300_v2 --config.data_dir=../shared/data \
+      --workdir runs/random_lenet300_v2 --config.data.dir=../shared/data \
       --reuse_from=runs/random_step_search
   python -m train.sweep --config configs/sweep_random_nets.py:conv2 \
-      --workdir runs/random_conv2_v2 --config.data_dir=../shared/data \
+      --workdir runs/random_conv2_v2 --config.data.dir=../shared/data \
       --reuse_from=runs/random_conv2_step_search
   python -m train.sweep --config configs/sweep_random_nets.py:conv2_full ...  # GPU
 
@@ -28,7 +28,7 @@ scratch, for the same number of epochs as the dense reference
   ``<method>_lr<step>`` with ``p`` for the decimal point
   (``sbp_lr0p3``): ``python -m train.sweep --config
   configs/sweep_random_nets.py:step_search --workdir runs/random_step_search
-  --config.data_dir=../shared/data``.
+  --config.data.dir=../shared/data``.
 * ``lpbox_search`` / ``conv2_lpbox_search``: SBP solved by l_p-box ADMM
   (``sbp_lpbox``), its step and where its penalty ends (``rho_end``) on
   LeNet-300-100 at 50 / 70 / 90% / Conv-2 at 50%, seed 0, chosen on the
@@ -145,7 +145,7 @@ def step_selection(variants, methods=("edge_popup", "sbp")) -> dict:
 def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   c.methods = ("edge_popup", "sbp", "sbp_lpbox")
   # SBP solved by l_p-box ADMM (a mask driven to {0, 1}), beside the
   # projected-gradient reading (``sbp``, solver='relaxed').
@@ -156,14 +156,13 @@ def get_config(arg: str = ""):
   if arg.startswith("conv"):
     depth = int(arg[4])
     b = proxnag_lenet5_mnist.get_config()
-    b.model = f"conv{depth}"
-    b.dataset = "cifar10"
-    b.dense = resnet20_cifar10.get_config()
-    b.dense.model = b.model
+    b.model.name = f"conv{depth}"
+    b.data.name = "cifar10"
+    b.dense = resnet20_cifar10.get_config().train
     b.dense.learning_rate = 0.01       # the dense Conv-N: no BatchNorm
     b.dense.weight_decay = 1e-4
     b.dense.num_epochs = 50 if arg.endswith("full") else 5
-    b.budget_epochs = 50.0 if arg.endswith("full") else 5.0
+    b.prune.budget_epochs = 50.0 if arg.endswith("full") else 5.0
     c.sparsities = (0.5, 0.7)
     if arg in ("conv2", "conv2_smoke"):
       for m, lr in CONV2_STEP.items():
@@ -198,25 +197,24 @@ def get_config(arg: str = ""):
       c.sparsities = (0.5,)
       c.seeds = (0,)
     if not arg.endswith("full"):
-      b.train_subset = 10000
-      b.val_size = 1000
+      b.data.train_subset = 10000
+      b.data.val_size = 1000
     if arg.endswith("smoke"):
-      b.train_subset = 320
-      b.val_size = 64
-      b.test_subset = 256
-      b.batch_size = 32
+      b.data.train_subset = 320
+      b.data.val_size = 64
+      b.data.test_subset = 256
+      b.data.batch_size = 32
       b.dense.num_epochs = 1
-      b.budget_epochs = 1.0
+      b.prune.budget_epochs = 1.0
       c.seeds = (0,)
   else:
-    b.model = "lenet300_100"
-    b.dense.model = "lenet300_100"
+    b.model.name = "lenet300_100"
     for m, lr in LENET300_STEP.items():
       b[m].learning_rate = lr
     c.variants["sbp_lpbox"].update(LENET300_LPBOX)
     b.dense.num_epochs = 5
     b.dense.warmup_epochs = 0.0
-    b.budget_epochs = 5.0
+    b.prune.budget_epochs = 5.0
     c.sparsities = (0.5, 0.7, 0.9)
     if arg == "step_search":
       v = step_variants(STEPS)
@@ -232,9 +230,8 @@ def get_config(arg: str = ""):
       c.seeds = (0,)
     if arg == "smoke":
       b.dense = proxnag_lenet5_mnist.get_config("smoke").dense
-      b.dense.model = "lenet300_100"
       b.dense.num_epochs = 1
-      b.budget_epochs = 1.0
+      b.prune.budget_epochs = 1.0
       c.seeds = (0,)
   c.base = b
   c.paper_table = {}

@@ -2,7 +2,7 @@
 shortened schedule, with Prox-NAG's lambda chosen on the validation split.
 
   python -m train.sweep --config configs/sweep_resnet20_cpu.py \
-      --workdir runs/r20_cpu --config.data_dir=../shared/data
+      --workdir runs/r20_cpu --config.data.dir=../shared/data
   python -m train.sweep --config configs/sweep_resnet20_cpu.py:session ...
   python -m train.sweep --config configs/sweep_resnet20_cpu.py:smoke ...
 
@@ -91,7 +91,7 @@ def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   smoke = arg == "smoke"
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   c.variants = lambda_variants(LAMBDAS)
   c.methods = tuple(_name(l) for l in LAMBDAS) + ("magnitude", "snip")
   # The table's Prox-NAG row: per column, the lambda with the best
@@ -104,12 +104,12 @@ def get_config(arg: str = ""):
   if not smoke:
     b.dense.num_epochs = 30
     b.dense.warmup_epochs = 1.0
-    b.budget_epochs = 10.0
-    b.checkpoint_every_steps = 350
+    b.prune.budget_epochs = 10.0
+    b.run.checkpoint_every_steps = 350
     if arg.startswith("session"):
       b.dense.num_epochs = 10
       b.dense.warmup_epochs = 0.5
-      b.budget_epochs = 4.0
+      b.prune.budget_epochs = 4.0
       c.variants = lambda_variants(LAMBDAS, SESSION_ROUNDS)
     if arg == "session_rates":
       # The new default (target schedule, scale-invariant step) against
@@ -144,7 +144,7 @@ def get_config(arg: str = ""):
       c.sparsities = (0.9, 0.7, 0.5)
       c.seeds = (0, 1, 2)
   else:
-    b.budget_epochs = 3.0
+    b.prune.budget_epochs = 3.0
     # A lambda that reaches 30% within the smoke run's few steps.
     c.variants = lambda_variants((0.2,), SMOKE_ROUNDS)
     c.methods = (_name(0.2), "magnitude")

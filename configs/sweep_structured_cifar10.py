@@ -2,7 +2,7 @@
 (issue 13's CIFAR part; a shortened CPU schedule).
 
   python -m train.sweep --config configs/sweep_structured_cifar10.py \
-      --workdir runs/sweep_structured_cifar10 --config.data_dir=../shared/data
+      --workdir runs/sweep_structured_cifar10 --config.data.dir=../shared/data
   python -m train.sweep --config configs/sweep_structured_cifar10.py:full ...
 
 Every method's target is a fraction of the dense network's MACs removed
@@ -53,7 +53,7 @@ def si_name(l1_step: float) -> str:
 def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   c.methods = METHODS
   c.sparsities = (0.5, 0.75)
   c.seeds = (0,)
@@ -64,12 +64,11 @@ def get_config(arg: str = ""):
     b[m].round_to = 8
   if arg != "smoke":
     # A CPU epoch is ~350 steps (~5 min on one core): lose at most that.
-    b.checkpoint_every_steps = 350
+    b.run.checkpoint_every_steps = 350
   if arg == "vgg16":
     c.methods = ("gat", "l1_filter")
     c.sparsities = (0.7,)
-    b.checkpoint_every_steps = 35        # ~2.5 min of VGG-16 steps
-    b.dense.checkpoint_every_steps = 35
+    b.run.checkpoint_every_steps = 35        # ~2.5 min of VGG-16 steps
   if arg == "full":
     c.seeds = (0, 1, 2)
   elif arg == "smoke":

@@ -3,9 +3,9 @@ adaptive threshold against L1-filter, network slimming and group-lasso
 Prox-NAG, at 50% and 75% of the channels removed (CPU).
 
   python -m train.sweep --config configs/sweep_structured_lenet5.py \
-      --workdir runs/sweep_structured_lenet5 --config.data_dir=../shared/data
+      --workdir runs/sweep_structured_lenet5 --config.data.dir=../shared/data
   python -m train.sweep --config configs/sweep_structured_lenet5.py:macs \
-      --workdir runs/sweep_structured_macs --config.data_dir=../shared/data
+      --workdir runs/sweep_structured_macs --config.data.dir=../shared/data
 
 ``:macs``: the methods compared at equal cost: every method's target is the
 fraction of the dense network's MACs removed (``match='macs'``: each keeps
@@ -33,7 +33,7 @@ VARIANTS = ("smoke", "macs")
 def get_config(arg: str = ""):
   common.check_variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   c.methods = METHODS
   c.sparsities = (0.5, 0.75)
   c.seeds = (0,)
@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
   b = structured_lenet5_mnist.get_config()
   b.dense.num_epochs = 5
   b.dense.warmup_epochs = 0.5
-  b.budget_epochs = 5.0
+  b.prune.budget_epochs = 5.0
   # The committed sweep ran group-lasso Prox-NAG with the absolute channel
   # threshold (its lambda steps are in those units); the scale-invariant
   # step (the factory default since issue 27) needs its lambda chosen anew.
@@ -56,6 +56,6 @@ def get_config(arg: str = ""):
                      "removed (every method matched to it).")
   if arg == "smoke":
     c.base = structured_lenet5_mnist.get_config("smoke")
-    c.base.budget_epochs = 1.0
+    c.base.prune.budget_epochs = 1.0
     c.sparsities = (0.5,)
   return c

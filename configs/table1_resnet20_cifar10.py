@@ -1,7 +1,7 @@
 """Paper Table 1: ResNet-20 / CIFAR-10, six methods at 40-90% pruning (GPU).
 
   python -m train.sweep --config configs/table1_resnet20_cifar10.py \
-      --workdir runs/table1 --config.data_dir=DATA
+      --workdir runs/table1 --config.data.dir=DATA
 
 The 90% column first (edit `sparsities` to run a part of the grid). Budget:
 the 200-epoch dense run, then 60 epochs for every method that starts from it;
@@ -29,7 +29,7 @@ PAPER = proxnag_resnet20_cifar10.PAPER_TABLE1
 def get_config(arg: str = ""):
   common.check_variant(arg)
   c = ml_collections.ConfigDict()
-  c.data_dir = ""
+  c.data = common.sweep_data()
   lams = tuple(sweep_resnet20_cpu.LAMBDAS)
   # 10 of the 60 epochs are kept for the final fine-tune; the rounds get 50.
   rounds = {"fill_budget": True, "final_finetune_epochs": 10.0}
@@ -43,7 +43,7 @@ def get_config(arg: str = ""):
   c.seeds = (0, 1, 2)
   c.vmap_runs = False
   b = proxnag_resnet20_cifar10.get_config()
-  b.budget_epochs = 60.0
+  b.prune.budget_epochs = 60.0
   b.gmp.every = 200
   c.base = b
   c.paper_table = {k: tuple(v) for k, v in PAPER.items()}
@@ -51,7 +51,7 @@ def get_config(arg: str = ""):
   c.paper_dense = 92.93
   if arg == "smoke":
     s = proxnag_resnet20_cifar10.get_config("smoke")
-    s.budget_epochs = 3.0
+    s.prune.budget_epochs = 3.0
     c.base = s
     v = sweep_resnet20_cpu.lambda_variants((0.05,),
                                            sweep_resnet20_cpu.SMOKE_ROUNDS)

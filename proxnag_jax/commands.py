@@ -70,7 +70,7 @@ def evaluate_params(model, params, batch_stats, arrays, mean, std, mesh,
 def train(config, workdir: str, *, overwrite: bool = False,
           allow_changes: bool = False,
           stop_after_epochs: Optional[int] = None, log: Log = print) -> dict:
-  """Trains ``config.model`` on ``config.dataset``; resumable.
+  """Trains ``config.model.name`` on ``config.data``; resumable.
 
   Writes ``workdir/metrics.jsonl`` (one line per epoch), ``trace.jsonl``,
   orbax checkpoints in ``workdir/checkpoints``, ``summary.json`` and the
@@ -82,7 +82,7 @@ def train(config, workdir: str, *, overwrite: bool = False,
     The summary dict; when stopped early, ``{'stopped_at_epoch': e}``.
   """
   experiment.validate_config(config)
-  method = experiment.dense_method(config)
+  method = experiment.dense_method(config.train)
   with hostio.workdir_lock(workdir):
     return _train(config, workdir, method, overwrite, allow_changes,
                   stop_after_epochs, log)
@@ -96,29 +96,29 @@ def _train(config, workdir, method, overwrite, allow_changes,
   resuming = bool(distributed.on_primary(
       lambda: experiment.prepare_workdir(workdir, config, overwrite,
                                          allow_changes), "prepare_workdir"))
-  spe = len(ds.train_labels) // config.batch_size
-  params, batch_stats = experiment.init_variables(model, config,
+  spe = len(ds.train_labels) // config.data.batch_size
+  params, batch_stats = experiment.init_variables(model, config.seed,
                                                   ds.input_shape)
   ctx = base.Context(prunable=masks_lib.prunable_tree(params),
                      steps_per_epoch=spe,
-                     total_steps=int(config.num_epochs * spe),
-                     schedule=experiment.schedule_fn(config, spe))
-  hp = experiment.dense_numbers(config, method).as_hp()
+                     total_steps=int(config.train.num_epochs * spe),
+                     schedule=experiment.schedule_fn(config.train, spe))
+  hp = experiment.dense_numbers(config.train, method).as_hp()
   state, events = loop.init_run(method, ctx, params, batch_stats, hp,
                                 config.seed)
-  log(f"model {config.model}: {report_lib.num_params(params):,} params; "
+  log(f"model {config.model.name}: {report_lib.num_params(params):,} params; "
       f"{hostio.device_info()}; {spe} steps/epoch")
   program = loop.Program(model, method, ctx, *ds.mean_std,
-                         augment=ds.augment and config.augment,
-                         batch_size=config.batch_size, mesh=mesh)
+                         augment=ds.augment and config.data.augment,
+                         batch_size=config.data.batch_size, mesh=mesh)
   res = loop.run_loop(
       program, arrays,
       [loop.RunInit(state, config.seed, os.path.join(workdir, "trace.jsonl"),
                     events, os.path.join(workdir, "metrics.jsonl"),
-                    tensorboard_dir(config, workdir))],
+                    tensorboard_dir(config.run, workdir))],
       ckpt_dir=os.path.join(workdir, "checkpoints"), resuming=resuming,
       schedule=experiment.loop_schedule(
-          config, "train",
+          config.run, "train",
           stop_after_epochs * spe if stop_after_epochs else None), log=log)
   if res.stopped_at_step is not None:
     return {"stopped_at_epoch": res.stopped_at_step // spe}
@@ -136,7 +136,7 @@ def _train(config, workdir, method, overwrite, allow_changes,
     last = json.loads(f.readlines()[-1])
   summary = summary_lib.write(workdir, summary_lib.dense_summary(
       config, ev=ev, state=state, steps=res.steps,
-      final_lr=float(ctx.schedule(config.learning_rate)(max(res.steps - 1,
+      final_lr=float(ctx.schedule(config.train.learning_rate)(max(res.steps - 1,
                                                             0))),
       train_loss=last["train_loss"], wall_time_s=res.wall_time_s,
       train_time_s=res.train_time_s,
@@ -153,9 +153,10 @@ def _train(config, workdir, method, overwrite, allow_changes,
 
 
 def load_dense(config, workdir, model, input_shape, log):
-  """Params + BN stats of the dense model: from config.dense_checkpoint or
-  by training one in ``workdir/dense`` (resumable)."""
-  path = config.get("dense_checkpoint", "")
+  """Params + BN stats of the dense model: from
+  ``config.prune.dense_checkpoint`` or by training one in ``workdir/dense``
+  (resumable)."""
+  path = config.prune.dense_checkpoint
   if not path:
     log("no dense_checkpoint given: training the dense model first "
         f"in {workdir}/dense")
@@ -163,7 +164,8 @@ def load_dense(config, workdir, model, input_shape, log):
           log=log)
     path = os.path.join(workdir, "dense")
   experiment.check_dense_split(config, path)
-  want_p, want_bs = experiment.init_variables(model, config, input_shape)
+  want_p, want_bs = experiment.init_variables(model, config.seed,
+                                              input_shape)
   try:
     loaded = hostio.load_final(path)
   except FileNotFoundError as e:
@@ -176,8 +178,8 @@ def load_dense(config, workdir, model, input_shape, log):
   if (jax.tree.structure(got) != jax.tree.structure(want) or
       shapes(got) != shapes(want)):
     raise ValueError(
-        f"dense checkpoint {path!r} does not match model {config.model!r} "
-        f"on {config.dataset!r}: its parameter tree or shapes differ. Train "
+        f"dense checkpoint {path!r} does not match model "
+        f"{config.model.name!r} on {config.data.name!r}: its parameter tree or shapes differ. Train "
         "it with the same model (python -m train.train) or leave "
         "dense_checkpoint empty to train one here.")
   cast = lambda t, ref: jax.tree.map(
@@ -203,9 +205,10 @@ def _loss_grad_fn(model, x, y, batch_stats, mean, std):
   return jax.grad(loss)
 
 
-def tensorboard_dir(config, workdir: str):
-  """``WORKDIR/tensorboard`` when the config asks for TensorBoard events."""
-  if not config.get("tensorboard", False):
+def tensorboard_dir(run, workdir: str):
+  """``WORKDIR/tensorboard`` when the run settings ask for TensorBoard
+  events."""
+  if not run.tensorboard:
     return None
   return os.path.join(workdir, "tensorboard")
 
@@ -241,7 +244,7 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
                 log: Log = print) -> PruneSetup:
   """Reads the pruning configs once: data, model, context, the dense
   model, each run's first state. (Vmapped configs share all but
-  :data:`~proxnag_jax.experiment.VMAP_FIELDS` and the method's numbers.)"""
+  :data:`~proxnag_jax.experiment.VMAP_PATHS` and the method's numbers.)"""
   configs = [experiment.pruning_config(c) for c in configs]
   c0 = configs[0]
   mesh = engine.make_mesh()
@@ -252,12 +255,14 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
                                                   allow_changes),
       "prepare_workdir")) for c, w in zip(configs, workdirs)])
   mean, std = ds.mean_std
-  spe = len(ds.train_labels) // c0.batch_size
-  flt = masks_lib.prunable_filter(c0.get("prune_exclude", ()))
-  template, template_bs = experiment.init_variables(model, c0, ds.input_shape)
+  batch_size = c0.data.batch_size
+  spe = len(ds.train_labels) // batch_size
+  flt = masks_lib.prunable_filter(c0.prune.exclude)
+  template, template_bs = experiment.init_variables(model, c0.seed,
+                                                    ds.input_shape)
   prunable = masks_lib.prunable_tree(template, flt)
   if not any(jax.tree.leaves(prunable)):
-    raise ValueError("prune_exclude leaves no prunable weights.")
+    raise ValueError("prune.exclude leaves no prunable weights.")
   tvars = {"params": template, "batch_stats": template_bs}
   groups = (surgery.channel_groups(model, tvars)
             if surgery.supports(model) else ())
@@ -266,7 +271,7 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
   if method.start == "dense":
     sched = lambda lr: optax.cosine_decay_schedule(lr, max(1, total))
   else:
-    sched = experiment.schedule_fn(dcfg, spe, total / spe)
+    sched = experiment.schedule_fn(c0.dense, spe, total / spe)
   costs = {}
   if method.structured and groups:
     layers = report_lib.count_macs(model, tvars, (1,) + tuple(
@@ -278,12 +283,12 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
                      costs=costs, normalized=_normalized(
                          model, template, template_bs, arrays, mean, std,
                          epoch_first_batch(c0.seed, len(ds.train_labels),
-                                           c0.batch_size)))
+                                           batch_size)))
 
   def dense_of(c, wd):
     params, bs, path = load_dense(c, wd, model, ds.input_shape, log)
     ev = evaluate_params(model, params, bs, arrays, mean, std, mesh,
-                         c.eval_batch_size)
+                         c.run.eval_batch_size)
     return params, bs, ev, path
 
   dense = [] if load_dense_first else None
@@ -294,18 +299,19 @@ def build_prune(configs, workdirs, method, *, overwrite=False,
     if method.start == "dense":
       params, bs = dense[-1][:2]
     else:
-      params, bs = experiment.init_variables(model, c, ds.input_shape)
-    first = epoch_first_batch(c.seed, len(ds.train_labels), c.batch_size)
+      params, bs = experiment.init_variables(model, c.seed, ds.input_shape)
+    first = epoch_first_batch(c.seed, len(ds.train_labels), batch_size)
     grad_fn = _loss_grad_fn(model, arrays["train_x"][first],
                             arrays["train_y"][first], bs, mean, std)
     hp = experiment.run_numbers(c, method, n_prunable).as_hp()
     state, events = loop.init_run(method, ctx._replace(grad_fn=grad_fn),
                                   params, bs, hp, c.seed)
     runs.append(loop.RunInit(state, c.seed, os.path.join(wd, "trace.jsonl"),
-                             events, tensorboard_dir=tensorboard_dir(c, wd)))
+                             events, tensorboard_dir=tensorboard_dir(c.run,
+                                                                     wd)))
   program = loop.Program(model, method, ctx, mean, std,
-                         augment=ds.augment and c0.augment,
-                         batch_size=c0.batch_size, mesh=mesh)
+                         augment=ds.augment and c0.data.augment,
+                         batch_size=batch_size, mesh=mesh)
   return PruneSetup(program, arrays, runs, ds, dense, resuming, dense_of)
 
 
@@ -314,7 +320,8 @@ def prune(config, workdir: str, *, overwrite: bool = False,
           stop_after_steps: Optional[int] = None,
           wait_for_dense: Optional[Callable[[], None]] = None,
           log: Log = print) -> dict:
-  """Prunes with ``config.method`` to ``config.target_sparsity``; resumable.
+  """Prunes with ``config.prune.method`` to ``config.prune.target_sparsity``;
+  resumable.
 
   Returns the summary, or ``{'stopped_at_step': s}`` when stopped early.
   ``wait_for_dense``: see :func:`prune_runs`.
@@ -335,13 +342,13 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
   """Runs one or several pruning runs; several as one vmapped program.
 
   Vmapped runs must share the method and every setting but
-  :data:`~proxnag_jax.experiment.VMAP_FIELDS` (seed, target sparsity,
+  :data:`~proxnag_jax.experiment.VMAP_PATHS` (seed, target sparsity,
   learning rates, lambdas, dense checkpoint); their checkpoints go to
   ``group_dir``.
 
   ``wait_for_dense``: for a method that starts from scratch, whose dense
   model serves only as the reference of its summary (accuracy, parameter
-  and MAC counts), a call that returns once ``dense_checkpoint`` holds a
+  and MAC counts), a call that returns once ``prune.dense_checkpoint`` holds a
   finished run: the run trains first and calls it before it loads the dense
   model (a sweep worker trains such a cell while another trains the shared
   dense model). Ignored for methods that start from the dense model.
@@ -354,9 +361,10 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
       raise ValueError("several configs run together only with vmap=True.")
     ref = experiment.static_view(configs[0], method)
     for c in configs[1:]:
-      if c.method != method.name or experiment.static_view(c, method) != ref:
+      if (c.prune.method != method.name or
+          experiment.static_view(c, method) != ref):
         raise ValueError("vmapped runs may differ only in "
-                         f"{', '.join(experiment.VMAP_FIELDS)} and the "
+                         f"{', '.join(experiment.VMAP_PATHS)} and the "
                          "method's per-run settings "
                          f"({', '.join(method.hparams)}).")
   with contextlib.ExitStack() as stack:
@@ -377,7 +385,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
         setup.program, setup.arrays, setup.runs,
         ckpt_dir=os.path.join(group_dir or workdirs[0], "checkpoints"),
         resuming=setup.resuming, vmapped=len(setup.runs) > 1 or vmap,
-        schedule=experiment.loop_schedule(configs[0], method.name,
+        schedule=experiment.loop_schedule(configs[0].run, method.name,
                                           stop_after_steps), log=log)
     if res.stopped_at_step is not None:
       return [{"stopped_at_step": res.stopped_at_step}] * len(setup.runs)
@@ -392,7 +400,7 @@ def prune_runs(configs: Sequence, workdirs: Sequence[str], *,
       steps = int(state.step)
       extra = {"start": method.start, "description": method.description,
                "dense_checkpoint": dense_path,
-               "budget_epochs": c.budget_epochs,
+               "budget_epochs": c.prune.budget_epochs,
                "total_epochs_with_dense": steps / spe + (
                    c.dense.num_epochs if method.start == "dense" else 0),
                "vmapped_runs": len(setup.runs),

@@ -46,9 +46,9 @@ How to get the data:
     importlib_resources`, then
     `python -c "import tensorflow_datasets as tfds; tfds.builder('{name}', \
 data_dir='DIR', file_format='array_record').download_and_prepare()"`
-    and pass --config.data_dir=DIR (or set TFDS_DATA_DIR).
+    and pass --config.data.dir=DIR (or set TFDS_DATA_DIR).
   * npz: a directory DIR/{name}/ with train*.npz shards and test.npz, each
-    holding uint8 `image` (N,H,W,C) and `label` (N,); pass --config.data_dir=DIR.
+    holding uint8 `image` (N,H,W,C) and `label` (N,); pass --config.data.dir=DIR.
 """
 
 
@@ -219,7 +219,7 @@ def fetch_tfds(name: str, data_dir: str) -> None:
   raise DataError(
       f"no {name!r} data in {data_dir!r}, and fetching it by name failed "
       f"({why}). Offline, put the data there yourself, or point "
-      "--config.data_dir at a directory that has it.\n"
+      "--config.data.dir at a directory that has it.\n"
       + HOW_TO_GET_DATA.format(name=name))
 
 

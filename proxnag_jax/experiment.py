@@ -37,7 +37,8 @@ PyTree = Any
 
 
 def schedule_fn(config, steps_per_epoch: int, num_epochs=None):
-  """``peak_lr -> schedule`` of a dense training config (its ``schedule``,
+  """``peak_lr -> schedule`` of a dense model's training settings (a
+  dense config's ``train``, a pruning config's ``dense``: ``schedule``,
   ``warmup_epochs``, ``lr_steps`` / ``lr_decay``) over ``num_epochs``."""
   num_epochs = config.num_epochs if num_epochs is None else num_epochs
   kind = config.get("schedule", "cosine")
@@ -49,26 +50,102 @@ def schedule_fn(config, steps_per_epoch: int, num_epochs=None):
                                   warmup_steps=warm, boundaries=bounds)
 
 
-# Config fields that do not change results; a resumed run may change them.
-NON_RESULT_FIELDS = ("log_every_s", "checkpoint_every_steps", "data_dir",
-                     "download", "tensorboard",
-                     "eval_batch_size", "workdir", "chunk_steps",
-                     # A sweep's reporting: what its table shows.
-                     "select_on_val", "select_scope", "select_require", "paper_table", "paper_sparsities",
-                     "paper_dense", "target_note")
+# Config paths that do not change results; a resumed run may change them:
+# the run settings, where the data is, and a sweep's reporting (what its
+# table shows).
+NON_RESULT_PATHS = ("run", "data.dir", "data.download", "workdir",
+                    "select_on_val", "select_scope", "select_require",
+                    "paper_table", "paper_sparsities", "paper_dense",
+                    "target_note")
 
 
-# A dense-training config's optimiser and schedule. A pruning config has
-# them only under ``dense`` (pruning never reads them at its top level: it
-# refuses a config that carries them there, and older runs' configs that
-# did carry them compare without them).
+# The dense model's optimiser and schedule (``train`` of a dense-training
+# config, ``dense`` of a pruning config; configs/common.train_config).
 DENSE_TRAINING_FIELDS = ("num_epochs", "optimizer", "learning_rate",
-                         "nesterov", "weight_decay", "l1", "fista",
-                         "schedule", "lr_steps", "lr_decay", "warmup_epochs")
+                         "momentum", "nesterov", "weight_decay", "l1",
+                         "fista", "schedule", "lr_steps", "lr_decay",
+                         "warmup_epochs")
+
+
+# The flat layout of configs written before the per-component one: field ->
+# its path today (a pruning config's own ``momentum`` is ``prune.momentum``,
+# a dense config's ``train.momentum``).
+LEGACY_PATHS = {
+    "model": "model.name", "dataset": "data.name", "data_dir": "data.dir",
+    **{k: f"data.{k}" for k in ("download", "train_subset", "test_subset",
+                                "val_size", "val_seed", "batch_size",
+                                "augment")},
+    **{k: f"run.{k}" for k in ("eval_batch_size", "log_every_s",
+                               "chunk_steps", "checkpoint_every_steps",
+                               "tensorboard")},
+}
+LEGACY_DENSE_PATHS = {**LEGACY_PATHS, **{k: f"train.{k}"
+                                         for k in DENSE_TRAINING_FIELDS}}
+LEGACY_PRUNING_PATHS = {**LEGACY_PATHS, "prune_exclude": "prune.exclude", **{
+    k: f"prune.{k}" for k in ("method", "target_sparsity", "dense_checkpoint",
+                              "budget_epochs", "finetune_lr", "momentum")}}
+
+
+def _is_legacy(cfg: dict) -> bool:
+  return isinstance(cfg, dict) and isinstance(cfg.get("model"), str)
+
+
+def upgrade_config(cfg: dict) -> dict:
+  """A config dict of the flat layout (a run's ``config.json`` or summary
+  written before the per-component layout) in today's layout; a config
+  already in it is returned as it is. Fields of the old layout that a run
+  never read (a pruning config's dense sub-config's data and run settings,
+  which the pruning config's own replaced) are dropped."""
+  if not isinstance(cfg, dict):
+    return cfg
+  if "base" in cfg and "methods" in cfg:          # a sweep
+    if "data" in cfg or not ("data_dir" in cfg or _is_legacy(cfg["base"])):
+      return cfg
+    out = {k: v for k, v in cfg.items() if k != "data_dir"}
+    out["base"] = upgrade_config(cfg["base"])
+    out["data"] = {"dir": cfg.get("data_dir", "")}
+    return out
+  if not _is_legacy(cfg):
+    return cfg
+  pruning = "method" in cfg and "target_sparsity" in cfg
+  paths = LEGACY_PRUNING_PATHS if pruning else LEGACY_DENSE_PATHS
+  out: dict = {}
+  for k, v in cfg.items():
+    if pruning and k in DENSE_TRAINING_FIELDS and k != "momentum":
+      continue          # carried by older configs, never read by pruning
+    if pruning and k == "dense" and isinstance(v, dict):
+      out["dense"] = {f: x for f, x in v.items()
+                      if f in DENSE_TRAINING_FIELDS}
+      continue
+    path = paths.get(k, k).split(".")
+    node = out
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = v
+  return out
+
+
+def legacy_flag(arg: str, kind: str):
+  """``--config.<old path>=...`` of the flat layout as today's flag (None
+  if ``arg`` is not one). ``kind``: 'train', 'prune' or 'sweep'."""
+  if not arg.startswith("--config.") or "=" not in arg:
+    return None
+  path, value = arg[len("--config."):].split("=", 1)
+  head, rest = path, ""
+  if kind == "sweep":
+    if path == "data_dir":
+      return f"--config.data.dir={value}"
+    if not path.startswith("base."):
+      return None
+    head, kind, rest = path[len("base."):], "prune", "base."
+  paths = LEGACY_PRUNING_PATHS if kind == "prune" else LEGACY_DENSE_PATHS
+  if head in paths:
+    return f"--config.{rest}{paths[head]}={value}"
+  return None
 
 
 def is_pruning_config(cfg) -> bool:
-  return "method" in cfg and "target_sparsity" in cfg and "dense" in cfg
+  return "prune" in cfg and "dense" in cfg
 
 
 def _sweep_methods(cfg: dict) -> set:
@@ -80,25 +157,40 @@ def _sweep_methods(cfg: dict) -> set:
 
 
 def comparable_config(cfg: dict, methods=None) -> dict:
-  """The config without the fields that do not change results, at any
-  depth (a sweep's base config holds them too), and without the
-  sub-configs of the methods the run does not use (a pruning config's
-  ``method``; a sweep's methods and variants; ``methods`` names them
-  explicitly). So a new setting of another method, or a changed default
-  of one, leaves a run's config comparable to the one it started with."""
-  drop = set(DENSE_TRAINING_FIELDS) if is_pruning_config(cfg) else set()
-  keep = set()
+  """The config (of either layout, :func:`upgrade_config`) without the
+  fields that do not change results (:data:`NON_RESULT_PATHS`, in a sweep
+  and in its base config) and without the sub-configs of the methods the
+  run does not use (a pruning config's ``prune.method``; a sweep's methods
+  and variants; ``methods`` names them explicitly). So a new setting of
+  another method, or a changed default of one, leaves a run's config
+  comparable to the one it started with."""
+  cfg = upgrade_config(cfg)
+  if "base" in cfg and "methods" in cfg:
+    out = _drop_paths(cfg, NON_RESULT_PATHS)
+    out["base"] = comparable_config(cfg["base"], _sweep_methods(cfg))
+    return out
+  out = _drop_paths(cfg, NON_RESULT_PATHS)
   if is_pruning_config(cfg):
-    keep = set(methods) if methods is not None else {cfg["method"]}
-    drop |= set(methods_lib.PRUNING_METHODS) - keep
-  sweep = "base" in cfg and "methods" in cfg
-  out = {k: (comparable_config(v, _sweep_methods(cfg)) if sweep and k == "base"
-             else comparable_config(v)) if isinstance(v, dict) else v
-         for k, v in cfg.items()
-         if k not in NON_RESULT_FIELDS and k not in drop}
-  for name in keep & set(out) & set(methods_lib.PRUNING_METHODS):
-    if isinstance(out[name], dict):
-      out[name] = _without_defaults(name, out[name])
+    keep = (set(methods) if methods is not None
+            else {cfg["prune"].get("method")})
+    for name in set(methods_lib.PRUNING_METHODS) & set(out):
+      if name not in keep:
+        del out[name]
+      elif isinstance(out[name], dict):
+        out[name] = _without_defaults(name, out[name])
+  return out
+
+
+def _drop_paths(cfg: dict, paths) -> dict:
+  """A copy of ``cfg`` without the dotted ``paths``."""
+  out = copy.deepcopy(cfg)
+  for path in paths:
+    *head, last = path.split(".")
+    node = out
+    for part in head:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(last, None)
   return out
 
 
@@ -233,62 +325,68 @@ def check_numbers(config, where: str = "config") -> None:
       raise ValueError(f"{name} must be in [0, 1), got {v}.")
 
 
+COMPONENTS = ("seed", "model", "data", "run", "train")
+
+
 def validate_config(config) -> None:
-  """Fails early, with what to do, on a config that cannot run (before
-  anything is written)."""
-  if config.get("tensorboard", False):
+  """Fails early, with what to do, on a dense-training config that cannot
+  run (before anything is written)."""
+  missing = [k for k in COMPONENTS if k not in config]
+  if missing:
+    raise ValueError(
+        f"the config has no {', '.join(missing)}: a dense-training config "
+        "has seed, model, data, run and train (configs/common.py); a config "
+        "of the flat layout from before must be rewritten (README, configs).")
+  if config.run.get("tensorboard", False):
     from proxnag_jax import tboard  # pylint: disable=g-import-not-at-top
     tboard.check_available()
-  if config.model not in models_lib.MODEL_NAMES:
-    models_lib.get_model(config.model)   # raises, listing the valid names
-  data_lib.check_dataset_name(config.dataset)
+  if config.model.name not in models_lib.MODEL_NAMES:
+    models_lib.get_model(config.model.name)   # raises, listing the names
+  data_lib.check_dataset_name(config.data.name)
   check_numbers(config)   # num_epochs, batch_size, learning_rate > 0, ...
-  sub = config.get("train_subset", 0)
-  if sub and config.get("val_size", 0) >= sub:
-    raise ValueError(f"config.val_size ({config.val_size}) must be smaller "
-                     f"than config.train_subset ({sub}).")
-  if config.get("optimizer", "sgd") not in ("sgd", "proxnag"):
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: "
+  d, t = config.data, config.train
+  if d.train_subset and d.val_size >= d.train_subset:
+    raise ValueError(f"config.data.val_size ({d.val_size}) must be smaller "
+                     f"than config.data.train_subset ({d.train_subset}).")
+  if t.optimizer not in ("sgd", "proxnag"):
+    raise ValueError(f"unknown optimizer {t.optimizer!r}; valid: "
                      "sgd, proxnag.")
-  if config.get("schedule", "cosine") not in engine.SCHEDULES:
-    raise ValueError(f"unknown schedule {config.schedule!r}; valid: "
+  if t.schedule not in engine.SCHEDULES:
+    raise ValueError(f"unknown schedule {t.schedule!r}; valid: "
                      f"{', '.join(engine.SCHEDULES)}.")
   # Every field takes effect or is refused.
-  opt = config.get("optimizer", "sgd")
   ignored = []
-  if opt != "proxnag":
+  if t.optimizer != "proxnag":
     ignored += [f for f, off in (("l1", 0.0), ("fista", False))
-                if config.get(f, off) != off]
-  elif not config.get("nesterov", True):
+                if t[f] != off]
+  elif not t.nesterov:
     ignored.append("nesterov")
-  if config.get("schedule", "cosine") != "step" and config.get("lr_steps",
-                                                               ()):
+  if t.schedule != "step" and t.lr_steps:
     ignored.append("lr_steps")
   if ignored:
     raise ValueError(
-        f"config.{', config.'.join(ignored)} would be ignored: l1 and fista "
-        "are read only with optimizer='proxnag' (which is always Nesterov, "
-        "so nesterov=False is not), lr_steps only with schedule='step'; "
-        "drop them or change the optimizer / schedule.")
+        f"config.train.{', config.train.'.join(ignored)} would be ignored: "
+        "l1 and fista are read only with optimizer='proxnag' (which is "
+        "always Nesterov, so nesterov=False is not), lr_steps only with "
+        "schedule='step'; drop them or change the optimizer / schedule.")
 
 
 def setup(config, mesh: Mesh, log=print):
-  """Loads data to the devices and builds the model: the shared prologue."""
+  """Loads data to the devices and builds the model: the shared prologue
+  (of a dense-training config; a pruning config's :func:`dense_config`)."""
   validate_config(config)
-  ds = data_lib.load_dataset(config.dataset, config.get("data_dir", ""),
-                             config.get("train_subset", 0),
-                             config.get("test_subset", 0),
-                             download=config.get("download", True))
-  ds = data_lib.split_validation(ds, config.get("val_size", 0),
-                                 config.get("val_seed", 0))
+  d = config.data
+  ds = data_lib.load_dataset(d.name, d.dir, d.train_subset, d.test_subset,
+                             download=d.download)
+  ds = data_lib.split_validation(ds, d.val_size, d.val_seed)
   log(f"data: {data_lib.describe(ds)}")
-  if len(ds.train_labels) < config.batch_size:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the "
+  if len(ds.train_labels) < d.batch_size:
+    raise ValueError(f"batch_size {d.batch_size} exceeds the "
                      f"{len(ds.train_labels)} training examples.")
-  if config.batch_size % mesh.devices.size:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by "
+  if d.batch_size % mesh.devices.size:
+    raise ValueError(f"batch_size {d.batch_size} is not divisible by "
                      f"the {mesh.devices.size} devices.")
-  model = models_lib.get_model(config.model, ds.num_classes)
+  model = models_lib.get_model(config.model.name, ds.num_classes)
   rep = engine.replicated(mesh)
   arrays = {
       "train_x": jax.device_put(ds.train_images, rep),
@@ -302,8 +400,8 @@ def setup(config, mesh: Mesh, log=print):
   return ds, model, arrays
 
 
-def init_variables(model, config, input_shape):
-  key = jax.random.PRNGKey(config.seed)
+def init_variables(model, seed: int, input_shape):
+  key = jax.random.PRNGKey(seed)
   v = models_lib.init_model(model, jax.random.fold_in(key, 0),
                             (1,) + tuple(input_shape))
   return v["params"], v.get("batch_stats", {})
@@ -314,26 +412,32 @@ def init_variables(model, config, input_shape):
 # ---------------------------------------------------------------------------
 
 
-def dense_method(config) -> base.Method:
+def dense_method(train) -> base.Method:
+  """The dense-training method of training settings ``train``."""
   return methods_lib.get_method(
-      "dense", optimizer=config.get("optimizer", "sgd"),
-      l1=config.get("l1", 0.0), fista=bool(config.get("fista", False)),
-      nesterov=bool(config.get("nesterov", True)))
+      "dense", optimizer=train.optimizer, l1=train.l1,
+      fista=bool(train.fista), nesterov=bool(train.nesterov))
 
 
-# Fields that may differ between runs that share one vmapped program.
+# Paths that may differ between runs that share one vmapped program
 # (and the method's own per-run numbers, ``Method.hparams``).
-VMAP_FIELDS = ("seed", "target_sparsity", "finetune_lr", "dense_checkpoint")
+VMAP_PATHS = ("seed", "prune.target_sparsity", "prune.finetune_lr",
+              "prune.dense_checkpoint")
 
 
 def pruning_config(config):
   """The config a pruning run keeps: a copy holding only its own method's
-  settings (``config[config.method]``, the factory's defaults where the
-  config has none). A config file carries every method's sub-config, so that
-  ``--config.method=snip --config.snip.batches=4`` can pick and set any
-  method on the command line; what a run writes (``config.json``, its
-  summary) and what the layers below read is the chosen method's alone."""
-  name = config.method
+  settings (``config[config.prune.method]``, the factory's defaults where
+  the config has none). A config file carries every method's sub-config,
+  so that ``--config.prune.method=snip --config.snip.batches=4`` can pick
+  and set any method on the command line; what a run writes
+  (``config.json``, its summary) and what the layers below read is the
+  chosen method's alone."""
+  if not is_pruning_config(config):
+    raise ValueError(
+        "not a pruning config: it has no prune and dense sub-configs "
+        "(configs/common.pruning_config builds one from a dense config).")
+  name = config.prune.method
   if name not in methods_lib.METHOD_NAMES:
     methods_lib.get_method(name)      # raises, listing the valid names
   c = copy.deepcopy(config)
@@ -348,7 +452,7 @@ def pruning_config(config):
 
 def method_of(config) -> base.Method:
   """The method of a pruning config, built from its own sub-config."""
-  name = config.method
+  name = config.prune.method
   if name not in methods_lib.METHOD_NAMES:
     methods_lib.get_method(name)      # raises, listing the valid names
   kwargs = dict(config.get(name, None) or {})
@@ -366,25 +470,26 @@ DENSE_READ_WITH_CHECKPOINT = {
 
 def ignored_fields(config, method) -> dict:
   """``{'field.path': why}``: the fields of a pruning config that this run
-  does not read (besides other methods' sub-configs): the top-level
-  ``finetune_lr`` where the method does not train at it, the dense
-  model's training settings when it comes from ``dense_checkpoint``, and
-  the method's own settings its configuration ignores
-  (``Method.ignored``). A command refuses an override of any of them, and
-  :func:`validate` a method setting among them that is not its default."""
+  does not read (besides other methods' sub-configs): ``prune.finetune_lr``
+  where the method does not train at it, the dense model's training
+  settings when it comes from ``prune.dense_checkpoint``, and the method's
+  own settings its configuration ignores (``Method.ignored``). A command
+  refuses an override of any of them, and :func:`validate_pruning` a method
+  setting among them that is not its default."""
   out = {}
   if method.start != "dense":
-    out["finetune_lr"] = ("a method from scratch trains at "
-                          "config.dense.learning_rate")
+    out["prune.finetune_lr"] = ("a method from scratch trains at "
+                                "config.dense.learning_rate")
   elif not method.reads_lr:
-    out["finetune_lr"] = (f"{method.name} has learning rates of its own "
-                          f"(config.{method.name}.*_lr)")
-  if config.get("dense_checkpoint", ""):
+    out["prune.finetune_lr"] = (f"{method.name} has learning rates of its "
+                                f"own (config.{method.name}.*_lr)")
+  if config.prune.dense_checkpoint:
     read = DENSE_READ_WITH_CHECKPOINT[method.start]
     for k in config.dense.keys():
-      if k not in read and k not in SHARED_WITH_DENSE:
+      if k not in read:
         out[f"dense.{k}"] = ("the dense model comes from "
-                             "config.dense_checkpoint, so is not trained here")
+                             "config.prune.dense_checkpoint, so is not "
+                             "trained here")
   for k, why in method.ignored.items():
     out[f"{method.name}.{k}"] = why
   return out
@@ -393,27 +498,30 @@ def ignored_fields(config, method) -> dict:
 def validate_pruning(config) -> base.Method:
   """Fails early, before anything is written, on a config that cannot run
   or that sets a field the run would ignore."""
+  if not is_pruning_config(config):
+    raise ValueError(
+        "not a pruning config: it has no prune and dense sub-configs "
+        "(configs/common.pruning_config builds one from a dense config).")
   check_numbers(config)     # budget_epochs > 0, no NaN, ...
-  stray = [k for k in DENSE_TRAINING_FIELDS if k in config]
+  stray = [k for k in config.dense if k not in DENSE_TRAINING_FIELDS]
   if stray:
     raise ValueError(
-        f"config.{', config.'.join(stray)}: a pruning run does not read "
-        "these at the config's top level (its dense model trains with "
-        "config.dense.*, each method with its own settings); remove them, "
-        "or set them under config.dense.")
-  t = config.target_sparsity
+        f"config.dense.{', config.dense.'.join(stray)}: config.dense holds "
+        "the dense model's training settings only (its seed, model, data and "
+        "run settings are the pruning config's); remove them.")
+  t = config.prune.target_sparsity
   if not 0.0 < t < 1.0:
-    raise ValueError(f"target_sparsity must be in (0, 1), got {t}.")
+    raise ValueError(f"prune.target_sparsity must be in (0, 1), got {t}.")
   method = method_of(config)
   if method.name == "dense":
     raise ValueError("method 'dense' does not prune: use python -m "
                      "train.train.")
   validate_config(dense_config(config))
-  for pat in config.get("prune_exclude", ()):
+  for pat in config.prune.exclude:
     try:
       re.compile(pat)
     except re.error as e:
-      raise ValueError(f"config.prune_exclude: {pat!r} is not a valid "
+      raise ValueError(f"config.prune.exclude: {pat!r} is not a valid "
                        f"regular expression ({e}).") from None
   sub = config.get(method.name, None) or {}
   defaults = methods_lib.method_config(method.name)
@@ -427,29 +535,26 @@ def validate_pruning(config) -> base.Method:
     if any(isinstance(x, (int, float)) and not isinstance(x, bool) and x < 0
            for x in vals):
       raise ValueError(f"config.{method.name}.{k} must be >= 0, got {v}.")
-  path = config.get("dense_checkpoint", "")
+  path = config.prune.dense_checkpoint
   if path and not os.path.isdir(path):
-    raise ValueError(f"config.dense_checkpoint {path!r} does not exist: give "
-                     "the workdir of a finished `python -m train.train` run, "
-                     "or leave it empty to train the dense model here.")
+    raise ValueError(f"config.prune.dense_checkpoint {path!r} does not "
+                     "exist: give the workdir of a finished `python -m "
+                     "train.train` run, or leave it empty to train the "
+                     "dense model here.")
   return method
 
 
-# Fields a pruning run shares with its dense run (the same data, model, seed
-# and validation split).
-SHARED_WITH_DENSE = ("model", "dataset", "data_dir", "download", "seed",
-                     "train_subset",
-                     "test_subset", "val_size", "val_seed", "batch_size",
-                     "eval_batch_size")
-
-
 def dense_config(config):
-  """The dense-training config, sharing data, model and seed with pruning."""
-  d = copy.deepcopy(config.dense)
-  with d.unlocked():
-    for k in SHARED_WITH_DENSE:
-      d[k] = config[k]
+  """The dense-training config of a pruning config: its seed, model, data
+  and run settings (shared, written once) with ``dense`` as ``train``."""
+  d = ml_collections.ConfigDict()
+  for k in ("seed", "model", "data", "run"):
+    d[k] = copy.deepcopy(config[k])
+  d.train = copy.deepcopy(config.dense)
   return d
+
+
+SPLIT_FIELDS = ("name", "train_subset", "val_size", "val_seed")
 
 
 def check_dense_split(config, path: str) -> None:
@@ -460,29 +565,29 @@ def check_dense_split(config, path: str) -> None:
     return
   try:
     with open(f) as fh:
-      got = json.load(fh).get("config", {})
+      got = upgrade_config(json.load(fh).get("config", {}))
   except (OSError, ValueError) as e:
     raise ValueError(f"{f} is unreadable ({e}); re-run the dense training "
                      "(python -m train.train) into that workdir.") from None
-  keys = ("dataset", "train_subset", "val_size", "val_seed")
-  old = {k: got.get(k, 0) for k in keys}
-  new = {k: config.get(k, 0) for k in keys}
+  old = {k: got.get("data", {}).get(k, 0) for k in SPLIT_FIELDS}
+  new = {k: config.data.get(k, 0) for k in SPLIT_FIELDS}
   if old != new:
-    diff = ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in keys
-                     if old[k] != new[k])
+    diff = ", ".join(f"data.{k}: {old[k]!r} there, {new[k]!r} here"
+                     for k in SPLIT_FIELDS if old[k] != new[k])
     raise ValueError(
         f"dense_checkpoint {path!r} was trained on other data than this run "
         f"({diff}); with a different validation split its training images "
         "include this run's validation images. Train the dense model with "
         "the same data settings (or pass them here, e.g. "
-        f"--config.val_size={old['val_size']}), or leave dense_checkpoint "
-        "empty to train one here.")
+        f"--config.data.val_size={old['val_size']}), or leave "
+        "prune.dense_checkpoint empty to train one here.")
 
 
 def budget_steps(config, method, spe: int) -> int:
-  """The run's step budget: ``budget_epochs`` for methods that start from
-  the dense model, ``dense.num_epochs + budget_epochs`` from scratch."""
-  epochs = config.budget_epochs
+  """The run's step budget: ``prune.budget_epochs`` for methods that start
+  from the dense model, ``dense.num_epochs + budget_epochs`` from
+  scratch."""
+  epochs = config.prune.budget_epochs
   if method.start != "dense":
     epochs += config.dense.num_epochs
   return int(round(epochs * spe))
@@ -495,10 +600,10 @@ class RunNumbers:
 
   ``target``: target sparsity; ``n_zero``: the prunable weights it
   removes; ``lr``: the learning rate the method trains at (a pruning
-  method from the dense model: ``finetune_lr``; from scratch and dense
-  training: the dense learning rate); ``weight_decay``, ``momentum``; and
-  ``method``: the method's own per-run settings (``Method.hparams``, e.g.
-  Prox-NAG's ``l1_init``, ``prune_lr``).
+  method from the dense model: ``prune.finetune_lr``; from scratch and
+  dense training: the dense learning rate); ``weight_decay``,
+  ``momentum``; and ``method``: the method's own per-run settings
+  (``Method.hparams``, e.g. Prox-NAG's ``l1_init``, ``prune_lr``).
   """
 
   target: float
@@ -516,43 +621,42 @@ class RunNumbers:
     return loop.make_hp(values)
 
 
-def dense_numbers(config, method) -> RunNumbers:
-  """The per-run numbers of a dense-training config."""
-  return RunNumbers(target=0.0, n_zero=0, lr=config.learning_rate,
-                    weight_decay=config.weight_decay,
-                    momentum=config.momentum, method=dict(method.hparams))
+def dense_numbers(train, method) -> RunNumbers:
+  """The per-run numbers of dense training with settings ``train``."""
+  return RunNumbers(target=0.0, n_zero=0, lr=train.learning_rate,
+                    weight_decay=train.weight_decay,
+                    momentum=train.momentum, method=dict(method.hparams))
 
 
 def run_numbers(config, method, n_prunable: int) -> RunNumbers:
   """The per-run numbers of a pruning config: read here and nowhere else."""
   sub = config.get(method.name, None) or {}
+  p = config.prune
   return RunNumbers(
-      target=config.target_sparsity,
-      n_zero=int(round(config.target_sparsity * n_prunable)),
-      lr=(config.finetune_lr if method.start == "dense"
+      target=p.target_sparsity,
+      n_zero=int(round(p.target_sparsity * n_prunable)),
+      lr=(p.finetune_lr if method.start == "dense"
           else config.dense.learning_rate),
-      weight_decay=config.dense.weight_decay, momentum=config.momentum,
+      weight_decay=config.dense.weight_decay, momentum=p.momentum,
       method={k: sub.get(k, v) for k, v in method.hparams.items()})
 
 
 def static_view(config, method):
   """The config without the fields vmapped runs may differ in."""
-  d = json.loads(config.to_json_best_effort())
-  for k in VMAP_FIELDS + NON_RESULT_FIELDS:
-    d.pop(k, None)
+  d = _drop_paths(json.loads(config.to_json_best_effort()),
+                  VMAP_PATHS + NON_RESULT_PATHS)
   if isinstance(d.get(method.name), dict):
     for k in method.hparams:
       d[method.name].pop(k, None)
   return d
 
 
-def loop_schedule(config, desc: str, stop_after_steps=None):
+def loop_schedule(run, desc: str, stop_after_steps=None):
   """The loop's :class:`~proxnag_jax.loop.Schedule` from a config's run
-  settings (``chunk_steps``, ``checkpoint_every_steps``,
-  ``eval_batch_size``, ``log_every_s``; configs/common.run_config)."""
+  settings ``run`` (configs/common.run_settings)."""
   return loop.Schedule(
-      chunk_steps=config.chunk_steps,
-      eval_batch_size=config.eval_batch_size,
-      log_every_s=config.log_every_s,
-      checkpoint_every_steps=config.checkpoint_every_steps,
+      chunk_steps=run.chunk_steps,
+      eval_batch_size=run.eval_batch_size,
+      log_every_s=run.log_every_s,
+      checkpoint_every_steps=run.checkpoint_every_steps,
       stop_after_steps=stop_after_steps, desc=desc)

@@ -57,8 +57,8 @@ def common(*, kind: str, method: str, config, test: dict, sparsity: float,
   """The fields every ``summary.json`` has (``test``: an evaluation with
   ``accuracy``, ``loss`` and, with a validation split, ``val_*``)."""
   return {
-      "kind": kind, "method": method, "model": config.model,
-      "dataset": config.dataset, "seed": config.seed,
+      "kind": kind, "method": method, "model": config.model.name,
+      "dataset": config.data.name, "seed": config.seed,
       "target_sparsity": target, "sparsity": sparsity,
       "reached_target": bool(reached),
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -89,7 +89,7 @@ def dense_summary(config, *, ev: dict, state, steps: int, final_lr: float,
       **common(kind="train", method="dense", config=config, test=ev,
                sparsity=ev["sparsity"], target=0.0, reached=True,
                num_params=report_lib.num_params(state.params), steps=steps,
-               epochs=config.num_epochs, wall_time_s=wall_time_s,
+               epochs=config.train.num_epochs, wall_time_s=wall_time_s,
                images_per_s=images_per_s),
       "train_loss": train_loss, "final_learning_rate": final_lr,
       "train_time_s": train_time_s,
@@ -171,11 +171,11 @@ def prune_summary(workdir, config, *, method, model, ds, state, ev, prunable,
                 if shrunk else macs["macs"])
   n_prunable = dense_rep["prunable_params"]
   n_pruned = n_prunable - rep["prunable_nonzero"]
-  target = config.target_sparsity
+  target = config.prune.target_sparsity
   structured = {}
   if shrunk or method.structured:
     structured = {**_structured(model, dense_vars, export_model, variables,
-                                in_shape, config.eval_batch_size),
+                                in_shape, config.run.eval_batch_size),
                   "params_dense": dense_rep["num_params"],
                   "params_shrunk": rep["num_params"]}
   if method.structured:

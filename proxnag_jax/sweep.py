@@ -105,13 +105,13 @@ def cell_config(config, method: str, sparsity: float, seed: int, dense_dir):
   c = copy.deepcopy(config.base)
   method, over = method_of(config, method)
   with c.unlocked():
-    c.method = method
+    c.prune.method = method
     for k, v in over.items():
       c[method][k] = v
-    c.target_sparsity = float(sparsity)
+    c.prune.target_sparsity = float(sparsity)
     c.seed = int(seed)
-    c.data_dir = config.data_dir
-    c.dense_checkpoint = dense_dir
+    c.data.dir = config.data.dir
+    c.prune.dense_checkpoint = dense_dir
   return experiment.pruning_config(c)
 
 
@@ -127,14 +127,15 @@ def budget_note(config) -> str:
   starts = {m: start_of(config, m) for m in config.methods}
   dense = [m for m in config.methods if starts[m] == "dense"]
   scratch = [m for m in config.methods if starts[m] != "dense"]
-  return (f"every method gets {b.dense.num_epochs + b.budget_epochs} epochs "
+  budget = b.prune.budget_epochs
+  return (f"every method gets {b.dense.num_epochs + budget} epochs "
           f"in all: methods that start from the dense model "
           f"({', '.join(dense) or 'none'}) reuse the shared "
           f"{b.dense.num_epochs}-epoch dense run and then train "
-          f"{b.budget_epochs} epochs (Prox-NAG: its final fine-tune fills "
+          f"{budget} epochs (Prox-NAG: its final fine-tune fills "
           "what its rounds left of that budget); methods that start from "
           f"scratch ({', '.join(scratch) or 'none'}) train "
-          f"{b.dense.num_epochs + b.budget_epochs} epochs.")
+          f"{b.dense.num_epochs + budget} epochs.")
 
 
 def _dense_dir(workdir, seed) -> str:
@@ -187,7 +188,7 @@ def _result_fields(cfg: dict) -> dict:
   without the dense checkpoint's path (its config is compared instead) and
   the sub-configs of the methods it does not run."""
   out = experiment.comparable_config(cfg)
-  out.pop("dense_checkpoint", None)
+  out.get("prune", {}).pop("dense_checkpoint", None)
   return out
 
 
@@ -231,11 +232,12 @@ def reuse_cells(config, workdir: str, sources, log=print) -> int:
   for src in sources:
     for name in sorted(os.listdir(os.path.join(src, "cells"))):
       d = os.path.join(src, "cells", name)
-      cfg = _read_json(os.path.join(d, "config.json"))
+      cfg = experiment.upgrade_config(
+          _read_json(os.path.join(d, "config.json")))
       if cfg is not None and os.path.exists(os.path.join(d, "summary.json")):
         dense = os.path.join(src, f"dense_seed{cfg.get('seed')}")
         candidates.append((_result_fields(cfg), d, dense if os.path.isdir(
-            dense) else cfg.get("dense_checkpoint") or ""))
+            dense) else cfg["prune"].get("dense_checkpoint") or ""))
 
   def dense_fields(cc):
     return experiment.comparable_config(json.loads(

@@ -54,7 +54,7 @@ def write_outputs(config, workdir, rows, note) -> None:
             "entry": p[0], "val_accuracy": p[1], "seeds": p[2]})
                for s, p in by_s.items()} for name, by_s in chosen.items()})
   plot_accuracy(rows, os.path.join(workdir, "accuracy_vs_sparsity.png"),
-                title=f"{config.base.model} on {config.base.dataset}",
+                title=f"{config.base.model.name} on {config.base.data.name}",
                 chosen=chosen)
 
 
@@ -178,7 +178,7 @@ def table_md(config, rows, note) -> str:
             if len(seeds) > 1 else
             f"One seed ({seeds[0]}): no spread, so differences of a few "
             "tenths are not resolved")
-  lines = [f"# {config.base.model} on {config.base.dataset}: test accuracy "
+  lines = [f"# {config.base.model.name} on {config.base.data.name}: test accuracy "
            "(%) after pruning", "",
            f"{spread}. Final (not best) accuracies; hyperparameters are "
            f"the config's, not chosen on the test set. {note}"
@@ -281,7 +281,7 @@ def table_md(config, rows, note) -> str:
                    "this machine (dense / shrunk wall time, same batch; "
                    "mean):", "measured_speedup", scale=1.0,
                    fmt=lambda st: x(st, 2))
-  budget = config.base.budget_epochs
+  budget = config.base.prune.budget_epochs
   lines += table(f"Epochs trained (mean) against the budget ({budget:g} "
                  "epochs after the dense run for dense-start methods, "
                  f"{budget + config.base.dense.num_epochs:g} from scratch):",

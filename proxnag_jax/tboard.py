@@ -29,9 +29,9 @@ def _summary_writer():
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError(
-        "config.tensorboard needs tensorboardX: pip install "
+        "config.run.tensorboard needs tensorboardX: pip install "
         "'proxnag_jax[tensorboard]' (or pip install tensorboardX), or set "
-        "--config.tensorboard=false.") from e
+        "--config.run.tensorboard=false.") from e
   return SummaryWriter
 
 

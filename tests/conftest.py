@@ -114,8 +114,8 @@ def dense_dir(tmp_path_factory, worker_id, mnist_dir):
 
   def build(wd):
     c = lenet5_mnist.get_config("smoke")
-    c.data_dir = mnist_dir
-    c.batch_size = 64
+    c.data.dir = mnist_dir
+    c.data.batch_size = 64
     commands.train(c, wd, log=lambda *_: None)
     return wd
 

@@ -1,15 +1,34 @@
 """Small helpers shared by the test modules (tests/ is on sys.path)."""
 
 from configs import lenet5_mnist
+from proxnag_jax import experiment
+
+
+def configure(c, **over):
+  """Sets fields of config ``c`` given by name: a dotted path written with
+  ``__`` (``data__val_size=128``) or a field's name alone, at the path
+  the command line reads it from (``val_size`` is ``data.val_size``,
+  ``target_sparsity`` ``prune.target_sparsity``: experiment.legacy_flag)."""
+  kind = "prune" if experiment.is_pruning_config(c) else "train"
+  for k, v in over.items():
+    path = k.replace("__", ".")
+    new = experiment.legacy_flag(f"--config.{path}=", kind)
+    if new:
+      path = new[len("--config."):-1]
+    *head, last = path.split(".")
+    node = c
+    for part in head:
+      node = node[part]
+    node[last] = v
+  return c
 
 
 def lenet5_smoke(data_dir, **over):
-  """The dense LeNet-5 smoke config on ``data_dir``, fields overridden."""
+  """The dense LeNet-5 smoke config on ``data_dir``, fields overridden
+  (:func:`configure`)."""
   c = lenet5_mnist.get_config("smoke")
-  c.data_dir = data_dir
-  for k, v in over.items():
-    setattr(c, k, v)
-  return c
+  c.data.dir = data_dir
+  return configure(c, **over)
 
 
 def stepping_env(env, xla_flags=""):
@@ -70,18 +89,22 @@ class DenseStep:
     from proxnag_jax.methods import base  # pylint: disable=g-import-not-at-top
     self._engine, self._loop, self._mesh = engine, loop, mesh
     ds, model, self.arrays = experiment.setup(c, mesh, log=lambda *_: None)
-    self.params, self._bs = experiment.init_variables(model, c, ds.input_shape)
-    self._method = experiment.dense_method(c)
+    self.params, self._bs = experiment.init_variables(model, c.seed,
+                                                      ds.input_shape)
+    self._method = experiment.dense_method(c.train)
     self._ctx = base.Context(masks.prunable_tree(self.params), 8, 8,
-                             experiment.schedule_fn(c, 8))
-    self._hp = loop.make_hp(dict(target=0.0, n_zero=0, lr=c.learning_rate,
-                                 weight_decay=c.weight_decay, momentum=0.9))
+                             experiment.schedule_fn(c.train, 8))
+    self._hp = loop.make_hp(dict(target=0.0, n_zero=0,
+                                 lr=c.train.learning_rate,
+                                 weight_decay=c.train.weight_decay,
+                                 momentum=0.9))
     step = engine.make_step(model, self._method, self._ctx,
                             mean=ds.mean_std[0], std=ds.mean_std[1],
                             augment=True, mesh=mesh)
     self._chunk = engine.make_chunk(step, self._method, self._ctx, mesh=mesh)
     self.idx = data_lib.epoch_permutation(jax.random.PRNGKey(0),
-                                          len(ds.train_labels), c.batch_size)
+                                          len(ds.train_labels),
+                                          c.data.batch_size)
 
   def state(self):
     s = self._loop.init_run(self._method, self._ctx, self.params, self._bs,

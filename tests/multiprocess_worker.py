@@ -39,9 +39,9 @@ def main():
 
   def prune(wd, dense):
     c = proxnag_lenet5_mnist.get_config("smoke")
-    c.data_dir = data_dir
-    c.dense_checkpoint = dense
-    c.checkpoint_every_steps = 0     # resume is tested on the train mode
+    c.data.dir = data_dir
+    c.prune.dense_checkpoint = dense
+    c.run.checkpoint_every_steps = 0   # resume is tested on the train mode
     return result(commands.prune(c, wd, log=log))
 
   def result(out):
@@ -54,7 +54,7 @@ def main():
   whole = extra is None
   step = one_step(data_dir) if whole else None
   c = lenet5_mnist.get_config("smoke")
-  c.data_dir = data_dir
+  c.data.dir = data_dir
   out = commands.train(c, workdir, stop_after_epochs=None if whole
                        else int(extra), log=log)
   print("RESULT " + json.dumps({

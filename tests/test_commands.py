@@ -30,13 +30,13 @@ QUIET = dict(log=lambda *_: None)
 
 def _cfg(mnist_dir, dense_dir, **over):
   c = proxnag_lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  c.dense_checkpoint = dense_dir
+  c.data.dir = mnist_dir
+  c.prune.dense_checkpoint = dense_dir
   for k, v in over.items():
     if k in c.proxnag:
       c.proxnag[k] = v
     else:
-      setattr(c, k, v)
+      helpers.configure(c, **{k: v})
   return c
 
 
@@ -164,7 +164,7 @@ def test_which_layers_are_pruned_is_configurable(tmp_path, mnist_dir, dense_dir)
   which = pj.prunable_tree(p, flt)
   assert not which["conv1"]["kernel"] and which["conv2"]["kernel"]
   assert not which["conv1"]["bias"]
-  c = _cfg(mnist_dir, dense_dir, prune_exclude=("^conv1/", "^fc2/"))
+  c = _cfg(mnist_dir, dense_dir, prune__exclude=("^conv1/", "^fc2/"))
   s = commands.prune(c, str(tmp_path / "p"), **QUIET)
   assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
   assert abs(s["sparsity"] - 0.5) < 1e-3
@@ -258,7 +258,7 @@ def test_workdir_with_other_config_is_refused(tmp_path, mnist_dir):
                  log=lambda *_: None)
   s = commands.train(_smoke(mnist_dir, num_epochs=1, learning_rate=0.001), wd,
                    overwrite=True, log=lambda *_: None)
-  assert s["config"]["learning_rate"] == 0.001
+  assert s["config"]["train"]["learning_rate"] == 0.001
 
 
 def test_nan_loss_stops_with_checkpoint_intact(tmp_path, mnist_dir, monkeypatch):
@@ -303,7 +303,7 @@ def test_cli_smoke_with_overrides(tmp_path, mnist_dir):
   r = subprocess.run(
       [sys.executable, "-m", "train.train", "--config",
        "configs/lenet5_mnist.py:smoke", "--workdir", wd,
-       f"--config.data_dir={mnist_dir}", "--config.num_epochs=1"],
+       f"--config.data.dir={mnist_dir}", "--config.train.num_epochs=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-3000:]

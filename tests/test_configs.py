@@ -29,7 +29,7 @@ def test_config_and_smoke_variant_validate(name):
     if "methods" in c:
       sweep.validate(c)
       experiment.validate_pruning(c.base)
-    elif "target_sparsity" in c:
+    elif "prune" in c:
       experiment.validate_pruning(c)
     else:
       experiment.validate_config(c)
@@ -38,13 +38,13 @@ def test_config_and_smoke_variant_validate(name):
   full, smoke = mod.get_config(""), mod.get_config("smoke")
   if "methods" in full:
     full, smoke = full.base, smoke.base
-  assert smoke.train_subset and not full.train_subset
+  assert smoke.data.train_subset and not full.data.train_subset
 
 
 def test_resnet20_prune_smoke(tmp_path, cifar_dir):
   from configs import proxnag_resnet20_cifar10  # pylint: disable=g-import-not-at-top
   c = proxnag_resnet20_cifar10.get_config("smoke")
-  c.data_dir = cifar_dir
+  c.data.dir = cifar_dir
   c.dense.num_epochs = 1
   s = commands.prune(c, str(tmp_path / "r20"), log=lambda *_: None)
   # The dense ResNet-20 it trained first (commands.train, the dense config).
@@ -61,8 +61,9 @@ def test_dense_run_numbers_come_from_the_config():
   weight decay from the config (bench once hard-coded momentum 0.9)."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
   c = lenet5_mnist.get_config("smoke")
-  c.momentum, c.learning_rate, c.weight_decay = 0.5, 0.03, 2e-4
-  hp = experiment.dense_numbers(c, experiment.dense_method(c)).as_hp()
+  t = c.train
+  t.momentum, t.learning_rate, t.weight_decay = 0.5, 0.03, 2e-4
+  hp = experiment.dense_numbers(t, experiment.dense_method(t)).as_hp()
   assert float(hp["momentum"]) == 0.5
   assert abs(float(hp["lr"]) - 0.03) < 1e-9
   assert abs(float(hp["weight_decay"]) - 2e-4) < 1e-9

@@ -31,10 +31,10 @@ from configs import resnet20_cifar10
 from proxnag_jax import engine
 assert jax.device_count() == 4, jax.devices()
 c = resnet20_cifar10.get_config("smoke")
-c.data_dir = {npz!r}
+c.data.dir = {npz!r}
 # ResNet-8: the same BatchNorm and residual computation as ResNet-20 (one
 # block a stage instead of three), a third of the compiling.
-c.model = "resnet8"
+c.model.name = "resnet8"
 out = {{}}
 for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
   run = helpers.DenseStep(c, engine.make_mesh(devs))

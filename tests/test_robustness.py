@@ -41,7 +41,8 @@ _dense_cfg = helpers.lenet5_smoke
     ("weight_decay", -1e-4, "weight_decay must be >= 0"),
     ("train_subset", -5, "train_subset must be >= 0"),
     ("momentum", 1.5, r"momentum must be in \[0, 1\)"),
-    ("val_size", 600, "val_size .* must be smaller than config.train_subset"),
+    ("val_size", 600,
+     "val_size .* must be smaller than config.data.train_subset"),
     ("chunk_steps", 0, "chunk_steps must be positive"),
 ])
 def test_bad_train_config_fails_before_the_workdir(tmp_path, mnist_dir, field,
@@ -55,23 +56,21 @@ def test_bad_train_config_fails_before_the_workdir(tmp_path, mnist_dir, field,
 def test_bad_prune_config_fails_before_the_workdir(tmp_path, mnist_dir):
   def cfg(**over):
     c = proxnag_lenet5_mnist.get_config("smoke")
-    c.data_dir = mnist_dir
+    c.data.dir = mnist_dir
     for k, v in over.items():
-      if "." in k:
-        a, b = k.split(".")
-        c[a][b] = v
-      else:
-        c[k] = v
+      a, b = k.split(".")
+      c[a][b] = v
     return c
 
   cases = [
-      (dict(prune_exclude=("conv1[",)), "not a valid regular expression"),
-      (dict(dense_checkpoint=str(tmp_path / "nope")), "does not exist"),
+      ({"prune.exclude": ("conv1[",)}, "not a valid regular expression"),
+      ({"prune.dense_checkpoint": str(tmp_path / "nope")}, "does not exist"),
       ({"proxnag.monitor_every": 0}, "monitor_every must be >= 1"),
       ({"proxnag.l1_step": -1e-3}, "must be non-negative|must be >= 0"),
       ({"dense.num_epochs": 0}, "num_epochs must be positive"),
-      ({"budget_epochs": float("nan")}, "budget_epochs is nan"),
-      ({"method": "dsr", "dsr.dense": ("(",)}, "invalid regular expression"),
+      ({"prune.budget_epochs": float("nan")}, "budget_epochs is nan"),
+      ({"prune.method": "dsr", "dsr.dense": ("(",)},
+       "invalid regular expression"),
   ]
   for i, (over, match) in enumerate(cases):
     wd = str(tmp_path / f"p{i}")
@@ -86,7 +85,7 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
   a = helpers.lenet5_smoke("")
   assert not experiment.prepare_workdir(wd, a)
   b = helpers.lenet5_smoke("")
-  b.learning_rate = 0.01
+  b.train.learning_rate = 0.01
   # Only config.json there: not a run yet, so the new config replaces it.
   assert not experiment.prepare_workdir(wd, b)
   # The same config again (e.g. a second sweep worker): nothing to discard;
@@ -96,7 +95,7 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
   os.makedirs(os.path.join(wd, "claims"))
   assert experiment.prepare_workdir(wd, b)
   os.rmdir(os.path.join(wd, "claims"))
-  assert json.load(open(os.path.join(wd, "config.json")))[
+  assert json.load(open(os.path.join(wd, "config.json")))["train"][
       "learning_rate"] == 0.01
   with open(os.path.join(wd, "trace.jsonl"), "w") as f:
     f.write("{}\n")
@@ -104,7 +103,8 @@ def test_a_workdir_whose_run_never_started_takes_the_corrected_config(
     experiment.prepare_workdir(wd, a)
   assert experiment.prepare_workdir(wd, a, allow_changes=True)
   rec = json.loads(open(os.path.join(wd, "config_changes.jsonl")).read())
-  assert rec["changed"]["learning_rate"] == [0.01, a.learning_rate]
+  assert rec["changed"]["train.learning_rate"] == [0.01,
+                                                   a.train.learning_rate]
 
 
 def test_a_run_resumes_when_only_methods_it_does_not_use_change(tmp_path):
@@ -145,7 +145,7 @@ def test_a_run_keeps_its_own_methods_settings_only(tmp_path):
   defaults where the config file has none); a run started from a config
   that carried every method's settings resumes under the trimmed one."""
   a = proxnag_lenet5_mnist.get_config("smoke")
-  a.method = "gmp"
+  a.prune.method = "gmp"
   a.gmp.every = 3
   t = experiment.pruning_config(a)
   assert t.gmp.every == 3 and "proxnag" not in t and "admm" not in t
@@ -160,7 +160,7 @@ def test_a_run_keeps_its_own_methods_settings_only(tmp_path):
     f.write("{}\n")
   assert experiment.prepare_workdir(wd, experiment.pruning_config(full))
   with pytest.raises(ValueError, match="unknown method"):
-    full.method = "nope"
+    full.prune.method = "nope"
     experiment.pruning_config(full)
 
 
@@ -171,7 +171,7 @@ def test_a_run_resumes_when_its_method_gains_a_setting_at_its_default(
   value, or an old value of a setting whose default changed, it differs."""
   wd = str(tmp_path / "w")
   a = proxnag_lenet5_mnist.get_config("smoke")
-  a.method = "rw_admm"
+  a.prune.method = "rw_admm"
   experiment.prepare_workdir(wd, a)
   with open(os.path.join(wd, "config.json")) as f:
     old = json.load(f)
@@ -182,7 +182,7 @@ def test_a_run_resumes_when_its_method_gains_a_setting_at_its_default(
   with open(os.path.join(wd, "trace.jsonl"), "w") as f:
     f.write("{}\n")               # a run got going
   b = proxnag_lenet5_mnist.get_config("smoke")
-  b.method = "rw_admm"
+  b.prune.method = "rw_admm"
   b.rw_admm.eps = 0.5
   assert experiment.prepare_workdir(wd, b)      # stages=() is the default
   b.rw_admm.stages = (0.5,)
@@ -420,15 +420,21 @@ def _cli(*args, cwd=ROOT):
 def test_cli_user_error_is_a_message_not_a_traceback(tmp_path, mnist_dir):
   wd = str(tmp_path / "w")
   r = _cli("--config", "configs/lenet5_mnist.py:smoke", "--workdir", wd,
-           f"--config.data_dir={mnist_dir}", "--config.num_epochs=0")
+           f"--config.data.dir={mnist_dir}", "--config.train.num_epochs=0")
   assert r.returncode == 2, r.stderr[-2000:]
   assert "num_epochs must be positive" in r.stderr
-  assert "Traceback" not in r.stderr
+  assert "Traceback" not in r.stderr and "note:" not in r.stderr
   assert not os.path.exists(os.path.join(wd, "config.json"))
+  # The flat layout's flags of before are read as today's, with a note.
+  r = _cli("--config", "configs/lenet5_mnist.py:smoke", "--workdir", wd,
+           f"--config.data_dir={mnist_dir}", "--config.num_epochs=0")
+  assert r.returncode == 2 and "num_epochs must be positive" in r.stderr
+  assert ("--config.data_dir -> --config.data.dir; --config.num_epochs -> "
+          "--config.train.num_epochs") in r.stderr
   r = _cli("--config", "configs/lenet5_mnist.py:smok", "--workdir", wd)
   assert r.returncode != 0 and "unknown config variant 'smok'" in r.stderr
   r = _cli("--config", "configs/lenet5_mnist.py:smoke", "--workdir", wd,
-           f"--config.data_dir={mnist_dir}", "--config.num_epochs=0",
+           f"--config.data.dir={mnist_dir}", "--config.train.num_epochs=0",
            "--debug")
   assert r.returncode != 0 and "Traceback" in r.stderr
 
@@ -438,7 +444,7 @@ def test_cli_refuses_settings_of_a_method_the_run_does_not_use(tmp_path):
   r = subprocess.run(
       [sys.executable, "-m", "train.prune", "--config",
        "configs/proxnag_lenet5_mnist.py:smoke", "--workdir",
-       str(tmp_path / "w"), "--config.method=snip",
+       str(tmp_path / "w"), "--config.prune.method=snip",
        "--config.proxnag.l1_step=1e-3"], cwd=ROOT, env=env,
       capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr[-2000:]
@@ -448,15 +454,15 @@ def test_cli_refuses_settings_of_a_method_the_run_does_not_use(tmp_path):
 
 
 @pytest.mark.parametrize("flag, says", [
-    ("--config.finetune_lr=1e6",
-     "--config.finetune_lr (proxnag has learning rates of its own"),
+    ("--config.prune.finetune_lr=1e6",
+     "--config.prune.finetune_lr (proxnag has learning rates of its own"),
     ("--config.proxnag.l1_step=1e-3",
      "--config.proxnag.l1_step (read only with schedule='paper')"),
     ("--config.proxnag.l1_init=1e-3",
      "--config.proxnag.l1_init (lam_start='auto' computes"),
     ("--config.dense.num_epochs=3",
      "--config.dense.num_epochs (the dense model comes from "
-     "config.dense_checkpoint"),
+     "config.prune.dense_checkpoint"),
 ])
 def test_cli_refuses_a_setting_the_run_would_ignore(tmp_path, flag, says):
   """Every field a pruning run is given either takes effect or is refused
@@ -467,7 +473,8 @@ def test_cli_refuses_a_setting_the_run_would_ignore(tmp_path, flag, says):
   r = subprocess.run(
       [sys.executable, "-m", "train.prune", "--config",
        "configs/proxnag_lenet5_mnist.py:smoke", "--workdir", wd,
-       "--config.dense_checkpoint=checkpoints/lenet5_mnist_dense15", flag],
+       "--config.prune.dense_checkpoint=checkpoints/lenet5_mnist_dense15",
+       flag],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr[-2000:]
   assert says in r.stderr and "would not read it" in r.stderr
@@ -477,8 +484,8 @@ def test_cli_refuses_a_setting_the_run_would_ignore(tmp_path, flag, says):
 
 def test_validate_refuses_ignored_settings_in_a_config():
   """A config (not only a flag) that sets a field the run would ignore is
-  refused: a paper-schedule setting under the target schedule, a
-  dense-training field at a pruning config's top level."""
+  refused: a paper-schedule setting under the target schedule, a field
+  other than a training setting in its dense sub-config."""
   from configs import proxnag_lenet5_mnist  # pylint: disable=g-import-not-at-top
   c = proxnag_lenet5_mnist.get_config("smoke")
   experiment.validate_pruning(c)
@@ -493,17 +500,17 @@ def test_validate_refuses_ignored_settings_in_a_config():
   with pytest.raises(ValueError, match="read only with scale_invariant"):
     experiment.validate_pruning(c)
   c = proxnag_lenet5_mnist.get_config("smoke")
-  with c.unlocked():
-    c.learning_rate = 0.5
-  with pytest.raises(ValueError, match=r"config.learning_rate: a pruning run "
-                     "does not read"):
+  with c.dense.unlocked():
+    c.dense.batch_size = 32
+  with pytest.raises(ValueError, match=r"config.dense.batch_size: "
+                     "config.dense holds the dense model's training"):
     experiment.validate_pruning(c)
 
 
 @pytest.mark.parametrize("args, says", [
     (("--config", "configs/lenet5_mnist.py", "--config.nofield=1"),
      "--config.nofield: the config has no field 'nofield'"),
-    (("--config", "configs/lenet5_mnist.py", "--config.num_epoch=1"),
+    (("--config", "configs/lenet5_mnist.py", "--config.train.num_epoch=1"),
      "did you mean 'num_epochs'?"),
     (("--config", "configs/no_such_config.py"),
      "No such file or directory: 'configs/no_such_config.py'"),
@@ -535,18 +542,20 @@ def test_bench_refuses_settings_it_cannot_time(tmp_path):
 
 def test_dense_config_refuses_fields_its_optimizer_or_schedule_ignores():
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  for field, value, says in (("l1", 1e-3, "config.l1 would be ignored"),
-                             ("fista", True, "config.fista would be"),
-                             ("lr_steps", (5,), "config.lr_steps would be")):
+  for field, value, says in (
+      ("l1", 1e-3, "config.train.l1 would be ignored"),
+      ("fista", True, "config.train.fista would be"),
+      ("lr_steps", (5,), "config.train.lr_steps would be")):
     c = lenet5_mnist.get_config("smoke")
-    c[field] = value
+    c.train[field] = value
     with pytest.raises(ValueError, match=says):
       experiment.validate_config(c)
   c = lenet5_mnist.get_config("smoke")
-  c.optimizer, c.l1 = "proxnag", 1e-3     # read with the proxnag optimizer
+  c.train.optimizer, c.train.l1 = "proxnag", 1e-3   # read with proxnag
   experiment.validate_config(c)
-  c.nesterov = False
-  with pytest.raises(ValueError, match="config.nesterov would be ignored"):
+  c.train.nesterov = False
+  with pytest.raises(ValueError,
+                     match="config.train.nesterov would be ignored"):
     experiment.validate_config(c)
 
 

@@ -31,21 +31,19 @@ def dense_bn_dir(tmp_path_factory, mnist_dir):
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path_factory.mktemp("dense_bn"))
   c = lenet5_mnist.get_config("smoke")
-  c.model = "lenet5_bn"
-  c.data_dir = mnist_dir
+  c.model.name = "lenet5_bn"
+  c.data.dir = mnist_dir
   commands.train(c, wd, **QUIET)
   return wd
 
 
 def _cfg(mnist_dir, dense_dir, method, **over):
   c = structured_lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
-  c.dense_checkpoint = dense_dir
-  c.method = method
-  c.budget_epochs = 1.0
-  for k, v in over.items():
-    setattr(c, k, v)
-  return c
+  c.data.dir = mnist_dir
+  c.prune.dense_checkpoint = dense_dir
+  c.prune.method = method
+  c.prune.budget_epochs = 1.0
+  return helpers.configure(c, **over)
 
 
 _RUNS = {}
@@ -184,7 +182,6 @@ def test_structured_user_errors(tmp_path, mnist_dir, dense_dir):
   # Network slimming needs BatchNorm scales: plain LeNet-5 is refused
   # before anything is written.
   c = _cfg(mnist_dir, dense_dir, "slimming", model="lenet5")
-  c.dense.model = "lenet5"
   with pytest.raises(ValueError, match="lenet5_bn"):
     commands.prune(c, str(tmp_path / "s"), **QUIET)
   # A model surgery does not know has no channel groups.

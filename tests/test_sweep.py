@@ -24,13 +24,13 @@ def _with_dense(wd, dense_dir):
 def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
+  c.data.dir = mnist_dir
   # A variant: a method under its own name with changed settings.
   c.variants = {"magnitude_layer": {"method": "magnitude", "scope": "layer"}}
   c.methods = ("magnitude", "magnitude_layer")
   c.sparsities = (0.5,)
-  c.base.budget_epochs = 2.0            # the sweep's mechanics, not accuracy
-  c.base.checkpoint_every_steps = 0     # no mid-cell resume tested here
+  c.base.prune.budget_epochs = 2.0      # the sweep's mechanics, not accuracy
+  c.base.run.checkpoint_every_steps = 0  # no mid-cell resume tested here
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   rows = sweep.run(c, wd, **QUIET)
   assert [r["method"] for r in rows] == ["magnitude", "magnitude_layer"]
@@ -53,7 +53,7 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   sweep.run(c, wd, **QUIET)     # finished cells are skipped
   assert os.path.getmtime(summ) == mtime
   c2 = sweep_lenet5_mnist.get_config("smoke")
-  c2.data_dir = mnist_dir
+  c2.data.dir = mnist_dir
   c2.methods = ("random",)
   with pytest.raises(ValueError, match="different config"):
     sweep.run(c2, wd, **QUIET)
@@ -66,12 +66,12 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   # to float32 reassociation, is tested one step deep in test_methods.py: a
   # whole run's accuracy is a trajectory, which float order alone changes.)
   c4 = sweep_lenet5_mnist.get_config("smoke")
-  c4.data_dir = mnist_dir
+  c4.data.dir = mnist_dir
   c4.methods = ("magnitude",)
   c4.sparsities = (0.5, 0.8)
   c4.vmap_runs = True
-  c4.base.budget_epochs = 2.0
-  c4.base.checkpoint_every_steps = 0
+  c4.base.prune.budget_epochs = 2.0
+  c4.base.run.checkpoint_every_steps = 0
   v_rows = sweep.run(c4, _with_dense(str(tmp_path / "vm"), dense_dir), **QUIET)
   assert [r["vmapped_runs"] for r in v_rows] == [2, 2]
   one = [r for r in rows if r["method"] == "magnitude"][0]
@@ -87,9 +87,9 @@ def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
   held claim file plays the other worker: flock is per open file.)"""
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
+  c.data.dir = mnist_dir
   c.methods, c.sparsities = ("magnitude", "random"), (0.5,)
-  c.base.checkpoint_every_steps = 0
+  c.base.run.checkpoint_every_steps = 0
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   msgs = []
   held = os.path.join(wd, "claims", "random_50_seed0.lock")
@@ -128,9 +128,9 @@ def test_worker_trains_scratch_cells_while_another_trains_the_dense(
   import threading  # pylint: disable=g-import-not-at-top
   from configs import sweep_lenet5_mnist  # pylint: disable=g-import-not-at-top
   c = sweep_lenet5_mnist.get_config("smoke")
-  c.data_dir = mnist_dir
+  c.data.dir = mnist_dir
   c.methods, c.sparsities = ("magnitude", "snip"), (0.5,)
-  c.base.checkpoint_every_steps = 0
+  c.base.run.checkpoint_every_steps = 0
   wd = str(tmp_path / "sw")
   msgs, held, waiting = [], threading.Event(), threading.Event()
 
@@ -184,7 +184,7 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
                            str(src / "dense_seed0"))
     d = experiment.dense_config(cc)
     if dense_cfg_change:
-      d.num_epochs += 1
+      d.train.num_epochs += 1
     os.makedirs(src / "dense_seed0", exist_ok=True)
     hostio.write_json(str(src / "dense_seed0" / "config.json"),
                       json.loads(d.to_json_best_effort()))
@@ -224,6 +224,35 @@ def test_sweep_reuses_only_cells_of_the_same_config(tmp_path):
   assert not (tmp_path / "c").exists()
   with pytest.raises(ValueError, match="not a sweep workdir"):
     sweep.reuse_cells(final, str(tmp_path / "d"), [str(tmp_path / "none")])
+
+
+def test_committed_runs_of_the_flat_config_layout_are_reused(tmp_path):
+  """Runs written before the per-component config layout (their
+  config.json is flat) are the runs today's configs describe: the committed
+  Conv-2 cells of the layer-normalised SBP and their dense models, and the
+  committed dense ResNet-20s, are reused, not run again."""
+  from configs import sweep_random_nets  # pylint: disable=g-import-not-at-top
+  from configs import sweep_resnet20_cpu  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  src = os.path.join(root, "docs", "results", "random_conv2_lpbox_norm")
+  with open(os.path.join(src, "cells", "sbp_lpbox_norm_50_seed0",
+                         "config.json")) as f:
+    assert isinstance(json.load(f)["model"], str)         # the flat layout
+  c = sweep_random_nets.get_config("conv2")
+  c.methods = ("sbp_lpbox_norm",)
+  assert sweep.reuse_cells(c, str(tmp_path / "a"), [src],
+                           log=lambda m: None) == 6
+  for seed in (0, 1, 2):
+    assert (tmp_path / "a" / f"dense_seed{seed}" / "summary.json").exists()
+  c.base.prune.budget_epochs = 6.0           # another budget: nothing
+  assert sweep.reuse_cells(c, str(tmp_path / "b"), [src],
+                           log=lambda m: None) == 0
+  r20 = sweep_resnet20_cpu.get_config("session_rates")
+  r20.methods, r20.seeds = ("snip",), (0, 1, 2)
+  sweep.reuse_cells(r20, str(tmp_path / "c"), [os.path.join(
+      root, "checkpoints", "resnet20_cifar10_dense10")], log=lambda m: None)
+  for seed in (0, 1, 2):
+    assert (tmp_path / "c" / f"dense_seed{seed}" / "final").is_dir()
 
 
 def test_a_reused_dense_run_without_its_model_is_trained_again(

@@ -1,7 +1,7 @@
 """Times the train step of a config: compile time, images/s, loop overhead.
 
   python -m train.bench --config configs/resnet20_cifar10.py --workdir runs/bench \
-      --config.data_dir=../shared/data [--steps 50] [--vmap_runs 1,4,8] [--parts]
+      --config.data.dir=../shared/data [--steps 50] [--vmap_runs 1,4,8] [--parts]
 
 Uses the config's model, optimizer, batch size and real data (a subset is
 enough). For each K in ``--vmap_runs`` it times
@@ -52,26 +52,26 @@ flags.mark_flags_as_required(["config", "workdir"])
 def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
           parts=False) -> dict:
   mesh = engine.make_mesh()
-  with config.unlocked():
-    if not config.train_subset:
-      config.train_subset = max(config.batch_size * 8, 10000)
+  d, t = config.data, config.train
+  if not d.train_subset:
+    d.train_subset = max(d.batch_size * 8, 10000)
   ds, model, arrays = experiment.setup(config, mesh, log=print)
-  params, bs = experiment.init_variables(model, config, ds.input_shape)
-  method = experiment.dense_method(config)
-  spe = len(ds.train_labels) // config.batch_size
+  params, bs = experiment.init_variables(model, config.seed, ds.input_shape)
+  method = experiment.dense_method(t)
+  spe = len(ds.train_labels) // d.batch_size
   ctx = base.Context(masks_lib.prunable_tree(params), spe, 100 * spe,
-                     experiment.schedule_fn(config, spe, 100))
-  hp = experiment.dense_numbers(config, method).as_hp()
+                     experiment.schedule_fn(t, spe, 100))
+  hp = experiment.dense_numbers(t, method).as_hp()
   mean, std = ds.mean_std
   step = engine.make_step(model, method, ctx, mean=mean, std=std,
                           augment=ds.augment, mesh=mesh)
   order = data_lib.epoch_permutation(jax.random.PRNGKey(0),
-                                     len(ds.train_labels), config.batch_size)
+                                     len(ds.train_labels), d.batch_size)
   n_idx = warmup + steps
   idx = np.stack([order[i % len(order)] for i in range(n_idx)])
   x, y = arrays["train_x"], arrays["train_y"]
-  res = {"model": config.model, "dataset": config.dataset,
-         "optimizer": config.optimizer, "batch_size": config.batch_size,
+  res = {"model": config.model.name, "dataset": d.name,
+         "optimizer": t.optimizer, "batch_size": d.batch_size,
          "steps": steps, "chunk": chunk, "repeats": repeats,
          **hostio.device_info(), "jax_version": jax.__version__, "runs": []}
   state0, _ = loop.init_run(method, ctx, params, bs, hp, config.seed)
@@ -96,7 +96,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
     holder["s"] = s
 
   dt = hostio.best_time(run_bare, repeats)
-  bare_ips = steps * config.batch_size / dt
+  bare_ips = steps * d.batch_size / dt
   res["bare"] = {"compile_s": compile_bare, "step_ms": 1000 * dt / steps,
                  "images_per_s": bare_ips}
   print(f"bare step: {1000 * dt / steps:.1f} ms, {bare_ips:,.0f} img/s")
@@ -124,7 +124,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
       holder["s"] = s
 
     dt = hostio.best_time(run_chunks, repeats)
-    ips = k * n_chunks * chunk * config.batch_size / dt
+    ips = k * n_chunks * chunk * d.batch_size / dt
     row = {"vmap_runs": k, "compile_s": compile_chunk,
            "step_ms": 1000 * dt / (n_chunks * chunk), "images_per_s": ips}
     if k == 1:
@@ -210,4 +210,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("train"))

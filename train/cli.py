@@ -49,7 +49,7 @@ def run_flag(help_text: str):
 
 def unused_method_flags(config, argv) -> list:
   """``--config.<method>.<field>`` flags for a method the run does not use."""
-  if "method" not in config:
+  if not experiment.is_pruning_config(config):
     return []
   out = []
   for a in argv:
@@ -57,7 +57,7 @@ def unused_method_flags(config, argv) -> list:
       continue
     parts = a[len("--config."):].split("=")[0].split(".")
     if (len(parts) > 1 and parts[0] in methods_lib.PRUNING_METHODS and
-        parts[0] != config.method):
+        parts[0] != config.prune.method):
       out.append(a.split("=")[0])
   return out
 
@@ -95,7 +95,7 @@ def flag_error_message(err: Exception, argv) -> str:
             f"{where.split('.')[-1]!r}{hint}. The valid fields are the "
             "ones the config file sets (a method's settings live under "
             "config.<method>, e.g. --config.proxnag.prune_lr); --helpfull "
-            "lists them.")
+            "lists them; the layout: configs/common.py).")
   config = [a for a in argv[1:] if a.startswith("--config=")]
   if not config and "--config" in argv[:-1]:
     config = ["--config " + argv[argv.index("--config") + 1]]
@@ -118,9 +118,38 @@ def report_error(err: Exception, argv) -> None:
   sys.exit(2)
 
 
-def parse_flags(argv):
+def legacy_flags(argv, kind: str) -> list:
+  """``argv`` with each ``--config.<field>`` of the flat config layout of
+  before (``--config.data_dir``, ``--config.target_sparsity``, ...) written
+  as today's (``--config.data.dir``, ``--config.prune.target_sparsity``),
+  with a note on stderr, so older command lines keep working. ``kind``:
+  the command's config, 'train', 'prune' or 'sweep'."""
+  out, moved = [], []
+  for a in argv:
+    new = experiment.legacy_flag(a, kind) if a.startswith("--config.") else None
+    out.append(new or a)
+    if new:
+      moved.append(f"{a.split('=')[0]} -> {new.split('=')[0]}")
+  if moved:
+    sys.stderr.write("note: the config has one sub-config per component "
+                     f"now (configs/common.py): {'; '.join(moved)}\n")
+  return out
+
+
+def flags_parser(kind: str):
+  """:func:`parse_flags` for a command whose config is of ``kind``."""
+  return lambda argv: parse_flags(argv, kind)
+
+
+def parse_flags(argv, kind: str = ""):
   """absl's flag parsing, with a command-line error reported as a user
-  error (one paragraph, exit 2; ``--debug`` raises it)."""
+  error (one paragraph, exit 2; ``--debug`` raises it); with ``kind``,
+  the flat layout's flags are read as today's (:func:`legacy_flags`)."""
+  if kind:
+    new = legacy_flags(argv, kind)
+    if list(argv) == sys.argv:
+      sys.argv[:] = new      # ml_collections reads the overrides from it
+    argv = new
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -129,11 +158,12 @@ def parse_flags(argv):
     report_error(e, argv)
 
 
-def run(fn, help_config: str = "Config file.") -> None:
+def run(fn, help_config: str = "Config file.", kind: str = "train") -> None:
   """Defines the shared flags and runs ``fn(config, workdir, overwrite=...)``.
 
   ``--config.<field>=value`` overrides a field; ``:smoke`` after the config
-  path picks its tiny variant.
+  path picks its tiny variant. ``kind``: the config's ('train', 'prune' or
+  'sweep'), for reading older command lines (:func:`legacy_flags`).
   """
   config = config_flags.DEFINE_config_file("config", None, help_config,
                                            lock_config=True)
@@ -164,7 +194,7 @@ def run(fn, help_config: str = "Config file.") -> None:
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax is chatty at INFO
     try:
-      config.value.get("method")      # a config file that failed to load
+      config.value.get("seed")        # a config file that failed to load
     except Exception as e:  # pylint: disable=broad-except
       if debug.value:
         raise
@@ -179,8 +209,8 @@ def run(fn, help_config: str = "Config file.") -> None:
       if unused:
         raise ValueError(
             f"{', '.join(unused)} set a method this run does not use "
-            f"(config.method is {config.value.method!r}); drop them or set "
-            "--config.method to that method.")
+            f"(config.prune.method is {config.value.prune.method!r}); drop "
+            "them or set --config.prune.method to that method.")
       ignored = ignored_flags(config.value, sys.argv)
       if ignored:
         raise ValueError(
@@ -196,4 +226,4 @@ def run(fn, help_config: str = "Config file.") -> None:
       sys.stderr.write(f"\nerror: {e}\n(--debug shows the traceback)\n")
       sys.exit(2)
 
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=flags_parser(kind))

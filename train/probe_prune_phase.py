@@ -58,7 +58,7 @@ def main():
   args = ap.parse_args()
 
   cfg = sweep_resnet20_cpu.get_config("session_rates")
-  cfg.data_dir = args.data_dir
+  cfg.data.dir = args.data_dir
   c = sweep.cell_config(cfg, args.method, args.sparsity, args.seed,
                         args.dense)
   for kv in args.set:

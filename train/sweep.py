@@ -1,7 +1,7 @@
 """Methods x sparsities x seeds with one budget (paper Table 1 and Fig. 9).
 
   python -m train.sweep --config configs/sweep_lenet5_mnist.py --workdir DIR \
-      --config.data_dir=../shared/data [--reuse_from=OTHER_SWEEP_DIR,...] \
+      --config.data.dir=../shared/data [--reuse_from=OTHER_SWEEP_DIR,...] \
       [--report_only]
 
 Finished cells are skipped on a re-run; ``--reuse_from`` copies finished
@@ -39,4 +39,4 @@ def _run(config, workdir, **kw):
 
 
 if __name__ == "__main__":
-  cli.run(_run, "Sweep config.")
+  cli.run(_run, "Sweep config.", kind="sweep")

@@ -77,7 +77,7 @@ class Context(NamedTuple):
 
   Attributes:
     prunable: tree of Python bools, which leaves may be pruned (built once
-      from ``prune_exclude`` by :func:`proxnag_jax.masks.prunable_tree`).
+      from ``prune.exclude`` by :func:`proxnag_jax.masks.prunable_tree`).
     steps_per_epoch: training steps per epoch.
     total_steps: the run's step budget (an upper bound for methods that
       decide when they are done).
