@@ -194,6 +194,41 @@ def test_a_run_resumes_when_its_method_gains_a_setting_at_its_default(
     experiment.prepare_workdir(wd, b)
 
 
+def test_flat_layout_configs_and_flags_read_as_todays():
+  """Configs and flags of the flat layout before the per-component one:
+  each field at its path today, by kind of config (a pruning config's own
+  momentum is prune.momentum, a dense config's train.momentum)."""
+  old_dense = {"model": "lenet5", "dataset": "mnist", "data_dir": "d",
+               "seed": 1, "batch_size": 64, "chunk_steps": 4,
+               "num_epochs": 2, "momentum": 0.8}
+  assert experiment.upgrade_config(old_dense) == {
+      "model": {"name": "lenet5"}, "seed": 1,
+      "data": {"name": "mnist", "dir": "d", "batch_size": 64},
+      "run": {"chunk_steps": 4}, "train": {"num_epochs": 2, "momentum": 0.8}}
+  old_prune = {**{k: v for k, v in old_dense.items() if k != "num_epochs"},
+               "method": "snip", "target_sparsity": 0.9,
+               "prune_exclude": ["^fc/"], "dense": dict(old_dense),
+               "snip": {}}
+  new = experiment.upgrade_config(old_prune)
+  assert new["prune"] == {"method": "snip", "target_sparsity": 0.9,
+                          "exclude": ["^fc/"], "momentum": 0.8}
+  assert new["dense"] == {"num_epochs": 2, "momentum": 0.8}
+  assert new["snip"] == {} and experiment.upgrade_config(new) == new
+  sweep_cfg = {"data_dir": "d", "methods": ["snip"], "base": old_prune}
+  up = experiment.upgrade_config(sweep_cfg)
+  assert up["data"] == {"dir": "d"} and up["base"] == new
+  for arg, kind, want in (
+      ("--config.data_dir=x", "train", "--config.data.dir=x"),
+      ("--config.momentum=0.5", "train", "--config.train.momentum=0.5"),
+      ("--config.momentum=0.5", "prune", "--config.prune.momentum=0.5"),
+      ("--config.dense.num_epochs=3", "prune", None),
+      ("--config.data_dir=x", "sweep", "--config.data.dir=x"),
+      ("--config.base.budget_epochs=2", "sweep",
+       "--config.base.prune.budget_epochs=2"),
+      ("--config.methods=a", "sweep", None)):
+    assert experiment.legacy_flag(arg, kind) == want, arg
+
+
 def test_config_changes_name_the_nested_field():
   old = {"base": {"proxnag": {"l1_step": 2e-3, "lr": 0.01}, "seed": 0},
          "methods": ["a"]}
