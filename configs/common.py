@@ -116,6 +116,8 @@ def pruning_config(dense: ml_collections.ConfigDict
   c.model = dense.model
   c.data = dense.data
   c.run = dense.run
+  # A pruning run also checkpoints every 200 steps (a dense run: each epoch):
+  # its phases are shorter than an epoch on the CPU configs.
   c.run.checkpoint_every_steps = 200
   c.dense = dense.train
   c.prune = prune_settings()
