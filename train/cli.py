@@ -95,7 +95,7 @@ def flag_error_message(err: Exception, argv) -> str:
             f"{where.split('.')[-1]!r}{hint}. The valid fields are the "
             "ones the config file sets (a method's settings live under "
             "config.<method>, e.g. --config.proxnag.prune_lr); --helpfull "
-            "lists them; the layout: configs/common.py).")
+            "lists them (the layout: configs/common.py).")
   config = [a for a in argv[1:] if a.startswith("--config=")]
   if not config and "--config" in argv[:-1]:
     config = ["--config " + argv[argv.index("--config") + 1]]
