@@ -55,9 +55,11 @@ def get_config(arg: str = ""):
   budget = arg.startswith(("budget", "rw_budget", "proxnag_budget"))
   c.prune.method = ("proxnag" if arg.startswith("proxnag_budget") else
               "rw_admm" if rw else "admm")
-  c.prune.target_sparsity = 0.99719 if (rw or budget) and arg != "rw71" else 0.9873
+  c.prune.target_sparsity = (0.99719 if (rw or budget) and arg != "rw71"
+                             else 0.9873)
   c.prune.budget_epochs = 40.0
-  # finetune_lr: the pruning default 0.01 (SGD, as the reference's Caffe solver).
+  # prune.finetune_lr: the default 0.01 (SGD, as the reference's Caffe
+  # solver).
   for m in (c.admm, c.rw_admm):
     m.admm_fraction = 0.5
     m.every_epochs = 1.0

@@ -4,9 +4,11 @@ A dense-training config (``train.train``) has one sub-config per component:
 
   seed                 the run's seed (initialisation, batch order)
   model.name           a name in proxnag_jax.models
-  data.*               the dataset, where it is, the split, batches, augmentation
-  run.*                how the run is carried out, not what it computes: logging,
-                       chunking, checkpoints, TensorBoard, evaluation batches
+  data.*               the dataset, where it is, the split, batches,
+                       augmentation
+  run.*                how the run is carried out, not what it computes:
+                       logging, chunking, checkpoints, TensorBoard,
+                       evaluation batches
   train.*              the dense model's optimiser and schedule
 
 A pruning config (``train.prune``) starts from its dense model's config

@@ -8,9 +8,10 @@ Starts from `dense_checkpoint` (a finished `train.train` workdir) or, if
 empty, trains the dense model of `configs/lenet5_mnist.py` in WORKDIR/dense.
 Variants: `:paper` (the core paper's schedule, open-loop lambda, absolute
 threshold), `:bn` / `:bn_paper` (the same on LeNet-5 with BatchNorm).
-Any other method runs with `--config.prune.method=NAME`; each method reads its own
-sub-config (`config.proxnag`, `config.sparse_momentum`, ...), whose defaults
-are the factory's (proxnag_jax.methods), e.g. `--config.proxnag.l1_step=1e-3`.
+Any other method runs with `--config.prune.method=NAME`; each method reads
+its own sub-config (`config.proxnag`, `config.sparse_momentum`, ...), whose
+defaults are the factory's (proxnag_jax.methods), e.g.
+`--config.proxnag.l1_step=1e-3`.
 """
 
 from configs import common

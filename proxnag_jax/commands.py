@@ -179,7 +179,8 @@ def load_dense(config, workdir, model, input_shape, log):
       shapes(got) != shapes(want)):
     raise ValueError(
         f"dense checkpoint {path!r} does not match model "
-        f"{config.model.name!r} on {config.data.name!r}: its parameter tree or shapes differ. Train "
+        f"{config.model.name!r} on {config.data.name!r}: its parameter tree "
+        "or shapes differ. Train "
         "it with the same model (python -m train.train) or leave "
         "dense_checkpoint empty to train one here.")
   cast = lambda t, ref: jax.tree.map(

@@ -178,7 +178,8 @@ def table_md(config, rows, note) -> str:
             if len(seeds) > 1 else
             f"One seed ({seeds[0]}): no spread, so differences of a few "
             "tenths are not resolved")
-  lines = [f"# {config.base.model.name} on {config.base.data.name}: test accuracy "
+  title = f"{config.base.model.name} on {config.base.data.name}"
+  lines = [f"# {title}: test accuracy "
            "(%) after pruning", "",
            f"{spread}. Final (not best) accuracies; hyperparameters are "
            f"the config's, not chosen on the test set. {note}"
