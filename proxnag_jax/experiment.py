@@ -425,6 +425,13 @@ VMAP_PATHS = ("seed", "prune.target_sparsity", "prune.finetune_lr",
               "prune.dense_checkpoint")
 
 
+def _require_pruning(config) -> None:
+  if not is_pruning_config(config):
+    raise ValueError(
+        "not a pruning config: it has no prune and dense sub-configs "
+        "(configs/common.pruning_config builds one from a dense config).")
+
+
 def pruning_config(config):
   """The config a pruning run keeps: a copy holding only its own method's
   settings (``config[config.prune.method]``, the factory's defaults where
@@ -433,10 +440,7 @@ def pruning_config(config):
   and set any method on the command line; what a run writes
   (``config.json``, its summary) and what the layers below read is the
   chosen method's alone."""
-  if not is_pruning_config(config):
-    raise ValueError(
-        "not a pruning config: it has no prune and dense sub-configs "
-        "(configs/common.pruning_config builds one from a dense config).")
+  _require_pruning(config)
   name = config.prune.method
   if name not in methods_lib.METHOD_NAMES:
     methods_lib.get_method(name)      # raises, listing the valid names
@@ -498,10 +502,7 @@ def ignored_fields(config, method) -> dict:
 def validate_pruning(config) -> base.Method:
   """Fails early, before anything is written, on a config that cannot run
   or that sets a field the run would ignore."""
-  if not is_pruning_config(config):
-    raise ValueError(
-        "not a pruning config: it has no prune and dense sub-configs "
-        "(configs/common.pruning_config builds one from a dense config).")
+  _require_pruning(config)
   check_numbers(config)     # budget_epochs > 0, no NaN, ...
   stray = [k for k in config.dense if k not in DENSE_TRAINING_FIELDS]
   if stray:
