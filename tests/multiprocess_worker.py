@@ -5,8 +5,9 @@ talking through gloo on localhost:
   python tests/multiprocess_worker.py PORT N ID train WORKDIR DATA_DIR [STOP]
   python tests/multiprocess_worker.py PORT N ID step WORKDIR DATA_DIR
 
-``train``: the LeNet-5 smoke config (stopped after STOP epochs if given;
-without STOP it first takes the ``step`` below, its result under
+``train``: the LeNet-5 smoke config (stopped after STOP epochs if STOP is a
+number; STOP ``end``: trained to its end and nothing else, as a resumed run
+is; without STOP it first takes the ``step`` below, its result under
 ``"step"``, and then prunes the trained model with Prox-NAG's LeNet-5
 smoke config into WORKDIR_prune, its result under ``"prune"``);
 ``step``: one training step of the LeNet-5 smoke config from its initial
@@ -55,8 +56,8 @@ def main():
   step = one_step(data_dir) if whole else None
   c = lenet5_mnist.get_config("smoke")
   c.data.dir = data_dir
-  out = commands.train(c, workdir, stop_after_epochs=None if whole
-                       else int(extra), log=log)
+  out = commands.train(c, workdir, stop_after_epochs=None if extra in (
+      None, "end") else int(extra), log=log)
   print("RESULT " + json.dumps({
       **result(out), "step": step,
       "prune": prune(workdir + "_prune", workdir) if whole else None}),

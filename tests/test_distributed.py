@@ -104,7 +104,7 @@ def test_killed_two_process_run_resumes(tmp_path, mnist_dir, two_processes):
   first = _run_processes(2, wd, mnist_dir, 1)       # stops after epoch 1
   assert [r["stopped_at_epoch"] for r in first] == [1, 1]
   assert not os.path.exists(os.path.join(wd, "summary.json"))
-  again = _run_processes(2, wd, mnist_dir)          # resumes collectively
+  again = _run_processes(2, wd, mnist_dir, "end")   # resumes collectively
   full, ref = two_processes
   assert again[0]["test_accuracy"] == ref[0]["test_accuracy"]
   a, b = _epochs(wd), _epochs(full)

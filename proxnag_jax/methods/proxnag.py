@@ -207,6 +207,43 @@ def repair_overshoot(params, round_start, n_zero, prunable):
   return jax.tree.unflatten(treedef, out), restore.sum(dtype=jnp.int32)
 
 
+def collapse_guards(ms: dict, loss, acc, first, *, decay: float,
+                    loss_rise: float, loss_rise_min: float,
+                    acc_drop: float):
+  """One monitor of Prox-NAG's collapse guards: ``(ms, reason)``.
+
+  ``loss``, ``acc``: the training loss and accuracy averaged over the
+  monitor's window of steps; ``first``: whether this is the prune phase's
+  first monitor, whose window means become the references. With EMAs
+  ``e_k = decay * e_(k-1) + (1 - decay) * x_k`` (``e_1 = x_1``), reason 3
+  (``loss_rise``) when ``e_loss > loss_rise * ref_loss`` and
+  ``e_loss - ref_loss > loss_rise_min``, reason 6 (``acc_drop``) when
+  ``e_acc < ref_acc - acc_drop``, else 0; a factor of 0 switches its guard
+  off. ``ms`` carries ``loss_ema``, ``acc_ema``, ``loss_ref``, ``acc_ref``
+  (NaN before the first monitor). Pure and jittable.
+
+  >>> nan = float("nan")
+  >>> ms = dict(loss_ema=nan, acc_ema=nan, loss_ref=nan, acc_ref=nan)
+  >>> for k, (l, a) in enumerate([(1.05, 0.64), (1.92, 0.30), (2.11, 0.22)]):
+  ...   ms, why = collapse_guards(ms, l, a, k == 0, decay=0.5, loss_rise=4.0,
+  ...                             loss_rise_min=0.3, acc_drop=0.25)
+  >>> int(why)    # the accuracy EMA fell 0.25 below the first window's
+  6
+  """
+  ema = jnp.where(jnp.isnan(ms["loss_ema"]), loss,
+                  decay * ms["loss_ema"] + (1 - decay) * loss)
+  aema = jnp.where(jnp.isnan(ms["acc_ema"]), acc,
+                   decay * ms["acc_ema"] + (1 - decay) * acc)
+  ref = jnp.where(first, loss, ms["loss_ref"])
+  aref = jnp.where(first, acc, ms["acc_ref"])
+  rise = ((loss_rise > 0) & (ema > loss_rise * ref) &
+          (ema - ref > loss_rise_min))
+  drop = (acc_drop > 0) & (aema < aref - acc_drop)
+  reason = jnp.select([rise, drop], [3, 6], 0)
+  return {**ms, "loss_ema": ema, "acc_ema": aema, "loss_ref": ref,
+          "acc_ref": aref}, reason
+
+
 def proxnag(schedule: str = "target", scale_invariant: bool = True,
             threshold: str = "start", penalty: str = "l1",
             l1_init: float = 1e-3, l1_step: float = 5e-4,
@@ -218,7 +255,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             lam_gain: float = 10.0, lam_max_change: float = 0.15,
             prune_max_epochs: float = 2.0, monitor_every: int = 10,
             drop_tol: float = 0.002, patience: int = 15,
-            loss_ema: float = 0.9, loss_rise: float = 4.0,
+            loss_ema: float = 0.5, loss_rise: float = 4.0,
             loss_rise_min: float = 0.3, acc_drop: float = 0.25,
             finetune_lr: float = 0.01, finetune_weight_decay: float = 5e-4,
             finetune_epochs: float = 1.0, finetune_growth: float = 1.0,
@@ -303,6 +340,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   if acc_drop >= 1:
     raise ValueError("proxnag: acc_drop is a drop of training accuracy "
                      "(a fraction in [0, 1); 0 switches the guard off).")
+  if not 0 <= loss_ema < 1:
+    raise ValueError(f"proxnag: loss_ema is the guards' EMA decay per "
+                     f"monitor, in [0, 1); got {loss_ema}.")
 
   def normalized(ctx):
     if not scale_invariant or ctx.normalized is None:
@@ -499,21 +539,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
   # -- the pieces of update ---------------------------------------------------
 
   def guards(ms, loss, acc, n_mon):
-    """EMAs, references at the phase's first monitor, and the collapse
-    test: ``(ms, collapse reason or 0)``."""
-    ema = jnp.where(jnp.isnan(ms["loss_ema"]), loss,
-                    loss_ema * ms["loss_ema"] + (1 - loss_ema) * loss)
-    aema = jnp.where(jnp.isnan(ms["acc_ema"]), acc,
-                     loss_ema * ms["acc_ema"] + (1 - loss_ema) * acc)
-    first = n_mon == 1
-    ref = jnp.where(first, loss, ms["loss_ref"])
-    aref = jnp.where(first, acc, ms["acc_ref"])
-    rise = ((loss_rise > 0) & (ema > loss_rise * ref) &
-            (ema - ref > loss_rise_min))
-    drop = (acc_drop > 0) & (aema < aref - acc_drop)
-    reason = jnp.select([rise, drop], [3, 6], 0)
-    return {**ms, "loss_ema": ema, "acc_ema": aema, "loss_ref": ref,
-            "acc_ref": aref}, reason
+    return collapse_guards(ms, loss, acc, n_mon == 1, decay=loss_ema,
+                           loss_rise=loss_rise, loss_rise_min=loss_rise_min,
+                           acc_drop=acc_drop)
 
   def monitor(state, ctx):
     ms = state.method_state
