@@ -370,6 +370,9 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
        f"({s['prune_stop'] or 'end'}); {s['restored']:,} weights given back "
        f"to the exact count, {s['topped_up_by_magnitude']:,} pruned by "
        "magnitude to it" if "prune_stop" in s else None),
+      (f"- **the collapse guards stopped {s['collapse_stops']} prune "
+       "phase(s)** (training loss or accuracy; each phase's `reason` in "
+       "trace.jsonl)" if s.get("collapse_stops") else None),
       (f"- {s['rounds']} rounds, final lambda {s['final_l1']:.4g}, "
        if "rounds" in s else "- ") +
       f"{s['epochs']:.1f} epochs of pruning (budget "

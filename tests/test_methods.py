@@ -606,6 +606,7 @@ def test_proxnag_collapse_guard_stops_pruning(tmp_path):
       loss_rise_min=0.0, acc_drop=0.0)
   summ = method.summary(state)
   assert summ["prune_stop"] == "loss_rise"
+  assert summ["collapse_stops"] == 1
   mons = [r for r in trace if r["kind"] == "monitor"]
   assert mons[-1]["stop"] == "loss_rise"
   assert mons[-1]["loss_ema"] > 1.5 * mons[-1]["loss_ref"]
@@ -672,6 +673,7 @@ def test_proxnag_paper_schedule_still_runs_to_the_target(tmp_path):
   method, _, state, trace = _proxnag_trace(tmp_path, **PAPER_PROXNAG)
   summ = method.summary(state)
   assert summ["schedule"] == "paper" and summ["outcome"] == "target reached"
+  assert summ["collapse_stops"] == 0
   params = tiny.final_params(method, state)
   assert tiny.zeros(params) == round(0.75 * tiny.n_prunable(params))
   assert any(r["kind"] == "monitor" and "fnorm/fc/kernel" in r

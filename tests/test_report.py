@@ -61,6 +61,15 @@ def test_report_and_plots_are_written(tmp_path):
   text = open(tmp_path / "report.md").read()
   assert "TARGET NOT REACHED" in text and "| fc1/kernel |" in text
   assert "98.00%" in text and "validation 97.00%" in text
+  assert "collapse guards" not in text
+  # A Prox-NAG run whose collapse guards ended prune phases says so.
+  report.write_report(str(tmp_path), {
+      **summary, "schedule": "paper", "prune_stop": "target",
+      "prune_steps": 564, "restored": 0, "topped_up_by_magnitude": 0,
+      "rounds": 3, "final_l1": 0.03, "collapse_stops": 1}, params, masks,
+                      macs)
+  assert "the collapse guards stopped 1 prune phase(s)" in open(
+      tmp_path / "report.md").read()
   trace = [{"kind": "monitor", "step": s, "sparsity": s / 10, "loss": 1 / s,
             "round": 0} for s in range(1, 6)]
   trace += [{"kind": "epoch", "step": 5, "loss": 0.2, "sparsity": 0.5}]

@@ -127,6 +127,9 @@ PRUNE, FINETUNE, DONE = phases.PRUNE, phases.FINETUNE, phases.DONE
 PHASE_NAMES = phases.PHASE_NAMES
 STOP_NAMES = {0: "", 1: "target", 2: "local_max", 3: "loss_rise",
               4: "max_epochs", 5: "budget", 6: "acc_drop", 7: "deadline"}
+# The stop reasons of the collapse guards (collapse_guards): a summary's
+# ``collapse_stops`` counts the prune phases they ended.
+COLLAPSE_STOPS = (3, 6)
 OUTCOME_NAMES = {0: "running", 1: "target reached", 2: "max_rounds",
                  3: "budget exhausted"}
 SCHEDULES = ("target", "paper")
@@ -530,7 +533,8 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
           "lam": lam0, "final": jnp.bool_(False),
           "reached": jnp.bool_(False), "outcome": jnp.int32(0),
           "restored": jnp.int32(0), "topped_up": jnp.int32(0),
-          "stop": jnp.int32(0), "prune_steps": jnp.int32(0)}
+          "stop": jnp.int32(0), "prune_steps": jnp.int32(0),
+          "collapse_stops": jnp.int32(0)}
     state = state.replace(opt_state=opt, method_state=ms)
     state = state.replace(method_state=prune_phase_state(
         state, jnp.int32(0), lam0))
@@ -652,7 +656,9 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
     ms = {**ms, "phase": jnp.int32(FINETUNE), "phase_step": jnp.int32(0),
           "phase_len": n_steps, "final": final, "reached": reached,
           "restored": restored, "topped_up": ms["topped_up"] + topped,
-          "stop": reason, "prune_steps": ms["prune_steps"] + ms["phase_step"]}
+          "stop": reason, "prune_steps": ms["prune_steps"] + ms["phase_step"],
+          "collapse_stops": ms["collapse_stops"] + jnp.isin(
+              reason, jnp.array(COLLAPSE_STOPS)).astype(jnp.int32)}
     state = state.replace(params=params, batch_stats=bstats,
                           opt_state=opt, method_state=ms)
     start = phase_start_event(True, state, ctx,
@@ -783,6 +789,7 @@ def proxnag(schedule: str = "target", scale_invariant: bool = True,
             "finetune_from": finetune_from,
             "rounds": int(ms["round"]) + 1, "final_l1": float(ms["lam"]),
             "prune_stop": STOP_NAMES[int(ms["stop"])],
+            "collapse_stops": int(ms["collapse_stops"]),
             "prune_steps": int(ms["prune_steps"]),
             "restored": int(ms["restored"]),
             "topped_up_by_magnitude": int(ms["topped_up"])}
