@@ -312,7 +312,9 @@ def plot_weight_histograms(before: PyTree, after: PyTree, path: str,
           label=f"pruned ({n - az:,} nonzero, {az / n:.1%} zero)")
   ax.set_xlabel("log10 |w| (nonzero prunable weights)")
   ax.set_ylabel("count")
-  ax.legend()
+  # A fixed place: matplotlib's "best" searches the 80 bars of both
+  # histograms, slowly for a large network.
+  ax.legend(loc="upper left")
   ax.set_title("Weight magnitudes before and after pruning")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
