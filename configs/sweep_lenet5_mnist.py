@@ -54,9 +54,7 @@ def get_config(arg: str = ""):
   c.base = b
   c.paper_table = {}
   if arg == "smoke":
-    s = proxnag_lenet5_mnist.get_config("smoke")
-    s.prune.budget_epochs = 8.0
-    c.base = s
+    c.base = proxnag_lenet5_mnist.get_config("smoke")
     c.methods = ("proxnag", "magnitude", "snip", "sparse_momentum")
     c.sparsities = (0.5, 0.8)
     c.seeds = (0,)

@@ -289,7 +289,7 @@ def _clear_dir(workdir: str) -> None:
 # Numeric fields of the training configs and what they must be.
 POSITIVE_FIELDS = ("num_epochs", "batch_size", "learning_rate",
                    "eval_batch_size", "chunk_steps", "budget_epochs",
-                   "finetune_lr", "log_every_s")
+                   "finetune_lr", "log_every_s", "speed_repeats")
 
 
 NON_NEGATIVE_FIELDS = ("weight_decay", "warmup_epochs", "train_subset",

@@ -129,11 +129,11 @@ def mask_counts(state: base.RunState, prunable) -> dict:
 
 
 def _structured(model, dense_vars, export_model, variables, in_shape,
-                batch_size) -> dict:
+                batch_size, repeats) -> dict:
   """Channels removed per group, the smaller architecture, its speed."""
   speed = report_lib.measure_speedup(model, dense_vars, export_model,
                                      variables, in_shape[1:],
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, repeats=repeats)
   sizes = lambda m, v: {g.name: g.size for g in surgery.prunable_groups(
       surgery.channel_groups(m, v))}
   before, after = sizes(model, dense_vars), sizes(export_model, variables)
@@ -175,7 +175,8 @@ def prune_summary(workdir, config, *, method, model, ds, state, ev, prunable,
   structured = {}
   if shrunk or method.structured:
     structured = {**_structured(model, dense_vars, export_model, variables,
-                                in_shape, config.run.eval_batch_size),
+                                in_shape, config.run.eval_batch_size,
+                                config.run.speed_repeats),
                   "params_dense": dense_rep["num_params"],
                   "params_shrunk": rep["num_params"]}
   if method.structured:

@@ -108,10 +108,11 @@ def test_killed_mid_round_resumes_to_the_same_result(tmp_path, smoke_run,
   cfg = _cfg(mnist_dir, dense_dir)
   full, a = smoke_run
   part = str(tmp_path / "part")
-  out = commands.prune(cfg, part, stop_after_steps=6, **QUIET)
-  assert out == {"stopped_at_step": 6}     # inside round 0's prune-train
-  out = commands.prune(cfg, part, stop_after_steps=21, **QUIET)
-  assert out == {"stopped_at_step": 27}
+  # The prune phase ends at step 6 of 21; 7 steps an epoch, 4 a chunk.
+  out = commands.prune(cfg, part, stop_after_steps=3, **QUIET)
+  assert out == {"stopped_at_step": 3}     # inside the prune phase, mid-chunk
+  out = commands.prune(cfg, part, stop_after_steps=8, **QUIET)
+  assert out == {"stopped_at_step": 11}    # inside the fine-tune, mid-epoch
   b = commands.prune(cfg, part, **QUIET)
   assert a["test_accuracy"] == b["test_accuracy"]
   assert a["sparsity"] == b["sparsity"]
@@ -127,9 +128,10 @@ def test_unreachable_target_stops_with_model_saved(tmp_path, mnist_dir,
   # The paper's schedule gives up after max_rounds and says so.
   s = commands.prune(_cfg(mnist_dir, dense_dir, schedule="paper",
                       l1_init=1e-6, l1_step=1e-6, max_rounds=2,
-                      prune_max_epochs=2.0, finetune_epochs=1.0,
-                      finetune_growth=0.0, final_finetune_epochs=1.0,
-                      target_sparsity=0.95), wd, **QUIET)
+                      prune_max_epochs=1.0, finetune_epochs=0.5,
+                      finetune_growth=0.0, final_finetune_epochs=0.5,
+                      target_sparsity=0.95, prune__budget_epochs=4.0), wd,
+                      **QUIET)
   assert not s["reached_target"]
   assert s["rounds"] == 2 and s["outcome"] == "max_rounds"
   assert os.path.isdir(os.path.join(wd, "pruned"))
@@ -157,39 +159,37 @@ def test_bad_input(tmp_path, mnist_dir, dense_dir):
                     **QUIET)
 
 
-def test_which_layers_are_pruned_is_configurable(tmp_path, mnist_dir, dense_dir):
+def test_prunable_filter_picks_kernels_by_path():
   flt = pj.prunable_filter(("^conv1/", "^fc2/"))
   p = {"conv1": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
        "conv2": {"kernel": jnp.ones((3, 3, 4, 4))}}
   which = pj.prunable_tree(p, flt)
   assert not which["conv1"]["kernel"] and which["conv2"]["kernel"]
   assert not which["conv1"]["bias"]
-  c = _cfg(mnist_dir, dense_dir, prune__exclude=("^conv1/", "^fc2/"))
-  s = commands.prune(c, str(tmp_path / "p"), **QUIET)
-  assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
-  assert abs(s["sparsity"] - 0.5) < 1e-3
-  saved = hostio.load_final(str(tmp_path / "p"), "pruned")["params"]
-  assert np.all(np.asarray(saved["conv1"]["kernel"]) != 0)
-  assert np.all(np.asarray(saved["fc2"]["kernel"]) != 0)
-  assert "conv2/kernel" in open(str(tmp_path / "p" / "report.md")).read()
 
 
 # Every method's exact target is in tests/test_methods.py, resume in
 # tests/test_loop.py (tiny model); here one baseline goes through the command
-# on real data.
-@pytest.mark.parametrize("name", ["sparse_momentum"])
-def test_baselines_reach_target_through_the_command(tmp_path, mnist_dir,
-                                                    dense_dir, name):
+# on real data, with the layers it may prune chosen in the config (Prox-NAG's
+# own run, above, prunes the default set).
+def test_a_baseline_through_the_command_prunes_only_the_chosen_layers(
+    tmp_path, mnist_dir, dense_dir):
   """(Its resume is tested at the loop, tests/test_loop.py; the command's
   resume with Prox-NAG above.)"""
-  c = _cfg(mnist_dir, dense_dir, method=name)
-  full = commands.prune(c, str(tmp_path / "full"), **QUIET)
-  assert abs(full["sparsity"] - 0.5) < 1e-3     # to 0.1 point
-  assert full["method"] == name and full["reached_target"]
-  saved = hostio.load_final(str(tmp_path / "full"), "pruned")
-  assert full["num_nonzero"] == sum(
-      int(np.sum(np.asarray(p) != 0)) for p in jax.tree.leaves(
-          saved["params"]))
+  wd = str(tmp_path / "p")
+  c = _cfg(mnist_dir, dense_dir, method="sparse_momentum",
+           prune__exclude=("^conv1/", "^fc2/"))
+  s = commands.prune(c, wd, **QUIET)
+  assert s["method"] == "sparse_momentum" and s["reached_target"]
+  assert s["pruned_layers"] == ["conv2/kernel", "fc1/kernel"]
+  assert abs(s["sparsity"] - 0.5) < 1e-3     # to 0.1 point
+  saved = hostio.load_final(wd, "pruned")
+  params = saved["params"]
+  assert np.all(np.asarray(params["conv1"]["kernel"]) != 0)
+  assert np.all(np.asarray(params["fc2"]["kernel"]) != 0)
+  assert s["num_nonzero"] == sum(
+      int(np.sum(np.asarray(p) != 0)) for p in jax.tree.leaves(params))
+  assert "conv2/kernel" in open(os.path.join(wd, "report.md")).read()
 
 
 def test_vmapped_runs_may_differ_only_in_per_run_settings(tmp_path):
