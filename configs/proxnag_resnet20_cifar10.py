@@ -60,6 +60,6 @@ def get_config(arg: str = ""):
   if smoke:
     c.prune.target_sparsity = 0.3
     proxnag_lenet5_mnist.smoke_proxnag(p)
-    c.prune.budget_epochs = 3.0
+    c.prune.budget_epochs = 2.0     # 12 steps of 32 images
     common.smoke_run(c.run, chunk_steps=8)
   return c

@@ -109,13 +109,50 @@ def mnist_dir():
 
 
 @pytest.fixture(scope="session")
-def dense_dir(tmp_path_factory, worker_id, mnist_dir):
-  """A finished dense LeNet-5 smoke run (real MNIST), shared by the pruning
-  and method tests as their dense checkpoint.
+def shared_run(tmp_path_factory, worker_id):
+  """``shared_run(name, build)``: ``build(workdir)`` run once per test
+  session, its result (JSON) shared by every test that asks for ``name``.
 
-  Under pytest-xdist (``-n 2``) the workers share one run: the first builds
-  it under a lock in the session's common temp dir, the others wait and
-  reuse it."""
+  Under pytest-xdist (``-n 2``) the workers share it too: the first to ask
+  builds it under a lock in the session's common temp dir, the others wait
+  and reuse it (worksteal may hand the tests of one module to both workers;
+  a module-scoped fixture would then run twice)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  results = {}
+  # Every worker reads the result back from JSON (the same types for all).
+  as_json = lambda out: json.dumps(out, default=lambda o: (
+      o.tolist() if isinstance(o, np.ndarray) else
+      o.item() if isinstance(o, np.generic) else str(o)))
+
+  def get(name, build):
+    if name in results:
+      return results[name]
+    if worker_id == "master":
+      results[name] = json.loads(as_json(build(str(
+          tmp_path_factory.mktemp(name) / "run"))))
+      return results[name]
+    root = tmp_path_factory.getbasetemp().parent
+    done = root / f"{name}.result.json"
+    with open(root / f"{name}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      try:
+        if not done.exists():
+          out = as_json(build(str(root / name / "run")))
+          tmp = root / f"{name}.result.tmp"
+          tmp.write_text(out)
+          tmp.replace(done)
+      finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    results[name] = json.loads(done.read_text())
+    return results[name]
+  return get
+
+
+@pytest.fixture(scope="session")
+def dense_dir(shared_run, mnist_dir):
+  """A finished dense LeNet-5 smoke run (real MNIST), shared by the pruning
+  and method tests as their dense checkpoint."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
   from proxnag_jax import commands  # pylint: disable=g-import-not-at-top
 
@@ -125,20 +162,7 @@ def dense_dir(tmp_path_factory, worker_id, mnist_dir):
     c.data.batch_size = 64
     commands.train(c, wd, log=lambda *_: None)
     return wd
-
-  if worker_id == "master":
-    return build(str(tmp_path_factory.mktemp("dense")))
-  root = tmp_path_factory.getbasetemp().parent
-  wd, done = root / "dense_shared", root / "dense_shared.done"
-  with open(root / "dense_shared.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      if not done.exists():
-        build(str(wd))
-        done.touch()
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
-  return str(wd)
+  return shared_run("dense_lenet5", build)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,11 @@ talking through gloo on localhost:
 ``train``: the LeNet-5 smoke config (stopped after STOP epochs if STOP is a
 number; STOP ``end``: trained to its end and nothing else, as a resumed run
 is; without STOP it first takes the ``step`` below, its result under
-``"step"``, and then prunes the trained model with Prox-NAG's LeNet-5
-smoke config into WORKDIR_prune, its result under ``"prune"``);
+``"step"``, then trains the same config into WORKDIR_resume and stops it
+after epoch 1 (a killed run for the next processes to resume), its result
+under ``"stopped"``, then trains WORKDIR to the end and prunes the trained
+model with Prox-NAG's LeNet-5 smoke config into WORKDIR_prune, its result
+under ``"prune"``);
 ``step``: one training step of the LeNet-5 smoke config from its initial
 params on the first batch: prints its loss and, per parameter leaf, the
 update's norm and its projection on a fixed random direction.
@@ -50,16 +53,18 @@ def main():
             **{k: out.get(k) for k in ("test_accuracy", "stopped_at_epoch",
                                        "sparsity")}}
 
-  # The one-step comparison and the pruning ride on the run's processes
-  # (process starts and compilations fewer per test session).
+  # The one-step comparison, the killed run and the pruning ride on the
+  # run's processes (process starts and compilations fewer per test session).
   whole = extra is None
   step = one_step(data_dir) if whole else None
   c = lenet5_mnist.get_config("smoke")
   c.data.dir = data_dir
+  stopped = result(commands.train(c, workdir + "_resume", stop_after_epochs=1,
+                                  log=log)) if whole else None
   out = commands.train(c, workdir, stop_after_epochs=None if extra in (
       None, "end") else int(extra), log=log)
   print("RESULT " + json.dumps({
-      **result(out), "step": step,
+      **result(out), "step": step, "stopped": stopped,
       "prune": prune(workdir + "_prune", workdir) if whole else None}),
         flush=True)
 

@@ -40,11 +40,12 @@ def _cfg(mnist_dir, dense_dir, **over):
   return c
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, mnist_dir, dense_dir):
-  """One uninterrupted Prox-NAG smoke run, shared by the tests below."""
-  wd = str(tmp_path_factory.mktemp("proxnag") / "p")
-  return wd, commands.prune(_cfg(mnist_dir, dense_dir), wd, **QUIET)
+@pytest.fixture
+def smoke_run(shared_run, mnist_dir, dense_dir):
+  """One uninterrupted Prox-NAG smoke run, shared by the tests below
+  (conftest.shared_run: once per test session)."""
+  return shared_run("proxnag_smoke", lambda wd: (wd, commands.prune(
+      _cfg(mnist_dir, dense_dir), wd, **QUIET)))
 
 
 def test_prune_end_to_end(smoke_run):

@@ -51,10 +51,11 @@ def _epochs(workdir):
     return [json.loads(l) for l in f]
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, mnist_dir):
-  wd = str(tmp_path_factory.mktemp("two") / "run")
-  return wd, _run_processes(2, wd, mnist_dir)
+@pytest.fixture
+def two_processes(shared_run, mnist_dir):
+  """One 2-process run (conftest.shared_run: once per test session)."""
+  return shared_run("two_processes",
+                    lambda wd: (wd, _run_processes(2, wd, mnist_dir)))
 
 
 def test_two_processes_run_as_one(two_processes):
@@ -99,13 +100,12 @@ def test_two_processes_take_the_same_step_as_one(tmp_path, mnist_dir,
       assert abs(p2 - p1) <= 1e-3 * n1 + 1e-12
 
 
-def test_killed_two_process_run_resumes(tmp_path, mnist_dir, two_processes):
-  wd = str(tmp_path / "resume")
-  first = _run_processes(2, wd, mnist_dir, 1)       # stops after epoch 1
-  assert [r["stopped_at_epoch"] for r in first] == [1, 1]
+def test_killed_two_process_run_resumes(mnist_dir, two_processes):
+  full, ref = two_processes
+  wd = full + "_resume"        # the fixture's processes stopped it
+  assert [r["stopped"]["stopped_at_epoch"] for r in ref] == [1, 1]
   assert not os.path.exists(os.path.join(wd, "summary.json"))
   again = _run_processes(2, wd, mnist_dir, "end")   # resumes collectively
-  full, ref = two_processes
   assert again[0]["test_accuracy"] == ref[0]["test_accuracy"]
   a, b = _epochs(wd), _epochs(full)
   assert [x["train_loss"] for x in a] == [x["train_loss"] for x in b]

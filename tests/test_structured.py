@@ -25,16 +25,19 @@ QUIET = dict(log=lambda *_: None)
 CHANNELS = 20 + 50 + 500        # LeNet-5's prunable channel groups
 
 
-@pytest.fixture(scope="module")
-def dense_bn_dir(tmp_path_factory, mnist_dir):
-  """A dense LeNet-5 with BatchNorm (smoke), shared by the runs below."""
+@pytest.fixture
+def dense_bn_dir(shared_run, mnist_dir):
+  """A dense LeNet-5 with BatchNorm (smoke), shared by the runs below
+  (conftest.shared_run: once per test session)."""
   from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
-  wd = str(tmp_path_factory.mktemp("dense_bn"))
-  c = lenet5_mnist.get_config("smoke")
-  c.model.name = "lenet5_bn"
-  c.data.dir = mnist_dir
-  commands.train(c, wd, **QUIET)
-  return wd
+
+  def build(wd):
+    c = lenet5_mnist.get_config("smoke")
+    c.model.name = "lenet5_bn"
+    c.data.dir = mnist_dir
+    commands.train(c, wd, **QUIET)
+    return wd
+  return shared_run("dense_lenet5_bn", build)
 
 
 def _cfg(mnist_dir, dense_dir, method, **over):
@@ -46,21 +49,16 @@ def _cfg(mnist_dir, dense_dir, method, **over):
   return helpers.configure(c, **over)
 
 
-_RUNS = {}
-
-
-def _run(method, tmp_path_factory, mnist_dir, dense_dir):
-  if method not in _RUNS:
-    wd = str(tmp_path_factory.mktemp(method) / "run")
-    _RUNS[method] = (wd, commands.prune(_cfg(mnist_dir, dense_dir, method), wd,
-                                    **QUIET))
-  return _RUNS[method]
+def _run(method, shared_run, mnist_dir, dense_dir):
+  """``method``'s smoke run, once per test session (conftest.shared_run)."""
+  return shared_run(f"structured_{method}", lambda wd: (wd, commands.prune(
+      _cfg(mnist_dir, dense_dir, method), wd, **QUIET)))
 
 
 @pytest.mark.parametrize("method", methods.STRUCTURED_METHODS)
-def test_structured_run_exports_a_smaller_network(method, tmp_path_factory,
+def test_structured_run_exports_a_smaller_network(method, shared_run,
                                                   mnist_dir, dense_bn_dir):
-  wd, s = _run(method, tmp_path_factory, mnist_dir, dense_bn_dir)
+  wd, s = _run(method, shared_run, mnist_dir, dense_bn_dir)
   assert s["method"] == method
   want = round(0.75 * CHANNELS)
   assert s["channels"] == CHANNELS
@@ -162,9 +160,9 @@ def test_export_keeps_the_widths_the_masks_chose():
   assert sum(alive.widths) == sum(small.widths) - 1
 
 
-def test_structured_run_resumes_to_the_same_result(tmp_path, tmp_path_factory,
+def test_structured_run_resumes_to_the_same_result(tmp_path, shared_run,
                                                    mnist_dir, dense_bn_dir):
-  full, a = _run("group_proxnag", tmp_path_factory, mnist_dir, dense_bn_dir)
+  full, a = _run("group_proxnag", shared_run, mnist_dir, dense_bn_dir)
   cfg = _cfg(mnist_dir, dense_bn_dir, "group_proxnag")
   part = str(tmp_path / "part")
   assert commands.prune(cfg, part, stop_after_steps=3, **QUIET) == {
@@ -208,11 +206,14 @@ def test_structured_update_is_pure_under_jit_and_vmap():
       assert ev["emit"].shape == (2,), (name, kind)
 
 
-def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
+def test_speed_cli_times_the_exported_network(tmp_path, shared_run, mnist_dir,
                                               dense_bn_dir):
+  import shutil  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  wd, s = _run("l1_filter", tmp_path_factory, mnist_dir, dense_bn_dir)
+  shared, s = _run("l1_filter", shared_run, mnist_dir, dense_bn_dir)
+  wd = str(tmp_path / "run")        # speed.json is written beside the run
+  shutil.copytree(shared, wd)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
       [sys.executable, "-m", "train.speed", "--run", wd, "--batch_size", "8",
@@ -241,10 +242,11 @@ def test_speed_cli_times_the_exported_network(tmp_path_factory, mnist_dir,
 
 
 def test_speed_of_a_sweep_times_only_structured_cells(tmp_path_factory,
-                                                      mnist_dir, dense_bn_dir):
+                                                      shared_run, mnist_dir,
+                                                      dense_bn_dir):
   import shutil  # pylint: disable=g-import-not-at-top
   from train import speed  # pylint: disable=g-import-not-at-top
-  wd, s = _run("l1_filter", tmp_path_factory, mnist_dir, dense_bn_dir)
+  wd, s = _run("l1_filter", shared_run, mnist_dir, dense_bn_dir)
   sweep = tmp_path_factory.mktemp("sweep")
   shutil.copytree(wd, sweep / "cells" / "l1_filter_50_seed0")
   # An unstructured cell (no smaller network) and an unfinished one.

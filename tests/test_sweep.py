@@ -30,7 +30,6 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   c.methods = ("magnitude", "magnitude_layer")
   c.sparsities = (0.5,)
   c.base.prune.budget_epochs = 2.0      # the sweep's mechanics, not accuracy
-  c.base.run.checkpoint_every_steps = 0  # no mid-cell resume tested here
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   rows = sweep.run(c, wd, **QUIET)
   assert [r["method"] for r in rows] == ["magnitude", "magnitude_layer"]
@@ -71,7 +70,6 @@ def test_sweep_cells_skip_refuse_and_vmap(tmp_path, mnist_dir, dense_dir):
   c4.sparsities = (0.5, 0.8)
   c4.vmap_runs = True
   c4.base.prune.budget_epochs = 2.0
-  c4.base.run.checkpoint_every_steps = 0
   v_rows = sweep.run(c4, _with_dense(str(tmp_path / "vm"), dense_dir), **QUIET)
   assert [r["vmapped_runs"] for r in v_rows] == [2, 2]
   one = [r for r in rows if r["method"] == "magnitude"][0]
@@ -89,7 +87,7 @@ def test_sweep_workers_share_cells(tmp_path, mnist_dir, dense_dir):
   c = sweep_lenet5_mnist.get_config("smoke")
   c.data.dir = mnist_dir
   c.methods, c.sparsities = ("magnitude", "random"), (0.5,)
-  c.base.run.checkpoint_every_steps = 0
+  c.base.prune.budget_epochs = 2.0      # the sweep's mechanics, not accuracy
   wd = _with_dense(str(tmp_path / "sw"), dense_dir)
   msgs = []
   held = os.path.join(wd, "claims", "random_50_seed0.lock")
@@ -130,7 +128,7 @@ def test_worker_trains_scratch_cells_while_another_trains_the_dense(
   c = sweep_lenet5_mnist.get_config("smoke")
   c.data.dir = mnist_dir
   c.methods, c.sparsities = ("magnitude", "snip"), (0.5,)
-  c.base.run.checkpoint_every_steps = 0
+  c.base.prune.budget_epochs = 2.0      # the sweep's mechanics, not accuracy
   wd = str(tmp_path / "sw")
   msgs, held, waiting = [], threading.Event(), threading.Event()
 
