@@ -121,10 +121,11 @@ def tree_checksum(tree: PyTree) -> str:
 
 
 def all_finite(tree: PyTree) -> bool:
-  """No NaN or inf in any floating leaf (one reduction on the device)."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
-  return bool(jnp.all(jnp.stack(flags))) if flags else True
+  """No NaN or inf in any floating leaf (checked on the host, as the
+  checkpoint's checksum is: no program compiled per leaf shape)."""
+  return all(bool(np.isfinite(a).all()) for a in map(
+      np.asarray, jax.tree.leaves(jax.device_get(tree)))
+             if jnp.issubdtype(a.dtype, jnp.inexact))
 
 
 def _fmt_time(s: float) -> str:

@@ -147,6 +147,7 @@ def _order_key(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isnan(x), jnp.uint32(0), key)
 
 
+@jax.jit
 def topk_mask(scores: jax.Array, k) -> jax.Array:
   """Bool mask of the ``k`` largest entries of ``scores`` (exactly ``k``).
 
@@ -158,7 +159,8 @@ def topk_mask(scores: jax.Array, k) -> jax.Array:
   entries above it and the first ``k - #above`` equal to it are kept. The
   result equals a stable descending argsort's first ``k``; on a CPU it is
   about 14x faster for a 235,200-entry layer (7 ms vs 96 ms, the sort was
-  the cost of every edge-popup / SBP step).
+  the cost of every edge-popup / SBP step). Jitted: called on concrete
+  arrays it compiles once per shape, not once per operation.
   """
   flat = jnp.ravel(scores).astype(jnp.float32)
   key = _order_key(flat)

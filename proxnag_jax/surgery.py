@@ -825,7 +825,8 @@ def take_channels(variables: dict, groups, keep: dict) -> dict:
     w = _get(out, Slot(collection, path, axis))
     out = _set(out, (collection,) + path,
                np.take(w, np.flatnonzero(entries), axis=axis))
-  return jax.tree.map(jnp.asarray, out)
+  # (device_put, not jnp.asarray: no conversion program compiled per shape)
+  return jax.device_put(out)
 
 
 def architecture(model) -> dict:

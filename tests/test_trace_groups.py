@@ -110,11 +110,15 @@ class ViTBlock(nn.Module):
 
 
 def _random_variables(model, x):
-  v = model.init(jax.random.PRNGKey(0), x)
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
-  # Nonzero BatchNorm statistics and shifts, so every slot matters.
-  return jax.tree.map(lambda a: a + 0.1 * jax.random.normal(next(keys),
-                                                            a.shape), v)
+  """(Jitted: one program, not one per initializer and leaf shape.)"""
+
+  def init(x):
+    v = model.init(jax.random.PRNGKey(0), x)
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
+    # Nonzero BatchNorm statistics and shifts, so every slot matters.
+    return jax.tree.map(lambda a: a + 0.1 * jax.random.normal(next(keys),
+                                                              a.shape), v)
+  return jax.jit(init)(x)
 
 
 def _shrink_is_exact(fn, v, x, groups):
