@@ -326,6 +326,5 @@ def plot_accuracy(rows, path, title="", chosen=None) -> None:
   ax.set_title(f"Accuracy after pruning: {title}")
   ax.legend(fontsize=7 if len(entries) > 8 else 8,
             ncol=2 if len(entries) > 8 else 1)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  report.save_png(fig, path)
   plt.close(fig)
