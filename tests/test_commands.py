@@ -243,6 +243,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
   out = commands.train(cfg, part, stop_after_epochs=1, log=lambda *_: None)
   assert out == {"stopped_at_epoch": 1}
   assert not os.path.exists(os.path.join(part, "summary.json"))
+  # Resumed and stopped again, then the same command to the end: one
+  # metrics line per epoch whatever the resumes.
+  out = commands.train(cfg, part, stop_after_epochs=1, log=lambda *_: None)
+  assert out == {"stopped_at_epoch": 2}
   commands.train(cfg, part, log=lambda *_: None)   # same command: resumes
   for a, b in zip(_leaves(hostio.load_final(full)),
                   _leaves(hostio.load_final(part))):

@@ -374,18 +374,6 @@ def test_summary_is_the_last_thing_written(tmp_path, mnist_dir, monkeypatch):
   assert os.path.isdir(os.path.join(wd, "final")) and s["epochs"] == 1
 
 
-def test_metrics_have_one_line_per_epoch_after_resume(tmp_path, mnist_dir):
-  wd = str(tmp_path / "w")
-  c = _dense_cfg(mnist_dir, num_epochs=3)
-  assert commands.train(c, wd, stop_after_epochs=1, **QUIET) == {
-      "stopped_at_epoch": 1}
-  commands.train(c, wd, stop_after_epochs=1, **QUIET)
-  commands.train(c, wd, **QUIET)
-  epochs = [json.loads(l)["epoch"] for l in open(
-      os.path.join(wd, "metrics.jsonl"))]
-  assert epochs == [1, 2, 3]
-
-
 # ---------------------------------------------------------------------------
 # One writer per workdir.
 # ---------------------------------------------------------------------------
