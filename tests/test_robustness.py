@@ -69,6 +69,7 @@ def test_bad_prune_config_fails_before_the_workdir(tmp_path, mnist_dir):
       ({"proxnag.l1_step": -1e-3}, "must be non-negative|must be >= 0"),
       ({"dense.num_epochs": 0}, "num_epochs must be positive"),
       ({"prune.budget_epochs": float("nan")}, "budget_epochs is nan"),
+      ({"run.speed_repeats": 0}, "speed_repeats must be positive"),
       ({"prune.method": "dsr", "dsr.dense": ("(",)},
        "invalid regular expression"),
   ]
