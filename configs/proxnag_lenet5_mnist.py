@@ -57,7 +57,7 @@ def get_config(arg: str = ""):
     c.prune.target_sparsity = 0.5
     smoke_proxnag(c.proxnag)
     common.smoke_run(c.run, chunk_steps=4)
-    # 21 steps: the ramp reaches 50% by step 5, then the mask fine-tunes.
+    # 21 steps: the ramp reaches 50% at step 6, then the mask fine-tunes.
     c.prune.budget_epochs = 3.0
     c.gmp.every = 2
     c.dsr.periods = (4, 8)
