@@ -18,6 +18,7 @@ Images stay uint8 until they reach the accelerator; :func:`preprocess` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 import socket
@@ -121,7 +122,30 @@ def detect_source(name: str, data_dir: str) -> tuple[str, str]:
 
 
 def _read_npz(f: str):
-  """``(image, label)`` of one npz shard, or a DataError naming the file."""
+  """``(image, label)`` of one npz shard (read-only arrays), or a DataError
+  naming the file.
+
+  A shard read before in this process, unchanged on disk since (same size
+  and modification time), is not decompressed again: the runs of a sweep,
+  a pruning run's dense phase and the tests' many runs load a dataset
+  once per process."""
+  try:
+    st = os.stat(f)
+  except OSError:
+    return _read_npz_file(f)
+  return _read_npz_cached(f, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_npz_cached(f: str, size: int, mtime_ns: int):
+  del size, mtime_ns     # (the cache key: a rewritten file is read again)
+  x, y = _read_npz_file(f)
+  x.flags.writeable = False
+  y.flags.writeable = False
+  return x, y
+
+
+def _read_npz_file(f: str):
   try:
     with np.load(f) as z:
       missing = {"image", "label"} - set(z.files)

@@ -192,6 +192,10 @@ def make_chunk(step: Callable, method, ctx, *, mesh: Mesh,
   else:
     one = step
     done_fn = lambda s: method.done(s, ctx)
+  # Jitted, so the step is traced once: the scan body's call reuses the
+  # trace ``eval_shape`` made for the skipped steps' zero outputs (a plain
+  # call would trace the model, its gradient and the method again).
+  one = jax.jit(one)
 
   def chunk(state, images, labels, idx, n=None):
     length = idx.shape[0]

@@ -24,6 +24,7 @@ The commands built on it (dense training, pruning, sweeps) are in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -123,8 +124,26 @@ def init_run(method, ctx, params, batch_stats, hp: dict, seed: int):
     method.check(params, jax.device_get(hp), ctx)
   state = make_state(params, batch_stats, method.tx(hp, ctx), hp, seed)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 8)
-  return jax.jit(lambda k, s: method.init(k, s, ctx, method.tx(s.hp, ctx)))(
-      key, state)
+  return _jitted_init(method, ctx)(key, state)
+
+
+_INITS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _jitted_init(method, ctx) -> Callable:
+  """``jit(method.init)`` for this method and context, one per pair in use
+  (the last 8): the runs of one method and context (seeds, targets) share
+  its trace and compiled program instead of tracing it again each."""
+  k = (id(method), id(ctx))
+  hit = _INITS.get(k)
+  if hit is not None and hit[0] is method and hit[1] is ctx:
+    _INITS.move_to_end(k)
+    return hit[2]
+  fn = jax.jit(lambda key, s: method.init(key, s, ctx, method.tx(s.hp, ctx)))
+  _INITS[k] = (method, ctx, fn)     # (kept alive: their ids stay theirs)
+  if len(_INITS) > 8:
+    _INITS.popitem(last=False)
+  return fn
 
 
 def stack(trees):

@@ -117,7 +117,7 @@ sys.modules["ml_collections"] = None
 sys.modules["tensorflow_datasets"] = None
 sys.path.insert(0, {root!r})
 from train import gpu_check
-res = gpu_check.check(tiny=True, out={out!r}, model_name="conv2",
+res = gpu_check.check(tiny=True, out={out!r}, model_name="lenet5",
                       log=lambda *_: None)
 print("OK", len(res["batches"]), len(res["vmapped"]))
 """
@@ -136,7 +136,7 @@ def test_gpu_check_runs_without_ml_collections_or_tfds(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(out, "gpu_check.json")) as f:
     res = json.load(f)
-  assert res["backend"] == "cpu" and res["model"] == "conv2"
+  assert res["backend"] == "cpu" and res["model"] == "lenet5"
   for row in res["batches"]:
     assert row["chunk_step_ms"] > 0 and row["epoch_s"] > 0
   assert [r["vmap_runs"] for r in res["vmapped"]] == [1, 2]
