@@ -54,6 +54,10 @@ def run_settings() -> ml_collections.ConfigDict:
   # A structured run's measured_speedup: the median of this many timed pairs
   # of dense / shrunk inference batches (report.measure_speedup).
   r.speed_repeats = 20
+  # The PNG plots of a pruning run (sparsity and loss, weight histograms,
+  # layer sparsity, filter norms); report.md, summary.json and the JSONL
+  # traces are written either way.
+  r.plots = True
   # TensorBoard event files in WORKDIR/tensorboard (needs tensorboardX:
   # pip install 'proxnag_jax[tensorboard]'), beside the JSONL trace.
   r.tensorboard = False
@@ -145,9 +149,12 @@ def smoke_run(r: ml_collections.ConfigDict, chunk_steps: int = 0) -> None:
   ``chunk_steps`` a chunk of that many steps (so a smoke epoch is several
   chunks). Checkpoints at every evaluation (epoch end) only: a save of a
   small model costs about as much as a few of its steps. A structured smoke
-  run times its speedup on 3 pairs of batches, not 20."""
+  run times its speedup on 3 pairs of batches, not 20. No PNG plots: a
+  pruning run's four cost ~1 s of CPU, about what a LeNet-5 smoke run's
+  training does (``--config.run.plots=true`` draws them)."""
   r.log_every_s = 30.0
   r.speed_repeats = 3
+  r.plots = False
   if chunk_steps:
     r.chunk_steps = chunk_steps
 

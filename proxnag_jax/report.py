@@ -386,13 +386,15 @@ def write_report(workdir, summary, params, masks, macs, prunable=None):
       f"({s['device_count']} x {s['device_kind']})",
       f"- pruned layers: {', '.join(s['pruned_layers'])}", "",
       "## Per layer", "",
-      layer_table(params, macs, masks, prunable), "",
-      "## Plots", "",
-      "![sparsity and loss](sparsity_loss.png)", "",
-      ("![filter norms](filter_norms.png)\n" if os.path.exists(
-          os.path.join(workdir, "filter_norms.png")) else None),
-      "![weight histograms](weight_histograms.png)", "",
-      "![layer sparsity](layer_sparsity.png)", ""]
+      layer_table(params, macs, masks, prunable), ""]
+  plots = [f"![{title}]({f})\n" for title, f in (
+      ("sparsity and loss", "sparsity_loss.png"),
+      ("filter norms", "filter_norms.png"),
+      ("weight histograms", "weight_histograms.png"),
+      ("layer sparsity", "layer_sparsity.png"))
+           if os.path.exists(os.path.join(workdir, f))]
+  if plots:      # (config.run.plots = False draws none)
+    lines += ["## Plots", ""] + plots
   lines = [l for l in lines if l is not None]
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(lines))

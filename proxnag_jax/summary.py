@@ -231,17 +231,18 @@ def prune_summary(workdir, config, *, method, model, ds, state, ev, prunable,
                     "batch_stats": variables.get("batch_stats", {}),
                     "masks": masks})
   if distributed.is_primary():
-    trace_path = os.path.join(workdir, "trace.jsonl")
-    with open(trace_path) as f:
-      trace = [json.loads(l) for l in f]
-    report_lib.plot_filter_norms(trace, os.path.join(workdir,
-                                                     "filter_norms.png"))
+    if config.run.get("plots", True):
+      with open(os.path.join(workdir, "trace.jsonl")) as f:
+        trace = [json.loads(l) for l in f]
+      report_lib.plot_filter_norms(trace, os.path.join(workdir,
+                                                       "filter_norms.png"))
+      report_lib.plot_trace(trace, os.path.join(workdir,
+                                                "sparsity_loss.png"))
+      report_lib.plot_weight_histograms(dense_params, params, os.path.join(
+          workdir, "weight_histograms.png"), flt)
+      report_lib.plot_layer_sparsity(params, os.path.join(
+          workdir, "layer_sparsity.png"), prunable=flt)
     report_lib.write_report(workdir, summary, params, masks, macs, flt)
-    report_lib.plot_trace(trace, os.path.join(workdir, "sparsity_loss.png"))
-    report_lib.plot_weight_histograms(dense_params, params, os.path.join(
-        workdir, "weight_histograms.png"), flt)
-    report_lib.plot_layer_sparsity(params, os.path.join(
-        workdir, "layer_sparsity.png"), prunable=flt)
   summary = write(workdir, summary, config)
   log(f"done: sparsity {summary['sparsity']:.4f}, test accuracy "
       f"{summary['test_accuracy']:.4f} (dense "

@@ -45,7 +45,7 @@ def smoke_run(shared_run, mnist_dir, dense_dir):
   """One uninterrupted Prox-NAG smoke run, shared by the tests below
   (conftest.shared_run: once per test session)."""
   return shared_run("proxnag_smoke", lambda wd: (wd, commands.prune(
-      _cfg(mnist_dir, dense_dir), wd, **QUIET)))
+      _cfg(mnist_dir, dense_dir, run__plots=True), wd, **QUIET)))
 
 
 def test_prune_end_to_end(smoke_run):
@@ -81,6 +81,8 @@ def test_prune_end_to_end(smoke_run):
   for f in ("summary.json", "trace.jsonl", "report.md", "sparsity_loss.png",
             "weight_histograms.png", "layer_sparsity.png"):
     assert os.path.getsize(os.path.join(wd, f)) > 0
+  with open(os.path.join(wd, "report.md")) as f:   # (config.run.plots)
+    assert "![layer sparsity](layer_sparsity.png)" in f.read()
   saved = hostio.load_final(wd, "pruned")
   for p, m in zip(jax.tree.leaves(saved["params"]),
                   jax.tree.leaves(saved["masks"])):

@@ -82,7 +82,12 @@ def test_structured_run_exports_a_smaller_network(method, shared_run,
   assert surgery.count_params(variables) == s["params_shrunk"]
   x = jnp.zeros((2, 28, 28, 1))
   assert model.apply(variables, x, train=False).shape == (2, 10)
-  assert os.path.exists(os.path.join(wd, "report.md"))
+  # A smoke run draws no PNG plots (config.run.plots), and its report
+  # links none.
+  with open(os.path.join(wd, "report.md")) as f:
+    text = f.read()
+  assert "## Per layer" in text and "## Plots" not in text
+  assert not [f for f in os.listdir(wd) if f.endswith(".png")]
 
 
 def _tiny_ctx():
