@@ -67,3 +67,14 @@ def test_dense_run_numbers_come_from_the_config():
   assert float(hp["momentum"]) == 0.5
   assert abs(float(hp["lr"]) - 0.03) < 1e-9
   assert abs(float(hp["weight_decay"]) - 2e-4) < 1e-9
+
+
+def test_bench_times_a_chunk_longer_than_its_steps(mnist_dir):
+  """train.bench with fewer timed steps than a chunk (once a division by
+  zero): the chunk is timed on its own batches after the warm-up."""
+  from configs import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  from train import bench  # pylint: disable=g-import-not-at-top
+  c = lenet5_mnist.get_config("smoke")
+  c.data.dir = mnist_dir
+  res = bench.bench(c, 3, 1, 4, ["1"], 1, False)   # 3 + 1 steps = a chunk
+  assert res["bare"]["step_ms"] > 0 and res["runs"][0]["step_ms"] > 0

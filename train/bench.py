@@ -68,7 +68,9 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
   order = data_lib.epoch_permutation(jax.random.PRNGKey(0),
                                      len(ds.train_labels), d.batch_size)
   n_idx = warmup + steps
-  idx = np.stack([order[i % len(order)] for i in range(n_idx)])
+  # Batches for the bare steps, and at least one chunk's after the warm-up.
+  n_all = warmup + max(steps, chunk)
+  idx = np.stack([order[i % len(order)] for i in range(n_all)])
   x, y = arrays["train_x"], arrays["train_y"]
   res = {"model": config.model.name, "dataset": d.name,
          "optimizer": t.optimizer, "batch_size": d.batch_size,
@@ -118,7 +120,7 @@ def bench(config, steps: int, warmup: int, chunk: int, vmap_runs, repeats=3,
     def run_chunks():
       s = holder["s"]
       for c in range(n_chunks):
-        lo = (warmup + c * chunk) % (n_idx - chunk)
+        lo = warmup + (c * chunk) % (n_all - warmup - chunk + 1)
         s, o, _ = fn(s, x, y, cidx[lo:lo + chunk])
         jax.device_get(o["out"][0]["loss"])       # the loop's one host sync
       holder["s"] = s
