@@ -207,7 +207,7 @@ def test_examples_run_and_reach_the_target(mnist_dir, script, method,
       [sys.executable, os.path.join(EXAMPLES, script), "--data_dir",
        mnist_dir, "--method", method, "--target", str(target),
        "--train_subset", "512", "--test_subset", "256", "--dense_steps",
-       "20", "--steps", "30", "--batch_size", "32"],
+       "10", "--steps", "16", "--batch_size", "32"],
       capture_output=True, text=True, check=False, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   res = eval(out.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used

@@ -42,7 +42,7 @@ def _as_sets(groups, variables):
     ("resnet20_b", (32, 32, 3))])
 def test_traced_groups_equal_the_hand_written_ones(name, shape):
   model = models.get_model(name)
-  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))
+  v = models.init_model(model, jax.random.PRNGKey(0), (1,) + shape)
   rep = tg.traced_groups(lambda w, x: model.apply(w, x, train=False), v,
                          jnp.zeros((2,) + shape))
   assert _as_sets(rep.groups, v) == _as_sets(

@@ -147,7 +147,7 @@ def check(tiny: bool = False, out: str = "", model_name: str = "resnet20",
   mesh = engine.make_mesh()
   model = models.get_model(model_name, 10)
   if tiny:
-    batches, steps, chunk, repeats, n_images, ks = (8, 16), 2, 2, 1, 64, (1, 2)
+    batches, steps, chunk, repeats, n_images, ks = (8,), 2, 2, 1, 64, (1, 2)
   else:
     batches, steps, chunk, repeats, n_images, ks = ((128, 512), 50, 25, 3,
                                                     8192, (1, 4, 8))
