@@ -17,6 +17,7 @@ the curves show each step once, as the JSONL trace does.
 from __future__ import annotations
 
 import numbers
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -66,7 +67,13 @@ class EventWriter:
   """One run's TensorBoard event file in ``logdir``."""
 
   def __init__(self, logdir: str, purge_step: Optional[int] = None):
-    self.writer = _summary_writer()(logdir=logdir, purge_step=purge_step)
+    # tensorboardX names the file by the second it opens it (and the host):
+    # a run resumed within the same second (in one process) would reopen,
+    # and truncate, its earlier file. A nanosecond suffix keeps them apart,
+    # in order.
+    self.writer = _summary_writer()(
+        logdir=logdir, purge_step=purge_step,
+        filename_suffix=f".{time.time_ns()}")
 
   def record(self, rec: dict) -> None:
     """The numeric fields of a trace record as scalars ``kind/field``."""

@@ -102,6 +102,22 @@ def test_several_runs_need_vmapped(tmp_path):
                   schedule=loop.Schedule(chunk_steps=8), log=tiny.QUIET)
 
 
+def test_tensorboard_writers_opened_in_one_second_keep_their_events(
+    tmp_path):
+  """A run stopped and resumed within one second (one process) writes two
+  event files: the second must not reopen and truncate the first
+  (tensorboardX names a file by the second it opens it)."""
+  pytest.importorskip("tensorboardX")
+  from proxnag_jax import tboard  # pylint: disable=g-import-not-at-top
+  for step in (8, 16):
+    w = tboard.EventWriter(str(tmp_path), purge_step=step if step > 8 else
+                           None)
+    w.record({"kind": "epoch", "step": step, "loss": float(step)})
+    w.close()
+  assert sorted(tboard.read_scalars(str(tmp_path))["epoch/loss"]) == [
+      (8, 8.0), (16, 16.0)]
+
+
 def test_tensorboard_events_beside_the_trace_and_once_per_step_on_resume(
     tmp_path):
   """With a TensorBoard dir the loop writes every trace record's numbers as
